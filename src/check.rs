@@ -1,0 +1,131 @@
+//! `conveyor check`: print the effective configuration with secrets redacted, then probe every
+//! configured dependency and name each one that fails.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::{aws, graph, postgres, sqs};
+
+/// A probe's verdict on one dependency.
+struct Probe {
+    name: String,
+    result: Result<String, String>,
+}
+
+/// Runs the check. Returns the names of the dependencies that failed (empty = all good).
+pub async fn run(config: &Config, env: &str, probe: bool) -> Vec<String> {
+    println!("# conveyor effective configuration (CONVEYOR_ENV={env})");
+    println!("{}", config.redacted_toml());
+    if !probe {
+        return Vec::new();
+    }
+
+    let probes = probe_all(config).await;
+    println!("# dependencies");
+    let mut failed = Vec::new();
+    for p in &probes {
+        match &p.result {
+            Ok(detail) => println!("ok    {}: {detail}", p.name),
+            Err(reason) => {
+                println!("FAIL  {}: {reason}", p.name);
+                failed.push(p.name.clone());
+            }
+        }
+    }
+    failed
+}
+
+async fn probe_all(config: &Config) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    let timeout =
+        Duration::from_secs(config.aws.connect_timeout_secs + config.aws.call_timeout_secs);
+
+    if !config.queues.is_empty() {
+        let sdk = aws::sdk_config(&config.aws).await;
+        match aws::require_region(&sdk) {
+            Err(reason) => probes.push(Probe {
+                name: "aws region".into(),
+                result: Err(reason),
+            }),
+            Ok(region) => {
+                probes.push(Probe {
+                    name: "aws region".into(),
+                    result: Ok(region),
+                });
+                let client = aws_sdk_sqs::Client::new(&sdk);
+                for (name, queue) in &config.queues {
+                    let result = match tokio::time::timeout(
+                        timeout,
+                        sqs::describe_queue(&client, queue),
+                    )
+                    .await
+                    {
+                        Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
+                        Ok(Err(e)) => Err(error_chain(&e)),
+                        Ok(Ok(info)) => Ok(format!(
+                            "{} ({} visible, {} in flight, {})",
+                            info.url,
+                            info.approximate_visible,
+                            info.approximate_in_flight,
+                            match &info.redrive {
+                                Some(r) => format!(
+                                    "redrive to {} after {} receives",
+                                    r.dead_letter_target_arn, r.max_receive_count
+                                ),
+                                None =>
+                                    "no RedrivePolicy: failures retry forever unless dlq_url is set"
+                                        .into(),
+                            }
+                        )),
+                    };
+                    probes.push(Probe {
+                        name: format!("sqs queue {name}"),
+                        result,
+                    });
+                }
+            }
+        }
+    }
+
+    if let Some(url) = &config.secrets.database_url {
+        let result = match postgres::connect(&config.database, url).await {
+            Ok(pool) => {
+                pool.close().await;
+                Ok("SELECT 1 answered".to_owned())
+            }
+            Err(e) => Err(error_chain(&e)),
+        };
+        probes.push(Probe {
+            name: "postgres".into(),
+            result,
+        });
+    }
+
+    if let (Some(uri), Some(password)) = (&config.graph.uri, &config.secrets.neo4j_password) {
+        let result = match graph::connect(&config.graph, uri, password).await {
+            Ok(_) => Ok(format!("RETURN 1 answered at {uri}")),
+            Err(e) => Err(error_chain(&e)),
+        };
+        probes.push(Probe {
+            name: "bolt graph".into(),
+            result,
+        });
+    }
+    probes
+}
+
+/// An error and its causes on one line. Connection strings never appear in these errors:
+/// sqlx and neo4rs report host and reason, not the URL's password.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,76 @@
+//! The command line. Each subcommand's `--help` says what it does.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "conveyor",
+    version,
+    about = "Consume EventBridge events from SQS and run pipelines on them, losing nothing.",
+    long_about = "conveyor long-polls SQS, unwraps EventBridge events, runs the routed pipelines \
+                  with fault isolation, keeps each message's lease while work runs, retries with \
+                  backoff, dead-letters with the reason, and drains cleanly on SIGTERM."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Directory holding default.toml and <env>.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "CONVEYOR_CONFIG_DIR",
+        default_value = "config"
+    )]
+    pub config_dir: PathBuf,
+    /// Environment: selects <config-dir>/<env>.toml (local, test, production, …).
+    #[arg(
+        long = "env",
+        global = true,
+        env = "CONVEYOR_ENV",
+        default_value = "local"
+    )]
+    pub env: String,
+    /// An extra TOML file merged over the environment's file (environment variables still win).
+    #[arg(long = "config", global = true, env = "CONVEYOR_CONFIG")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: consume the configured queues until SIGTERM/SIGINT, then drain and exit 0.
+    Run,
+    /// Load and validate the config, print it with secrets redacted, and probe every configured
+    /// dependency (SQS queues, PostgreSQL, Bolt server). Exits 1 naming whatever failed.
+    Check {
+        /// Only load, validate and print the configuration.
+        #[arg(long)]
+        no_probe: bool,
+    },
+    /// Apply the PostgreSQL migrations in migrations/ (needs DATABASE_URL). The daemon also
+    /// applies them at startup.
+    Migrate,
+    /// Provision, verify or remove the queue, DLQ and EventBridge rule (not implemented yet).
+    Infra {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Publish an EnvelopeV1 or BatchProcessingCompleted event to EventBridge (not implemented yet).
+    Publish {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Inspect and redrive the dead-letter queue (not implemented yet).
+    Dlq {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+}

@@ -1,0 +1,74 @@
+//! `conveyor run`: the daemon's wiring. It starts the ops listener and the consumers, and on
+//! shutdown stops them in order: consumers drain first, the ops listener last, so `/metrics`
+//! stays readable while work finishes.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::ops::{self, Readiness};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+
+/// A started daemon.
+pub struct Running {
+    /// Where the ops listener is bound (the real port when configured with port 0).
+    pub ops_addr: SocketAddr,
+    /// Readiness shared with the ops listener.
+    pub readiness: Readiness,
+    shutdown: Shutdown,
+    /// The ops listener runs until every consumer has stopped.
+    ops_stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Starts the daemon and returns once it is serving. Stops when `shutdown` is triggered.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let readiness = Readiness::default();
+    let listener = ops::bind(config.ops.listen_addr)
+        .await
+        .with_context(|| format!("ops.listen_addr = {}: cannot bind", config.ops.listen_addr))?;
+    let ops_addr = listener.local_addr()?;
+    let tasks = TaskTracker::new();
+    let ops_stop = CancellationToken::new();
+    tasks.spawn(ops::serve(
+        listener,
+        readiness.clone(),
+        telemetry::metrics_handle(),
+        ops_stop.clone(),
+    ));
+
+    if config.queues.is_empty() {
+        tracing::warn!(
+            "no queues configured: add [queues.<name>] to the config; nothing will be consumed"
+        );
+    }
+    tracing::info!(%ops_addr, queues = config.queues.len(), "conveyor started");
+    Ok(Running {
+        ops_addr,
+        readiness,
+        shutdown,
+        ops_stop,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Waits for shutdown to be requested and for every subsystem to stop.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.graceful.cancelled().await;
+        self.ops_stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("conveyor stopped");
+        Ok(())
+    }
+}
+
+/// Runs the daemon until `shutdown` is triggered and everything has drained.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}

@@ -1,0 +1,25 @@
+//! conveyor: one daemon that long-polls SQS, unwraps EventBridge events and runs pipelines on
+//! them, deciding for every message that it is deleted, retried later or dead-lettered with its
+//! reason — never lost.
+
+pub mod aws;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod graph;
+pub mod ops;
+pub mod postgres;
+pub mod shutdown;
+pub mod sqs;
+pub mod telemetry;
+
+pub use daemon::{Running, run, start};
+
+/// Installs aws-lc-rs as rustls's process-wide crypto provider. neo4rs enables rustls's `ring`
+/// feature while the AWS SDK and sqlx use aws-lc-rs; with both compiled in rustls cannot choose
+/// and the first TLS connection panics. Call before any client is built.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already (tests call this repeatedly): fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,152 @@
+//! SQS facts conveyor reads about a queue before consuming it.
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde::Deserialize;
+
+use crate::config::QueueConfig;
+
+/// What conveyor needs to know about a queue, read once at startup.
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub url: String,
+    pub arn: String,
+    /// From the queue's RedrivePolicy; `None` when the queue has none.
+    pub redrive: Option<RedrivePolicy>,
+    pub approximate_visible: u64,
+    pub approximate_in_flight: u64,
+}
+
+/// The queue's native redrive policy (a JSON string attribute).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedrivePolicy {
+    pub dead_letter_target_arn: String,
+    #[serde(deserialize_with = "number_or_string")]
+    pub max_receive_count: u32,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    // SQS writes maxReceiveCount as a number; some tools and emulators write a string.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u32),
+        Str(String),
+    }
+    match N::deserialize(d)? {
+        N::Num(n) => Ok(n),
+        N::Str(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueLookupError {
+    #[error("queue {name:?} not found or not accessible: {source}")]
+    Resolve {
+        name: String,
+        #[source]
+        source: aws_sdk_sqs::Error,
+    },
+    #[error("reading attributes of {url}: {source}")]
+    Attributes {
+        url: String,
+        #[source]
+        source: aws_sdk_sqs::Error,
+    },
+    #[error("queue {url} has an unreadable RedrivePolicy: {reason}")]
+    Redrive { url: String, reason: String },
+}
+
+/// Resolves the configured queue (by URL or name) and reads its attributes.
+pub async fn describe_queue(
+    client: &Client,
+    queue: &QueueConfig,
+) -> Result<QueueInfo, QueueLookupError> {
+    let url = match (&queue.url, &queue.name) {
+        (Some(url), _) => url.clone(),
+        (None, Some(name)) => client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| QueueLookupError::Resolve {
+                name: name.clone(),
+                source: e.into(),
+            })?
+            .queue_url
+            .unwrap_or_default(),
+        (None, None) => unreachable!("validate() requires url or name"),
+    };
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .map_err(|e| QueueLookupError::Attributes {
+            url: url.clone(),
+            source: e.into(),
+        })?
+        .attributes
+        .unwrap_or_default();
+    let number = |name: QueueAttributeName| {
+        attributes
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let redrive = attributes
+        .get(&QueueAttributeName::RedrivePolicy)
+        .filter(|policy| !policy.is_empty())
+        .map(|policy| serde_json::from_str::<RedrivePolicy>(policy))
+        .transpose()
+        .map_err(|e| QueueLookupError::Redrive {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(QueueInfo {
+        arn: attributes
+            .get(&QueueAttributeName::QueueArn)
+            .cloned()
+            .unwrap_or_default(),
+        redrive,
+        approximate_visible: number(QueueAttributeName::ApproximateNumberOfMessages),
+        approximate_in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        url,
+    })
+}
+
+/// The URL of a queue given its ARN (`arn:aws:sqs:<region>:<account>:<name>`).
+pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, aws_sdk_sqs::Error> {
+    let mut parts = arn.splitn(6, ':');
+    let (account, name) = (
+        parts.nth(4).unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    Ok(client
+        .get_queue_url()
+        .queue_name(name)
+        .queue_owner_aws_account_id(account)
+        .send()
+        .await?
+        .queue_url
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_accepts_number_and_string_counts() {
+        for json in [
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":3}"#,
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":"3"}"#,
+        ] {
+            let p: RedrivePolicy = serde_json::from_str(json).unwrap();
+            assert_eq!(p.max_receive_count, 3);
+            assert_eq!(p.dead_letter_target_arn, "arn:aws:sqs:us-east-1:1:dlq");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! conveyor's integration tests: one binary, real services from `scripts/stack`
+//! (LocalStack, PostgreSQL, the Bolt server). Run them with `scripts/test`, or after
+//! `eval "$(scripts/stack env)"`.
+
+mod foundation;
+mod helpers;
