@@ -54,15 +54,13 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
                 });
                 let client = aws_sdk_sqs::Client::new(&sdk);
                 for (name, queue) in &config.queues {
-                    let result = match tokio::time::timeout(
-                        timeout,
-                        sqs::describe_queue(&client, queue),
-                    )
-                    .await
-                    {
-                        Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
-                        Ok(Err(e)) => Err(error_chain(&e)),
-                        Ok(Ok(info)) => Ok(format!(
+                    let result =
+                        match tokio::time::timeout(timeout, sqs::describe_queue(&client, queue))
+                            .await
+                        {
+                            Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
+                            Ok(Err(e)) => Err(error_chain(&e)),
+                            Ok(Ok(info)) => Ok(format!(
                             "{} ({} visible, {} in flight, {})",
                             info.url,
                             info.approximate_visible,
@@ -77,7 +75,7 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
                                         .into(),
                             }
                         )),
-                    };
+                        };
                     probes.push(Probe {
                         name: format!("sqs queue {name}"),
                         result,
