@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::{aws, graph, postgres, sqs};
+use crate::{aws, error_chain, graph, postgres, sqs};
 
 /// A probe's verdict on one dependency.
 struct Probe {
@@ -110,20 +110,4 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
         });
     }
     probes
-}
-
-/// An error and its causes on one line. Connection strings never appear in these errors:
-/// sqlx and neo4rs report host and reason, not the URL's password.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The Bolt graph server (Neo4j, or ArcadeDB locally). The password is `NEO4J_PASSWORD`.
     pub graph: GraphConfig,
+    /// Per-pipeline settings, keyed by pipeline name.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -161,6 +163,65 @@ pub struct QueueConfig {
     pub delete_flush_millis: u64,
     /// Backoff for retryable failures.
     pub retry: RetryConfig,
+    /// Which pipelines run for which events; the first matching route wins.
+    pub routes: Vec<RouteConfig>,
+    /// What happens to an event no route matches.
+    pub on_unrouted: Unrouted,
+}
+
+/// Routes an event by its `source` and `detail-type` to pipelines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `source` to match: exact, a prefix ending in `*` (`com.yourapp.*`), or `*` for any.
+    pub source: String,
+    /// `detail-type` to match, same forms (`EnvelopeV1.*`).
+    pub detail_type: String,
+    /// Pipelines to run, concurrently, each isolated from the others.
+    pub pipelines: Vec<String>,
+    /// `all`: the message succeeds when every pipeline did. `any`: when at least one did —
+    /// which drops the failed pipelines' work, so it is opt-in.
+    pub ack: Ack,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            source: "*".to_owned(),
+            detail_type: "*".to_owned(),
+            pipelines: Vec::new(),
+            ack: Ack::All,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ack {
+    All,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrouted {
+    /// Dead-letter with reason `unrouted`: nothing disappears silently.
+    DeadLetter,
+    /// Delete it, counted in `conveyor_unrouted_total` and logged.
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How long one run may take before it counts as a retryable failure.
+    pub timeout_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 300 }
+    }
 }
 
 impl Default for QueueConfig {
@@ -178,6 +239,8 @@ impl Default for QueueConfig {
             dlq_url: None,
             delete_flush_millis: 20,
             retry: RetryConfig::default(),
+            routes: Vec::new(),
+            on_unrouted: Unrouted::DeadLetter,
         }
     }
 }
@@ -196,6 +259,17 @@ impl QueueConfig {
     }
 }
 
+impl Config {
+    /// The timeout of one run of `pipeline`.
+    pub fn pipeline_timeout(&self, pipeline: &str) -> Duration {
+        let secs = self
+            .pipelines
+            .get(pipeline)
+            .map_or(PipelineConfig::default().timeout_secs, |p| p.timeout_secs);
+        Duration::from_secs(secs)
+    }
+}
+
 /// Exponential backoff with full jitter: the delay before receive n+1 is uniform in
 /// `[0, min(cap, base * multiplier^(n-1))]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +281,16 @@ pub struct RetryConfig {
     pub multiplier: f64,
     /// Largest backoff (≤ 43,200 s, SQS's visibility cap).
     pub cap_secs: u32,
+    /// `full`: uniform in [0, ceiling], so failures do not return in bursts. `none`: exactly
+    /// the ceiling (predictable; for tests and low-volume queues).
+    pub jitter: Jitter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    Full,
+    None,
 }
 
 impl Default for RetryConfig {
@@ -215,6 +299,7 @@ impl Default for RetryConfig {
             base_secs: 5,
             multiplier: 2.0,
             cap_secs: 900,
+            jitter: Jitter::Full,
         }
     }
 }
@@ -516,6 +601,43 @@ impl Config {
                     "must be a number >= 1.0",
                 );
             }
+            if q.routes.is_empty() {
+                bad(
+                    &key("routes"),
+                    &"[]",
+                    "add at least one [[queues.<name>.routes]] with pipelines, or every event would be unrouted",
+                );
+            }
+            for (i, route) in q.routes.iter().enumerate() {
+                let route_key = |field: &str| format!("queues.{name}.routes[{i}].{field}");
+                for (field, pattern) in [
+                    ("source", &route.source),
+                    ("detail_type", &route.detail_type),
+                ] {
+                    if pattern.is_empty() || pattern.trim_end_matches('*').contains('*') {
+                        bad(
+                            &route_key(field),
+                            &format!("{pattern:?}"),
+                            "use an exact value, a prefix ending in '*', or \"*\"",
+                        );
+                    }
+                }
+                if route.pipelines.is_empty() {
+                    bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
+                }
+                for pipeline in &route.pipelines {
+                    if !crate::pipeline::BUILT_IN.contains(&pipeline.as_str()) {
+                        bad(
+                            &route_key("pipelines"),
+                            &format!("{pipeline:?}"),
+                            &format!(
+                                "unknown pipeline; known: {}",
+                                crate::pipeline::BUILT_IN.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
             if q.retry.cap_secs < q.retry.base_secs || q.retry.cap_secs > SQS_MAX_VISIBILITY_SECS {
                 bad(
                     &key("retry.cap_secs"),
@@ -550,6 +672,25 @@ impl Config {
                     "graph.uri",
                     &format!("{uri:?}"),
                     "a graph is configured but NEO4J_PASSWORD is not set in the environment: export it (secrets never come from files)",
+                );
+            }
+        }
+        for (name, p) in &self.pipelines {
+            if !crate::pipeline::BUILT_IN.contains(&name.as_str()) {
+                bad(
+                    &format!("pipelines.{name}"),
+                    &"(section)",
+                    &format!(
+                        "unknown pipeline; known: {}",
+                        crate::pipeline::BUILT_IN.join(", ")
+                    ),
+                );
+            }
+            if p.timeout_secs == 0 {
+                bad(
+                    &format!("pipelines.{name}.timeout_secs"),
+                    &0,
+                    "must be at least 1",
                 );
             }
         }
@@ -642,6 +783,7 @@ mod tests {
     use figment::Jail;
 
     const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+    const ROUTE: &str = "[[queues.main.routes]]\npipelines = [\"noop\"]\n";
 
     fn sources(env: &str) -> Sources {
         Sources {
@@ -697,6 +839,8 @@ mod tests {
                 name = "from-env-file"
                 pollers = 3
                 max_in_flight = 7
+                [[queues.main.routes]]
+                pipelines = ["noop"]
                 "#,
             )?;
             jail.create_file(
@@ -806,7 +950,10 @@ mod tests {
             ),
         ];
         for (line, key_and_value, fix) in cases {
-            let e = load_err(&format!("[queues.main]\nname = \"q\"\n{line}\n"), &[]);
+            let e = load_err(
+                &format!("[queues.main]\nname = \"q\"\n{line}\n{ROUTE}"),
+                &[],
+            );
             assert!(e.contains(key_and_value), "{line}: {e}");
             assert!(e.contains(fix), "{line}: {e}");
         }
@@ -818,6 +965,23 @@ mod tests {
         assert!(e.contains("queues.main.url"), "{e}");
         let e = load_err("[queues.main]\nurl = \"http://x/q\"\nname = \"q\"\n", &[]);
         assert!(e.contains("queues.main.name"), "{e}");
+    }
+
+    #[test]
+    fn routes_must_name_known_pipelines_and_valid_patterns() {
+        let e = load_err(
+            "[queues.main]\nname = \"q\"\n[[queues.main.routes]]\nsource = \"a*b\"\npipelines = [\"grph\"]\n",
+            &[],
+        );
+        assert!(
+            e.contains("queues.main.routes[0].pipelines = \"grph\": unknown pipeline; known: noop"),
+            "{e}"
+        );
+        assert!(e.contains("queues.main.routes[0].source = \"a*b\""), "{e}");
+        let e = load_err("[queues.main]\nname = \"q\"\n", &[]);
+        assert!(e.contains("queues.main.routes = []"), "{e}");
+        let e = load_err("[pipelines.nope]\ntimeout_secs = 3\n", &[]);
+        assert!(e.contains("pipelines.nope"), "{e}");
     }
 
     #[test]

@@ -3,15 +3,20 @@
 //! stays readable while work finishes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::engine::{self, Consumer};
 use crate::ops::{self, Readiness};
+use crate::pipeline::Registry;
 use crate::shutdown::Shutdown;
-use crate::telemetry;
+use crate::{aws, telemetry};
 
 /// A started daemon.
 pub struct Running {
@@ -20,13 +25,25 @@ pub struct Running {
     /// Readiness shared with the ops listener.
     pub readiness: Readiness,
     shutdown: Shutdown,
+    /// One per configured queue.
+    consumers: Vec<Consumer>,
     /// The ops listener runs until every consumer has stopped.
     ops_stop: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// Starts the daemon and returns once it is serving. Stops when `shutdown` is triggered.
+/// Starts the daemon with the built-in pipelines and returns once it is consuming. Stops when
+/// `shutdown` is triggered.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    start_with(config, Registry::built_in(), shutdown).await
+}
+
+/// As [`start`], with the pipelines of `registry` (tests add their own).
+pub async fn start_with(
+    config: Config,
+    registry: Registry,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
     let listener = ops::bind(config.ops.listen_addr)
         .await
@@ -41,16 +58,36 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ops_stop.clone(),
     ));
 
+    let mut consumers = Vec::new();
     if config.queues.is_empty() {
         tracing::warn!(
             "no queues configured: add [queues.<name>] to the config; nothing will be consumed"
         );
+    } else {
+        let sdk = aws::sdk_config(&config.aws).await;
+        aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
+        let context = engine::Context {
+            client: aws_sdk_sqs::Client::new(&sdk),
+            shutdown: shutdown.clone(),
+            grace: Duration::from_secs(config.shutdown.grace_secs),
+            call_timeout: Duration::from_secs(config.aws.call_timeout_secs),
+            readiness: readiness.clone(),
+        };
+        for (name, queue) in &config.queues {
+            let dispatcher =
+                Dispatcher::new(name, queue, &config, &registry).map_err(anyhow::Error::msg)?;
+            let consumer = Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context)
+                .await
+                .with_context(|| format!("queues.{name}: cannot start consuming"))?;
+            consumers.push(consumer);
+        }
     }
     tracing::info!(%ops_addr, queues = config.queues.len(), "conveyor started");
     Ok(Running {
         ops_addr,
         readiness,
         shutdown,
+        consumers,
         ops_stop,
         tasks,
     })
@@ -60,6 +97,7 @@ impl Running {
     /// Waits for shutdown to be requested and for every subsystem to stop.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.graceful.cancelled().await;
+        futures::future::join_all(self.consumers.into_iter().map(Consumer::stopped)).await;
         self.ops_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;

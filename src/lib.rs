@@ -7,14 +7,18 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
+pub mod engine;
+pub mod event;
 pub mod graph;
 pub mod ops;
+pub mod pipeline;
 pub mod postgres;
 pub mod shutdown;
 pub mod sqs;
 pub mod telemetry;
 
-pub use daemon::{Running, run, start};
+pub use daemon::{Running, run, start, start_with};
 
 /// Installs aws-lc-rs as rustls's process-wide crypto provider. neo4rs enables rustls's `ring`
 /// feature while the AWS SDK and sqlx use aws-lc-rs; with both compiled in rustls cannot choose
@@ -22,4 +26,19 @@ pub use daemon::{Running, run, start};
 pub fn install_crypto_provider() {
     // Err means a provider is installed already (tests call this repeatedly): fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// An error and its causes on one line, each cause once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,24 +19,98 @@ use tokio_util::sync::CancellationToken;
 /// every registered component is.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    components: Arc<Mutex<BTreeMap<String, bool>>>,
+    components: Arc<Mutex<BTreeMap<String, ComponentState>>>,
+}
+
+#[derive(Clone, Debug)]
+enum ComponentState {
+    Ready,
+    Unready,
+    /// Calls in flight, by id, with the time each should have answered by. Ready while none is
+    /// overdue: a call that hangs is as bad as one that fails, and is noticed long before the
+    /// client gives up on it.
+    Calls {
+        next_id: u64,
+        deadlines: BTreeMap<u64, Instant>,
+    },
+}
+
+impl ComponentState {
+    fn is_ready(&self, now: Instant) -> bool {
+        match self {
+            ComponentState::Ready => true,
+            ComponentState::Unready => false,
+            ComponentState::Calls { deadlines, .. } => deadlines.values().all(|d| now < *d),
+        }
+    }
+}
+
+/// A call being waited for; dropping it (answer or error) removes it.
+pub struct CallGuard {
+    readiness: Readiness,
+    component: Arc<str>,
+    id: u64,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(ComponentState::Calls { deadlines, .. }) =
+            self.readiness.lock().get_mut(&*self.component)
+        {
+            deadlines.remove(&self.id);
+        }
+    }
 }
 
 impl Readiness {
-    /// Records whether `component` (e.g. `sqs:main`, `postgres`) is usable right now.
+    /// Records whether `component` (e.g. `postgres`) is usable right now.
     pub fn set(&self, component: impl Into<String>, ready: bool) {
-        self.lock().insert(component.into(), ready);
+        let state = if ready {
+            ComponentState::Ready
+        } else {
+            ComponentState::Unready
+        };
+        self.lock().insert(component.into(), state);
+    }
+
+    /// Tracks a call to `component` that should answer within `answer_within`: the component
+    /// is unready while any such call is overdue.
+    pub fn call(&self, component: &Arc<str>, answer_within: std::time::Duration) -> CallGuard {
+        let mut components = self.lock();
+        let state =
+            components
+                .entry(component.to_string())
+                .or_insert_with(|| ComponentState::Calls {
+                    next_id: 0,
+                    deadlines: BTreeMap::new(),
+                });
+        let ComponentState::Calls { next_id, deadlines } = state else {
+            unreachable!("a component is either set or tracked by calls, never both");
+        };
+        let id = *next_id;
+        *next_id += 1;
+        deadlines.insert(id, Instant::now() + answer_within);
+        CallGuard {
+            readiness: self.clone(),
+            component: component.clone(),
+            id,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.lock().values().all(|ready| *ready)
+        let now = Instant::now();
+        self.lock().values().all(|state| state.is_ready(now))
     }
 
     fn snapshot(&self) -> BTreeMap<String, bool> {
-        self.lock().clone()
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .map(|(name, state)| (name.clone(), state.is_ready(now)))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ComponentState>> {
         // A panic while holding this lock cannot leave the map half-written; keep serving.
         self.components.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -88,4 +163,27 @@ async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_component_with_an_overdue_call_is_unready_until_it_answers() {
+        let r = Readiness::default();
+        let sqs: Arc<str> = Arc::from("sqs:main:calls");
+        r.set("postgres", true);
+        let slow = r.call(&sqs, Duration::from_millis(30));
+        let patient = r.call(&sqs, Duration::from_secs(60));
+        assert!(r.is_ready());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!r.is_ready(), "one call overdue");
+        drop(slow);
+        assert!(r.is_ready(), "the overdue call answered");
+        drop(patient);
+        r.set("postgres", false);
+        assert!(!r.is_ready());
+    }
 }

@@ -117,6 +117,27 @@ pub async fn describe_queue(
     })
 }
 
+/// The queue's MaximumMessageSize in bytes (body plus attributes).
+pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, QueueLookupError> {
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::MaximumMessageSize)
+        .send()
+        .await
+        .map_err(|e| QueueLookupError::Attributes {
+            url: url.to_owned(),
+            source: e.into(),
+        })?
+        .attributes
+        .unwrap_or_default();
+    // 256 KiB was SQS's long-standing maximum; assume it if the attribute is missing.
+    Ok(attributes
+        .get(&QueueAttributeName::MaximumMessageSize)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(262_144))
+}
+
 /// The URL of a queue given its ARN (`arn:aws:sqs:<region>:<account>:<name>`).
 pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, aws_sdk_sqs::Error> {
     let mut parts = arn.splitn(6, ':');

@@ -63,3 +63,114 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+// --- metric names: every metric conveyor exports, in one place -------------------------
+
+pub const MESSAGES_RECEIVED: &str = "conveyor_messages_received_total";
+pub const MESSAGES_DELETED: &str = "conveyor_messages_deleted_total";
+pub const MESSAGES_RETRIED: &str = "conveyor_messages_retried_total";
+pub const MESSAGES_DEAD_LETTERED: &str = "conveyor_messages_dead_lettered_total";
+pub const MESSAGES_RELEASED: &str = "conveyor_messages_released_total";
+pub const IN_FLIGHT: &str = "conveyor_in_flight";
+pub const LEASE_EXTENSIONS: &str = "conveyor_lease_extensions_total";
+pub const LEASES_LOST: &str = "conveyor_leases_lost_total";
+pub const SQS_REQUESTS: &str = "conveyor_sqs_requests_total";
+pub const SQS_ERRORS: &str = "conveyor_sqs_errors_total";
+pub const HANDLER_DURATION: &str = "conveyor_handler_duration_seconds";
+pub const PIPELINE_DURATION: &str = "conveyor_pipeline_duration_seconds";
+pub const PIPELINE_RUNS: &str = "conveyor_pipeline_runs_total";
+pub const UNROUTED: &str = "conveyor_unrouted_total";
+
+/// SQS operations, as metric labels.
+#[derive(Debug, Clone, Copy)]
+pub enum SqsOp {
+    ReceiveMessage,
+    DeleteMessageBatch,
+    ChangeMessageVisibilityBatch,
+    SendMessage,
+}
+
+impl SqsOp {
+    fn label(self) -> &'static str {
+        match self {
+            SqsOp::ReceiveMessage => "ReceiveMessage",
+            SqsOp::DeleteMessageBatch => "DeleteMessageBatch",
+            SqsOp::ChangeMessageVisibilityBatch => "ChangeMessageVisibilityBatch",
+            SqsOp::SendMessage => "SendMessage",
+        }
+    }
+}
+
+pub fn sqs_request(queue: &str, op: SqsOp) {
+    metrics::counter!(SQS_REQUESTS, "queue" => queue.to_owned(), "operation" => op.label())
+        .increment(1);
+}
+
+pub fn sqs_error(queue: &str, op: SqsOp) {
+    metrics::counter!(SQS_ERRORS, "queue" => queue.to_owned(), "operation" => op.label())
+        .increment(1);
+}
+
+pub fn messages_received(queue: &str, count: usize) {
+    metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_owned()).increment(count as u64);
+}
+
+pub fn message_deleted(queue: &str) {
+    metrics::counter!(MESSAGES_DELETED, "queue" => queue.to_owned()).increment(1);
+}
+
+pub fn message_retried(queue: &str) {
+    metrics::counter!(MESSAGES_RETRIED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// `reason` is a short stable label (`not_json`, `unrouted`, `permanent`, `retries_exhausted`).
+pub fn message_dead_lettered(queue: &str, reason: &'static str) {
+    metrics::counter!(MESSAGES_DEAD_LETTERED, "queue" => queue.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn message_released(queue: &str) {
+    metrics::counter!(MESSAGES_RELEASED, "queue" => queue.to_owned()).increment(1);
+}
+
+pub fn lease_extended(queue: &str) {
+    metrics::counter!(LEASE_EXTENSIONS, "queue" => queue.to_owned()).increment(1);
+}
+
+pub fn lease_lost(queue: &str, why: &str) {
+    metrics::counter!(LEASES_LOST, "queue" => queue.to_owned()).increment(1);
+    tracing::warn!(
+        queue,
+        why,
+        "lease lost: the message's work is abandoned and it is not deleted"
+    );
+}
+
+pub fn handler_finished(queue: &str, seconds: f64) {
+    metrics::histogram!(HANDLER_DURATION, "queue" => queue.to_owned()).record(seconds);
+}
+
+pub fn pipeline_finished(pipeline: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::histogram!(PIPELINE_DURATION, "pipeline" => pipeline).record(seconds);
+    metrics::counter!(PIPELINE_RUNS, "pipeline" => pipeline, "outcome" => outcome).increment(1);
+}
+
+pub fn unrouted(queue: &str) {
+    metrics::counter!(UNROUTED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// Counts a message as in flight until dropped.
+pub struct InFlight(String);
+
+impl InFlight {
+    pub fn new(queue: &str) -> Self {
+        metrics::gauge!(IN_FLIGHT, "queue" => queue.to_owned()).increment(1.0);
+        Self(queue.to_owned())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT, "queue" => self.0.clone()).decrement(1.0);
+    }
+}

@@ -9,6 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn stack_sqs_creates_a_queue_and_round_trips_a_message() {
+    let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let url = create_queue(&sqs, &unique("it-roundtrip")).await;
     sqs.send_message()
@@ -60,6 +61,7 @@ async fn stack_bolt_server_answers_return_1() {
 
 #[tokio::test]
 async fn check_probes_every_dependency_and_never_prints_secrets() {
+    let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let queue = unique("it-check");
     create_queue(&sqs, &queue).await;
@@ -118,6 +120,7 @@ async fn check_probes_every_dependency_and_never_prints_secrets() {
 
 #[tokio::test]
 async fn check_exits_non_zero_naming_each_unreachable_dependency() {
+    let _ls = localstack_shared().await;
     let out = Conveyor::new(&format!(
         "[queues.main]\nname = \"{}\"\n",
         unique("it-missing")

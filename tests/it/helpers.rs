@@ -253,3 +253,319 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+// --- LocalStack sharing ---------------------------------------------------------------
+
+/// Tests that freeze LocalStack take this exclusively; every other LocalStack test shares it.
+static LOCALSTACK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+pub async fn localstack_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    LOCALSTACK.read().await
+}
+
+pub async fn localstack_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    LOCALSTACK.write().await
+}
+
+/// The LocalStack process started by `scripts/stack`.
+pub fn localstack_pid() -> nix::unistd::Pid {
+    let file = std::env::var("CONVEYOR_STACK_LOCALSTACK_PID_FILE")
+        .expect("CONVEYOR_STACK_LOCALSTACK_PID_FILE: run under scripts/test");
+    let pid: i32 = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::unistd::Pid::from_raw(pid)
+}
+
+// --- queues and messages --------------------------------------------------------------
+
+pub struct TestQueue {
+    pub name: String,
+    pub url: String,
+    pub dlq_url: String,
+}
+
+/// A queue with a DLQ and a RedrivePolicy, both accepting SQS's 1 MiB maximum.
+pub async fn queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    max_receive_count: u32,
+) -> TestQueue {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let name = unique(prefix);
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .attributes(A::MaximumMessageSize, "1048576")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&A::QueueArn]
+        .clone();
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(A::MaximumMessageSize, "1048576")
+        .attributes(
+            A::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    TestQueue { name, url, dlq_url }
+}
+
+/// An EventBridge event as SQS receives it from a rule.
+pub fn event_body(id: &str, detail: serde_json::Value) -> String {
+    serde_json::json!({
+        "version": "0", "id": id, "detail-type": "Test.event", "source": "conveyor.tests",
+        "account": "000000000000", "time": "2025-01-23T10:30:00Z", "region": "us-east-1",
+        "resources": [], "detail": detail,
+    })
+    .to_string()
+}
+
+/// Sends bodies in batches of 10.
+pub async fn send_all(sqs: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+    }
+}
+
+/// (visible, in flight) from the queue's approximate counters.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    let n = |a: A| attributes[&a].parse().unwrap();
+    (
+        n(A::ApproximateNumberOfMessages),
+        n(A::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// Receives (and deletes) everything in a queue, with message attributes.
+pub async fn drain_queue(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = Instant::now() + timeout;
+    let mut all = Vec::new();
+    while all.len() < expected && Instant::now() < deadline {
+        let messages = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        for m in messages {
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+            all.push(m);
+        }
+    }
+    all
+}
+
+pub fn string_attribute<'a>(m: &'a aws_sdk_sqs::types::Message, name: &str) -> Option<&'a str> {
+    m.message_attributes.as_ref()?.get(name)?.string_value()
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// --- in-process daemon ----------------------------------------------------------------
+
+/// A config from TOML over the built-in defaults and the stack's secrets. Not validated, so
+/// tests can route to pipelines they register themselves.
+pub fn test_config(toml: &str) -> conveyor::config::Config {
+    use figment::providers::{Format, Serialized, Toml};
+    let mut config: conveyor::config::Config =
+        figment::Figment::from(Serialized::defaults(conveyor::config::Config::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .unwrap();
+    config.ops.listen_addr = "127.0.0.1:0".parse().unwrap();
+    config.secrets = conveyor::config::Secrets::from_env();
+    config
+}
+
+/// `[queues.<key>]` for a test queue, plus `extra` lines inside that table.
+pub fn queue_toml(key: &str, url: &str, extra: &str) -> String {
+    format!("[queues.{key}]\nurl = \"{url}\"\n{extra}\n")
+}
+
+pub fn init_test_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct InProcess {
+    pub shutdown: conveyor::shutdown::Shutdown,
+    pub ops_addr: SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(
+        config: conveyor::config::Config,
+        registry: conveyor::pipeline::Registry,
+    ) -> Self {
+        conveyor::install_crypto_provider();
+        init_test_logging();
+        let shutdown = conveyor::shutdown::Shutdown::new();
+        let running = conveyor::start_with(config, registry, shutdown.clone())
+            .await
+            .expect("daemon starts");
+        let ops_addr = running.ops_addr;
+        Self {
+            shutdown,
+            ops_addr,
+            task: tokio::spawn(running.wait()),
+        }
+    }
+
+    /// SIGTERM's equivalent; waits for the daemon to finish draining.
+    pub async fn stop(self) {
+        self.shutdown.begin();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One metric's value from the global recorder, summed over series whose labels include all
+/// of `labels` (e.g. `queue="x"`).
+pub fn metric(name: &str, labels: &[&str]) -> f64 {
+    conveyor::telemetry::metrics_handle()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Event id → (receive count, when) of each delivery.
+pub type Deliveries = std::collections::HashMap<String, Vec<(u32, Instant)>>;
+
+/// A pipeline that records every delivery it sees.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub seen: Arc<Mutex<Deliveries>>,
+    pub sleep: Duration,
+    /// Fail retryably while the receive count is below this.
+    pub fail_until_receive: u32,
+}
+
+impl Recorder {
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn deliveries(&self) -> usize {
+        self.seen.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
+impl conveyor::pipeline::Pipeline for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn run(
+        &self,
+        delivery: Arc<conveyor::pipeline::Delivery>,
+    ) -> futures::future::BoxFuture<'static, Result<(), conveyor::pipeline::PipelineError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            this.seen
+                .lock()
+                .unwrap()
+                .entry(delivery.event.id.clone())
+                .or_default()
+                .push((delivery.receive_count, Instant::now()));
+            if !this.sleep.is_zero() {
+                tokio::time::sleep(this.sleep).await;
+            }
+            if delivery.receive_count < this.fail_until_receive {
+                return Err(conveyor::pipeline::PipelineError::Retryable(
+                    "recorder: asked to fail".into(),
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
+pub fn registry_with(recorder: &Recorder) -> conveyor::pipeline::Registry {
+    let mut registry = conveyor::pipeline::Registry::built_in();
+    registry.add(Arc::new(recorder.clone()));
+    registry
+}

@@ -2,5 +2,6 @@
 //! (LocalStack, PostgreSQL, the Bolt server). Run them with `scripts/test`, or after
 //! `eval "$(scripts/stack env)"`.
 
+mod engine;
 mod foundation;
 mod helpers;

@@ -1,0 +1,285 @@
+//! Batched DeleteMessageBatch and ChangeMessageVisibilityBatch calls.
+//!
+//! Message tasks ask for a delete or a visibility change and await its result; one task per
+//! queue gathers the requests into batches of up to 10 (SQS's batch limit) and sends a batch
+//! when it is full or when its oldest request has waited `flush` — so a saturated queue costs
+//! one call per 10 messages and an idle one adds at most `flush` of latency.
+//!
+//! Failures: an entry SQS rejects as the sender's fault (e.g. `ReceiptHandleIsInvalid`: another
+//! consumer owns the message now) is final; other entry failures and whole-call failures are
+//! retried with backoff for a bounded time, then reported to the requester.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Endpoint;
+use super::backoff::CallBackoff;
+use crate::telemetry;
+
+/// SQS takes at most 10 entries per batch call.
+const MAX_ENTRIES: usize = 10;
+/// Batch calls in flight at once per queue; enough to keep up with LocalStack's ceiling and
+/// real SQS's latency without unbounded fan-out.
+const MAX_CONCURRENT_CALLS: usize = 8;
+/// Attempts for a batch (or a batch entry) that fails for a reason that may pass.
+const MAX_ATTEMPTS: u32 = 6;
+
+/// What to do with a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    /// Make it visible again after this many seconds (0 = now).
+    SetVisibility(u32),
+}
+
+/// Why a batched action did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ActionError {
+    /// SQS refused the entry as the sender's fault; retrying cannot help.
+    #[error("rejected by SQS: {code}")]
+    Rejected { code: String },
+    /// Still failing after retries (endpoint down, throttled).
+    #[error("gave up after {attempts} attempts: {reason}")]
+    GaveUp { attempts: u32, reason: String },
+    /// The batcher stopped before the request was sent (only at the very end of shutdown).
+    #[error("batcher stopped")]
+    Stopped,
+}
+
+struct Request {
+    receipt_handle: String,
+    action: Action,
+    reply: oneshot::Sender<Result<(), ActionError>>,
+}
+
+/// A handle to the queue's batcher. Cloned into every message task; when the last clone is
+/// dropped, the batcher sends what is pending and stops.
+#[derive(Clone)]
+pub struct Batcher {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Batcher {
+    /// Starts the batcher task for `queue_url`; await the returned handle after dropping every
+    /// `Batcher` clone to know that all pending actions were sent.
+    pub(super) fn spawn(sqs: Endpoint, flush: Duration) -> (Batcher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(sqs, flush, rx));
+        (Batcher { requests: tx }, task)
+    }
+
+    /// Performs `action` on the message, batched with others; resolves when SQS confirmed it.
+    pub async fn perform(&self, receipt_handle: String, action: Action) -> Result<(), ActionError> {
+        let (reply, result) = oneshot::channel();
+        self.requests
+            .send(Request {
+                receipt_handle,
+                action,
+                reply,
+            })
+            .map_err(|_| ActionError::Stopped)?;
+        result.await.unwrap_or(Err(ActionError::Stopped))
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    requests: Vec<Request>,
+    oldest: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, request: Request) {
+        self.oldest.get_or_insert_with(Instant::now);
+        self.requests.push(request);
+    }
+
+    fn take(&mut self) -> Vec<Request> {
+        self.oldest = None;
+        std::mem::take(&mut self.requests)
+    }
+}
+
+async fn run(sqs: Endpoint, flush: Duration, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut deletes = Pending::default();
+    let mut visibility = Pending::default();
+    let mut calls = JoinSet::new();
+    loop {
+        let deadline = [deletes.oldest, visibility.oldest]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|oldest| oldest + flush);
+        let request = tokio::select! {
+            request = rx.recv() => request,
+            () = sleep_until_opt(deadline) => {
+                let now = Instant::now();
+                for pending in [&mut deletes, &mut visibility] {
+                    if pending.oldest.is_some_and(|o| o + flush <= now) {
+                        send(&mut calls, &sqs, pending.take()).await;
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(request) = request else { break };
+        let pending = match request.action {
+            Action::Delete => &mut deletes,
+            Action::SetVisibility(_) => &mut visibility,
+        };
+        pending.push(request);
+        if pending.requests.len() >= MAX_ENTRIES {
+            let batch = pending.take();
+            send(&mut calls, &sqs, batch).await;
+        }
+    }
+    // Every sender is gone: flush what is left and wait for the calls in flight.
+    for pending in [&mut deletes, &mut visibility] {
+        if !pending.requests.is_empty() {
+            send(&mut calls, &sqs, pending.take()).await;
+        }
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns the call for one batch, waiting for a free slot first (back-pressure on the loop).
+async fn send(calls: &mut JoinSet<()>, sqs: &Endpoint, batch: Vec<Request>) {
+    while calls.len() >= MAX_CONCURRENT_CALLS {
+        calls.join_next().await;
+    }
+    let sqs = sqs.clone();
+    calls.spawn(async move { send_with_retries(&sqs, batch).await });
+}
+
+/// One entry's result from a batch call: `None` = done, `Some((code, sender_fault))` = failed.
+type EntryFailure = (String, bool);
+
+async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
+    let queue = &*sqs.queue;
+    let mut backoff = CallBackoff::default();
+    let mut last_reason = String::new();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let answer = sqs.call(sqs.call_timeout);
+        let result = call(&sqs.client, queue, &sqs.url, &batch).await;
+        drop(answer);
+        match result {
+            Ok(failures) => {
+                let mut retry = Vec::new();
+                for (request, failure) in batch.into_iter().zip(failures) {
+                    match failure {
+                        None => {
+                            let _ = request.reply.send(Ok(()));
+                        }
+                        Some((code, true)) => {
+                            let _ = request.reply.send(Err(ActionError::Rejected { code }));
+                        }
+                        Some((code, false)) => {
+                            last_reason = code;
+                            retry.push(request);
+                        }
+                    }
+                }
+                if retry.is_empty() {
+                    return;
+                }
+                batch = retry;
+            }
+            Err(reason) => last_reason = reason,
+        }
+        if attempt < MAX_ATTEMPTS {
+            let delay = backoff.next_delay(&mut rand::rng());
+            tokio::time::sleep(delay).await;
+        }
+    }
+    tracing::warn!(queue, entries = batch.len(), error = %last_reason, "batch action failed after retries");
+    for request in batch {
+        let _ = request.reply.send(Err(ActionError::GaveUp {
+            attempts: MAX_ATTEMPTS,
+            reason: last_reason.clone(),
+        }));
+    }
+}
+
+/// Sends one batch call. Entries are identified by their index in `batch`.
+async fn call(
+    client: &Client,
+    queue: &str,
+    queue_url: &str,
+    batch: &[Request],
+) -> Result<Vec<Option<EntryFailure>>, String> {
+    let action = batch[0].action;
+    let failed = match action {
+        Action::Delete => {
+            let entries = batch.iter().enumerate().map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&r.receipt_handle)
+                    .build()
+                    .expect("id and receipt handle are set")
+            });
+            telemetry::sqs_request(queue, telemetry::SqsOp::DeleteMessageBatch);
+            let out = client
+                .delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(|e| {
+                    telemetry::sqs_error(queue, telemetry::SqsOp::DeleteMessageBatch);
+                    crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                })?;
+            out.failed
+        }
+        Action::SetVisibility(_) => {
+            let entries = batch.iter().enumerate().map(|(i, r)| {
+                let Action::SetVisibility(secs) = r.action else {
+                    unreachable!("visibility batches hold only visibility changes")
+                };
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&r.receipt_handle)
+                    .visibility_timeout(secs as i32)
+                    .build()
+                    .expect("id and receipt handle are set")
+            });
+            telemetry::sqs_request(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+            let out = client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(|e| {
+                    telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+                    crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                })?;
+            out.failed
+        }
+    };
+    let mut results = vec![None; batch.len()];
+    for entry in failed {
+        if let Some(slot) = entry
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some((entry.code, entry.sender_fault));
+        }
+    }
+    Ok(results)
+}

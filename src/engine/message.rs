@@ -1,0 +1,431 @@
+//! The life of one message, top to bottom: it was received by a poller; here it is leased,
+//! decoded, handed to the handler, and its outcome applied — deleted, made visible again after
+//! a backoff, dead-lettered with its reason, or released at shutdown. Nothing leaves this
+//! function without one of those, except a lost lease (another consumer owns the message).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::backoff;
+use super::batch::Action;
+use super::{Outcome, Queue};
+use crate::event;
+use crate::pipeline::Delivery;
+use crate::telemetry::{self, SqsOp};
+
+/// SQS allows at most 10 message attributes per message.
+const MAX_ATTRIBUTES: usize = 10;
+/// Longest `conveyor.error` written to the DLQ; reasons are one line, but a pipeline may
+/// produce a long one.
+const MAX_REASON_CHARS: usize = 1024;
+
+/// How a message's handling ended, before the outcome is applied.
+enum Verdict {
+    /// The handler (or the decoder) decided.
+    Decided(Outcome),
+    /// Shutdown's grace period ran out first.
+    Release,
+    /// The lease could not be kept; another consumer may own the message now.
+    LeaseLost,
+}
+
+/// What was applied, for the message's log line.
+#[derive(Debug, Clone, Copy)]
+enum Applied {
+    Deleted,
+    Retried {
+        delay_secs: u32,
+    },
+    DeadLettered,
+    Released,
+    LeaseLost,
+    /// The action did not get through; the message reappears when its visibility runs out.
+    Failed,
+}
+
+/// Handles one received message from lease to outcome. `received_at` is when the receive call
+/// was sent; `_permit` is its in-flight slot, freed when this returns.
+pub(super) async fn process(
+    queue: Arc<Queue>,
+    message: Message,
+    received_at: Instant,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _in_flight = telemetry::InFlight::new(&queue.name);
+    let message_id = message.message_id.clone().unwrap_or_default();
+    let Some(receipt) = message.receipt_handle.clone() else {
+        // SQS always sends one; without it the message cannot be acted on at all.
+        tracing::error!(queue = %queue.name, message_id, "message without a receipt handle; it will reappear after its visibility timeout");
+        return;
+    };
+    let lease = queue.leases.register(receipt.clone(), received_at);
+    let receive_count = system_attribute(
+        &message,
+        MessageSystemAttributeName::ApproximateReceiveCount,
+    )
+    .and_then(|v| v.parse::<u32>().ok())
+    .unwrap_or(1);
+    let body = message.body.as_deref().unwrap_or_default();
+
+    // Decide.
+    let mut event_id = None;
+    let verdict = match event::decode(body) {
+        Err(poison) => Verdict::Decided(Outcome::DeadLetter {
+            reason: format!("poison message: {poison}"),
+            label: poison.label(),
+            pipeline: None,
+        }),
+        Ok(event) => {
+            event_id = Some(event.id.clone());
+            let delivery = Arc::new(Delivery {
+                queue: queue.name.clone(),
+                message_id: message_id.clone(),
+                receive_count,
+                event,
+            });
+            tokio::select! {
+                biased;
+                () = lease.lost() => Verdict::LeaseLost,
+                () = queue.abandon.cancelled() => Verdict::Release,
+                outcome = queue.handler.handle(delivery) => Verdict::Decided(outcome),
+            }
+        }
+    };
+    telemetry::handler_finished(&queue.name, received_at.elapsed().as_secs_f64());
+
+    // Apply.
+    let (applied, reason) = match verdict {
+        Verdict::LeaseLost => (Applied::LeaseLost, None),
+        Verdict::Release => (release(&queue, &receipt).await, None),
+        Verdict::Decided(Outcome::Success) => (delete(&queue, &receipt).await, None),
+        Verdict::Decided(Outcome::Retry { reason, pipeline }) => {
+            if receive_count >= queue.max_receive_count && queue.dlq.is_some() {
+                let reason = format!(
+                    "retries exhausted after {receive_count} receives (maxReceiveCount {}): {reason}",
+                    queue.max_receive_count
+                );
+                let applied = dead_letter(
+                    &queue,
+                    &message,
+                    &receipt,
+                    receive_count,
+                    &reason,
+                    pipeline.as_deref(),
+                    "retries_exhausted",
+                )
+                .await;
+                (applied, Some(reason))
+            } else {
+                (retry(&queue, &receipt, receive_count).await, Some(reason))
+            }
+        }
+        Verdict::Decided(Outcome::DeadLetter {
+            reason,
+            label,
+            pipeline,
+        }) => {
+            let applied = dead_letter(
+                &queue,
+                &message,
+                &receipt,
+                receive_count,
+                &reason,
+                pipeline.as_deref(),
+                label,
+            )
+            .await;
+            (applied, Some(reason))
+        }
+    };
+    drop(lease);
+
+    let latency_ms = received_at.elapsed().as_millis() as u64;
+    let event_id = event_id.as_deref().unwrap_or("-");
+    match applied {
+        Applied::Deleted => {
+            tracing::debug!(queue = %queue.name, message_id, event_id, receive_count, outcome = "deleted", latency_ms, "message done")
+        }
+        Applied::Retried { delay_secs } => {
+            tracing::info!(queue = %queue.name, message_id, event_id, receive_count, outcome = "retry", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "message will be retried")
+        }
+        Applied::DeadLettered => {
+            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
+        }
+        Applied::Released => {
+            tracing::info!(queue = %queue.name, message_id, event_id, receive_count, outcome = "released", latency_ms, "message released at shutdown")
+        }
+        Applied::LeaseLost => {
+            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "lease_lost", latency_ms, "work abandoned: lease lost")
+        }
+        Applied::Failed => {
+            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
+        }
+    }
+}
+
+async fn delete(queue: &Queue, receipt: &str) -> Applied {
+    match queue
+        .batcher
+        .perform(receipt.to_owned(), Action::Delete)
+        .await
+    {
+        Ok(()) => {
+            telemetry::message_deleted(&queue.name);
+            Applied::Deleted
+        }
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e, "delete failed");
+            Applied::Failed
+        }
+    }
+}
+
+async fn retry(queue: &Queue, receipt: &str, receive_count: u32) -> Applied {
+    let delay_secs =
+        backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng());
+    match queue
+        .batcher
+        .perform(receipt.to_owned(), Action::SetVisibility(delay_secs))
+        .await
+    {
+        Ok(()) => {
+            telemetry::message_retried(&queue.name);
+            Applied::Retried { delay_secs }
+        }
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e, "setting the retry backoff failed");
+            Applied::Failed
+        }
+    }
+}
+
+/// A message received after shutdown began: hand it straight back, unprocessed.
+pub(super) async fn release_unprocessed(
+    queue: Arc<Queue>,
+    message: Message,
+    _permit: OwnedSemaphorePermit,
+) {
+    if let Some(receipt) = message.receipt_handle {
+        release(&queue, &receipt).await;
+    }
+}
+
+/// Makes the message visible to any consumer at once.
+async fn release(queue: &Queue, receipt: &str) -> Applied {
+    match queue
+        .batcher
+        .perform(receipt.to_owned(), Action::SetVisibility(0))
+        .await
+    {
+        Ok(()) => {
+            telemetry::message_released(&queue.name);
+            Applied::Released
+        }
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e, "release failed");
+            Applied::Failed
+        }
+    }
+}
+
+/// Copies the message to the DLQ with the reason attached, then deletes the original. The
+/// original is never deleted without a DLQ copy: if the copy fails, it comes back after a
+/// backoff instead (and the queue's native redrive remains the backstop).
+async fn dead_letter(
+    queue: &Queue,
+    message: &Message,
+    receipt: &str,
+    receive_count: u32,
+    reason: &str,
+    pipeline: Option<&str>,
+    label: &'static str,
+) -> Applied {
+    let Some(dlq) = &queue.dlq else {
+        tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
+        return retry(queue, receipt, receive_count).await;
+    };
+    let body = message.body.clone().unwrap_or_default();
+    let mut attributes =
+        dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
+    if body.len() + attributes_size(&attributes) > dlq.max_message_bytes {
+        // Too big with everything attached: keep the reason, drop the rest.
+        attributes.retain(|name, _| name == "conveyor.error");
+        if body.len() + attributes_size(&attributes) > dlq.max_message_bytes {
+            tracing::error!(queue = %queue.name, body_bytes = body.len(), "too large to dead-letter with a reason; leaving it to the queue's native redrive");
+            return retry(queue, receipt, receive_count).await;
+        }
+    }
+    telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
+    let sent = queue
+        .client
+        .send_message()
+        .queue_url(&dlq.url)
+        .message_body(body)
+        .set_message_attributes(Some(attributes))
+        .send()
+        .await;
+    if let Err(e) = sent {
+        telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
+        tracing::error!(queue = %queue.name, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "sending to the DLQ failed; the message will come back");
+        return retry(queue, receipt, receive_count).await;
+    }
+    telemetry::message_dead_lettered(&queue.name, label);
+    match delete(queue, receipt).await {
+        Applied::Deleted => Applied::DeadLettered,
+        // The DLQ has its copy; the original will be redelivered and dead-lettered again, so
+        // the DLQ may hold a duplicate but nothing is lost.
+        other => other,
+    }
+}
+
+/// The original message attributes plus conveyor's. If they would pass SQS's limit of 10, the
+/// originals are folded into one JSON attribute, `conveyor.original_attributes`.
+fn dead_letter_attributes(
+    message: &Message,
+    source_queue: &str,
+    receive_count: u32,
+    reason: &str,
+    pipeline: Option<&str>,
+) -> HashMap<String, MessageAttributeValue> {
+    let string = |value: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .expect("data type is set")
+    };
+    let first_received_at = system_attribute(
+        message,
+        MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+    )
+    .and_then(|ms| ms.parse::<i64>().ok())
+    .and_then(chrono::DateTime::from_timestamp_millis)
+    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    .unwrap_or_else(|| "unknown".to_owned());
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    let ours = [
+        ("conveyor.error", string(&reason)),
+        // SQS rejects empty attribute values.
+        ("conveyor.pipeline", string(pipeline.unwrap_or("none"))),
+        (
+            "conveyor.receive_count",
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(receive_count.to_string())
+                .build()
+                .expect("data type is set"),
+        ),
+        ("conveyor.first_received_at", string(&first_received_at)),
+        ("conveyor.source_queue", string(source_queue)),
+    ];
+    let originals: HashMap<String, MessageAttributeValue> = message
+        .message_attributes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("conveyor."))
+        .collect();
+    let mut attributes: HashMap<String, MessageAttributeValue> =
+        ours.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    if originals.len() + attributes.len() <= MAX_ATTRIBUTES {
+        attributes.extend(originals);
+    } else {
+        let folded: serde_json::Map<String, serde_json::Value> = originals
+            .iter()
+            .map(|(name, v)| {
+                let value = match (v.string_value(), v.binary_value()) {
+                    (Some(s), _) => serde_json::json!({"DataType": v.data_type(), "StringValue": s}),
+                    (None, Some(b)) => serde_json::json!({"DataType": v.data_type(), "BinaryValue": aws_smithy_types::base64::encode(b.as_ref())}),
+                    _ => serde_json::json!({"DataType": v.data_type()}),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        attributes.insert(
+            "conveyor.original_attributes".to_owned(),
+            string(&serde_json::Value::Object(folded).to_string()),
+        );
+    }
+    attributes
+}
+
+/// Bytes SQS counts for message attributes: name, type and value of each.
+fn attributes_size(attributes: &HashMap<String, MessageAttributeValue>) -> usize {
+    attributes
+        .iter()
+        .map(|(name, v)| {
+            name.len()
+                + v.data_type().len()
+                + v.string_value().map_or(0, str::len)
+                + v.binary_value().map_or(0, |b| b.as_ref().len())
+        })
+        .sum()
+}
+
+fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> Option<&str> {
+    message.attributes.as_ref()?.get(&name).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_with(attributes: usize) -> Message {
+        let mut builder = Message::builder().body("{}").attributes(
+            MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+            "1700000000123",
+        );
+        for i in 0..attributes {
+            builder = builder.message_attributes(
+                format!("orig{i}"),
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(format!("v{i}"))
+                    .build()
+                    .unwrap(),
+            );
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn dead_letter_attributes_keep_originals_and_add_the_reason() {
+        let a = dead_letter_attributes(&message_with(2), "https://q", 3, "boom", Some("graph"));
+        assert_eq!(a.len(), 7);
+        assert_eq!(a["conveyor.error"].string_value(), Some("boom"));
+        assert_eq!(a["conveyor.pipeline"].string_value(), Some("graph"));
+        assert_eq!(a["conveyor.receive_count"].string_value(), Some("3"));
+        assert_eq!(a["conveyor.receive_count"].data_type(), "Number");
+        assert_eq!(
+            a["conveyor.first_received_at"].string_value(),
+            Some("2023-11-14T22:13:20.123Z")
+        );
+        assert_eq!(a["conveyor.source_queue"].string_value(), Some("https://q"));
+        assert_eq!(a["orig1"].string_value(), Some("v1"));
+    }
+
+    #[test]
+    fn too_many_attributes_are_folded_not_dropped() {
+        let a = dead_letter_attributes(&message_with(8), "https://q", 1, "boom", None);
+        assert!(a.len() <= MAX_ATTRIBUTES);
+        let folded: serde_json::Value =
+            serde_json::from_str(a["conveyor.original_attributes"].string_value().unwrap())
+                .unwrap();
+        assert_eq!(folded.as_object().unwrap().len(), 8);
+        assert_eq!(folded["orig7"]["StringValue"], "v7");
+        assert_eq!(a["conveyor.pipeline"].string_value(), Some("none"));
+    }
+
+    #[test]
+    fn long_reasons_are_truncated() {
+        let a = dead_letter_attributes(&message_with(0), "q", 1, &"x".repeat(5000), None);
+        assert_eq!(
+            a["conveyor.error"].string_value().unwrap().len(),
+            MAX_REASON_CHARS
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! The SQS engine: per queue, pollers that long-poll within a bound on messages in flight, a
+//! lease keeper, a batcher for deletes and visibility changes, and the shutdown sequence.
+//! A message's own life — lease, decide, apply — reads top to bottom in [`message`].
+//!
+//! Shutdown, in order: stop receiving (a receive already in flight completes and its messages
+//! are released at once rather than left invisible); let in-flight work finish until the grace
+//! period ends; release what is still unfinished (visibility 0, so another instance takes it
+//! now); flush pending deletes; stop the lease keeper.
+
+pub mod backoff;
+mod batch;
+mod lease;
+mod message;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::QueueConfig;
+use crate::ops::Readiness;
+use crate::pipeline::Delivery;
+use crate::shutdown::Shutdown;
+use crate::sqs::{self, QueueLookupError};
+use crate::telemetry::{self, SqsOp};
+use backoff::CallBackoff;
+use batch::Batcher;
+use lease::Leases;
+
+/// What a handler decided for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: delete the message.
+    Success,
+    /// Failed in a way that may pass: receive again after a backoff (or dead-letter once the
+    /// queue's maxReceiveCount is reached).
+    Retry {
+        reason: String,
+        pipeline: Option<String>,
+    },
+    /// Can never succeed: dead-letter now with the reason.
+    DeadLetter {
+        reason: String,
+        /// Short stable label for metrics (`permanent`, `unrouted`, …).
+        label: &'static str,
+        pipeline: Option<String>,
+    },
+}
+
+/// Decides the outcome of one delivery. The future is dropped if the message's lease is lost
+/// or shutdown's grace period ends first.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome>;
+}
+
+/// What every consumer of a daemon shares.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub shutdown: Shutdown,
+    /// How long in-flight work may run after shutdown begins.
+    pub grace: Duration,
+    /// How long a non-polling SQS call may go unanswered before SQS counts as unresponsive.
+    pub call_timeout: Duration,
+    pub readiness: Readiness,
+}
+
+/// How a queue's tasks reach SQS and report on it.
+#[derive(Clone)]
+struct Endpoint {
+    client: Client,
+    queue: Arc<str>,
+    url: String,
+    readiness: Readiness,
+    /// The readiness component tracking this queue's SQS calls (`sqs:<queue>:calls`).
+    calls_component: Arc<str>,
+    call_timeout: Duration,
+}
+
+impl Endpoint {
+    /// Tracks one call that should answer within `answer_within` (see [`Readiness::call`]).
+    fn call(&self, answer_within: Duration) -> crate::ops::CallGuard {
+        self.readiness.call(&self.calls_component, answer_within)
+    }
+}
+
+/// Where dead letters go.
+struct DeadLetterQueue {
+    url: String,
+    /// The DLQ's MaximumMessageSize: body plus attributes must fit.
+    max_message_bytes: usize,
+}
+
+/// One queue's shared state, held by its pollers and message tasks.
+struct Queue {
+    name: Arc<str>,
+    url: String,
+    client: Client,
+    endpoint: Endpoint,
+    config: QueueConfig,
+    dlq: Option<DeadLetterQueue>,
+    /// From the queue's RedrivePolicy, else the configured fallback.
+    max_receive_count: u32,
+    handler: Arc<dyn Handler>,
+    batcher: Batcher,
+    leases: Leases,
+    /// Cancelled when the grace period is over: unfinished work is released.
+    abandon: CancellationToken,
+}
+
+/// A running consumer of one queue.
+pub struct Consumer {
+    pub name: Arc<str>,
+    pub queue_url: String,
+    done: JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Resolves the queue, reads its redrive policy and starts consuming. Stops on `shutdown`,
+    /// finishing or releasing in-flight work within `grace`.
+    pub async fn start(
+        name: &str,
+        config: QueueConfig,
+        handler: Arc<dyn Handler>,
+        context: &Context,
+    ) -> Result<Consumer, QueueLookupError> {
+        let client = context.client.clone();
+        let info = sqs::describe_queue(&client, &config).await?;
+        let dlq_url = match (&config.dlq_url, &info.redrive) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(redrive)) => Some(
+                sqs::url_for_arn(&client, &redrive.dead_letter_target_arn)
+                    .await
+                    .map_err(|source| QueueLookupError::Resolve {
+                        name: redrive.dead_letter_target_arn.clone(),
+                        source,
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        let dlq = match dlq_url {
+            Some(url) => Some(DeadLetterQueue {
+                max_message_bytes: sqs::max_message_bytes(&client, &url).await?,
+                url,
+            }),
+            None => {
+                tracing::error!(
+                    queue = name,
+                    url = %info.url,
+                    "NO DEAD-LETTER QUEUE: the queue has no RedrivePolicy and queues.{name}.dlq_url is unset; \
+                     failing messages will be retried with backoff forever"
+                );
+                None
+            }
+        };
+        let max_receive_count = info
+            .redrive
+            .as_ref()
+            .map_or(config.max_receive_count, |r| r.max_receive_count);
+        tracing::info!(
+            queue = name,
+            url = %info.url,
+            dlq = dlq.as_ref().map_or("none", |d| d.url.as_str()),
+            max_receive_count,
+            pollers = config.pollers,
+            max_in_flight = config.max_in_flight,
+            "consuming queue"
+        );
+
+        let name: Arc<str> = Arc::from(name);
+        let endpoint = Endpoint {
+            client: client.clone(),
+            queue: name.clone(),
+            url: info.url.clone(),
+            readiness: context.readiness.clone(),
+            calls_component: Arc::from(format!("sqs:{name}:calls")),
+            call_timeout: context.call_timeout,
+        };
+        let (batcher, batcher_task) = Batcher::spawn(endpoint.clone(), config.delete_flush());
+        let leases = Leases::new(config.visibility_timeout(), config.lease_renew_before());
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(lease::keep(
+            leases.clone(),
+            endpoint.clone(),
+            keeper_stop.clone(),
+        ));
+        let permits = Arc::new(Semaphore::new(config.max_in_flight as usize));
+        let queue = Arc::new(Queue {
+            name: name.clone(),
+            url: info.url.clone(),
+            client,
+            dlq,
+            max_receive_count,
+            handler,
+            batcher,
+            leases,
+            abandon: CancellationToken::new(),
+            endpoint,
+            config,
+        });
+
+        let pollers = TaskTracker::new();
+        let work = TaskTracker::new();
+        for _ in 0..queue.config.pollers {
+            pollers.spawn(poll(
+                queue.clone(),
+                permits.clone(),
+                work.clone(),
+                context.shutdown.clone(),
+                context.readiness.clone(),
+            ));
+        }
+        let done = tokio::spawn(drain_on_shutdown(
+            queue,
+            pollers,
+            work,
+            context.shutdown.clone(),
+            context.grace,
+            batcher_task,
+            keeper,
+            keeper_stop,
+        ));
+        Ok(Consumer {
+            name,
+            queue_url: info.url,
+            done,
+        })
+    }
+
+    /// Resolves when the consumer has stopped and every outcome has been applied.
+    pub async fn stopped(self) {
+        if let Err(e) = self.done.await {
+            tracing::error!(queue = %self.name, error = %e, "consumer task failed");
+        }
+    }
+}
+
+/// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
+/// its own task at once (a message never waits for its batch-mates), repeat.
+async fn poll(
+    queue: Arc<Queue>,
+    permits: Arc<Semaphore>,
+    work: TaskTracker,
+    shutdown: Shutdown,
+    readiness: Readiness,
+) {
+    let mut backoff = CallBackoff::default();
+    let readiness_key = format!("sqs:{}:receive", queue.name);
+    readiness.set(readiness_key.clone(), true);
+    // A long poll answers within its wait time; allow a margin for the network before
+    // calling SQS unresponsive.
+    let answer_within = Duration::from_secs(u64::from(queue.config.wait_time_secs) + 5);
+    loop {
+        // A poller with no free slot does not poll.
+        let mut held = tokio::select! {
+            biased;
+            () = shutdown.graceful.cancelled() => return,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        while held.num_permits() < queue.config.receive_batch_size as usize {
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => held.merge(permit),
+                Err(_) => break,
+            }
+        }
+        let sent_at = Instant::now();
+        let call = queue.endpoint.call(answer_within);
+        // A receive in flight at SIGTERM completes, so its messages can be released at once
+        // instead of staying invisible; only a second signal abandons it.
+        let received = tokio::select! {
+            () = shutdown.immediate.cancelled() => return,
+            received = receive(&queue, held.num_permits()) => received,
+        };
+        drop(call);
+        match received {
+            Ok(messages) => {
+                if backoff.failures() > 0 {
+                    tracing::info!(queue = %queue.name, "SQS reachable again");
+                }
+                readiness.set(readiness_key.clone(), true);
+                backoff.reset();
+                telemetry::messages_received(&queue.name, messages.len());
+                for message in messages {
+                    let permit = held
+                        .split(1)
+                        .expect("one permit was taken per message asked for");
+                    spawn_message(&queue, &work, &shutdown, message, sent_at, permit);
+                }
+            }
+            Err(error) => {
+                drop(held);
+                readiness.set(readiness_key.clone(), false);
+                let delay = backoff.next_delay(&mut rand::rng());
+                tracing::warn!(queue = %queue.name, error = %error, failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "receive failed");
+                tokio::select! {
+                    () = shutdown.graceful.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn spawn_message(
+    queue: &Arc<Queue>,
+    work: &TaskTracker,
+    shutdown: &Shutdown,
+    message: Message,
+    sent_at: Instant,
+    permit: OwnedSemaphorePermit,
+) {
+    if shutdown.graceful.is_cancelled() {
+        work.spawn(message::release_unprocessed(queue.clone(), message, permit));
+    } else {
+        work.spawn(message::process(queue.clone(), message, sent_at, permit));
+    }
+}
+
+async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
+    telemetry::sqs_request(&queue.name, SqsOp::ReceiveMessage);
+    queue
+        .client
+        .receive_message()
+        .queue_url(&queue.url)
+        .max_number_of_messages(max as i32)
+        .wait_time_seconds(queue.config.wait_time_secs as i32)
+        .visibility_timeout(queue.config.visibility_timeout_secs as i32)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .map(|out| out.messages.unwrap_or_default())
+        .map_err(|e| {
+            telemetry::sqs_error(&queue.name, SqsOp::ReceiveMessage);
+            crate::error_chain(&aws_sdk_sqs::Error::from(e))
+        })
+}
+
+/// Waits for shutdown, then stops the queue's consumer in order (see the module comment).
+#[allow(clippy::too_many_arguments)]
+async fn drain_on_shutdown(
+    queue: Arc<Queue>,
+    pollers: TaskTracker,
+    work: TaskTracker,
+    shutdown: Shutdown,
+    grace: Duration,
+    batcher_task: JoinHandle<()>,
+    keeper: JoinHandle<()>,
+    keeper_stop: CancellationToken,
+) {
+    shutdown.graceful.cancelled().await;
+    let deadline = Instant::now() + grace;
+    tracing::info!(queue = %queue.name, in_flight = queue.leases.count(), grace_secs = grace.as_secs(), "stopping: no new receives, finishing in-flight work");
+
+    pollers.close();
+    pollers.wait().await;
+    work.close();
+    tokio::select! {
+        () = work.wait() => {}
+        () = tokio::time::sleep_until(deadline) => {}
+        () = shutdown.immediate.cancelled() => {}
+    }
+    if !work.is_empty() {
+        tracing::warn!(queue = %queue.name, unfinished = work.len(), "releasing unfinished messages");
+        queue.abandon.cancel();
+        work.wait().await;
+    }
+    // The last handle on the batcher goes with the queue: it sends what is pending and stops.
+    drop(queue);
+    let _ = batcher_task.await;
+    keeper_stop.cancel();
+    let _ = keeper.await;
+}

@@ -1,0 +1,92 @@
+//! Pipelines: named units of work run on one delivered event. Each says whether its errors can
+//! be retried. Built in: `noop` (benchmarks, smoke tests) and `chaos` (tests and soaks: fails,
+//! sleeps or panics on request). The real pipelines join them here.
+
+mod chaos;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::event::EventBridgeEvent;
+
+pub use chaos::Chaos;
+
+/// What a pipeline is given: one delivery of one event.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The configured queue key (`main`).
+    pub queue: Arc<str>,
+    /// SQS message id.
+    pub message_id: String,
+    /// `ApproximateReceiveCount`: 1 on the first delivery.
+    pub receive_count: u32,
+    pub event: EventBridgeEvent,
+}
+
+/// A pipeline's failure, split by what the message's fate should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    /// May succeed later (a dependency is down, a rate limit, a timeout).
+    #[error("{0}")]
+    Retryable(String),
+    /// Can never succeed for this input (it is invalid for this pipeline).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// A named unit of work. Implementations must be idempotent per event: delivery is
+/// at-least-once.
+pub trait Pipeline: Send + Sync + 'static {
+    /// Stable name, used in routes, metrics, logs and the ledger.
+    fn name(&self) -> &'static str;
+    /// Processes one delivery. The future is dropped if its timeout passes or the message's
+    /// lease is lost, so it must not leave partial effects that a retry cannot repair.
+    fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>>;
+}
+
+/// Succeeds at once. For smoke tests and benchmarks of the engine itself.
+pub struct Noop;
+
+impl Pipeline for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    fn run(&self, _delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The pipelines a daemon can route to, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    pipelines: BTreeMap<&'static str, Arc<dyn Pipeline>>,
+}
+
+/// Names of the pipelines every daemon has; config validation checks routes against them.
+pub const BUILT_IN: &[&str] = &["noop", "chaos"];
+
+impl Registry {
+    /// The built-in pipelines.
+    pub fn built_in() -> Self {
+        let mut registry = Self::default();
+        registry.add(Arc::new(Noop));
+        registry.add(Arc::new(Chaos));
+        registry
+    }
+
+    /// Adds (or replaces) a pipeline under its name.
+    pub fn add(&mut self, pipeline: Arc<dyn Pipeline>) {
+        self.pipelines.insert(pipeline.name(), pipeline);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Pipeline>> {
+        self.pipelines.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.pipelines.keys().copied().collect()
+    }
+}
