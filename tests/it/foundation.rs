@@ -7,6 +7,8 @@ use nix::sys::signal::Signal;
 
 use crate::helpers::*;
 
+const NOOP_ROUTE: &str = "[[queues.main.routes]]\npipelines = [\"noop\"]\n";
+
 #[tokio::test]
 async fn stack_sqs_creates_a_queue_and_round_trips_a_message() {
     let _ls = localstack_shared().await;
@@ -70,7 +72,7 @@ async fn check_probes_every_dependency_and_never_prints_secrets() {
     let db_url = s
         .database_url
         .replace("postgres@", "postgres:db-secret-marker-7f3a@");
-    let out = Conveyor::new(&format!("[queues.main]\nname = \"{queue}\"\n"))
+    let out = Conveyor::new(&format!("[queues.main]\nname = \"{queue}\"\n{NOOP_ROUTE}"))
         .env("DATABASE_URL", &db_url)
         .env("OPENAI_API_KEY", "sk-secret-marker-91c2")
         .env("AWS_SECRET_ACCESS_KEY", "aws-secret-marker-55d1")
@@ -122,7 +124,7 @@ async fn check_probes_every_dependency_and_never_prints_secrets() {
 async fn check_exits_non_zero_naming_each_unreachable_dependency() {
     let _ls = localstack_shared().await;
     let out = Conveyor::new(&format!(
-        "[queues.main]\nname = \"{}\"\n",
+        "[queues.main]\nname = \"{}\"\n{NOOP_ROUTE}",
         unique("it-missing")
     ))
     .env(
