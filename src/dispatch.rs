@@ -2,6 +2,7 @@
 //! concurrently — each in its own task, with its own timeout, so an error, a panic or a hang in
 //! one never stops the others — and fold their results into the message's outcome.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,91 +108,92 @@ impl Dispatcher {
 impl Handler for Dispatcher {
     fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome> {
         let Some(route) = self.route(&delivery) else {
-            telemetry::unrouted(&self.queue);
-            let outcome = match self.on_unrouted {
-                Unrouted::Drop => {
-                    tracing::info!(queue = %self.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, source = %delivery.event.source, detail_type = %delivery.event.detail_type, "unrouted event dropped (on_unrouted = \"drop\")");
-                    Outcome::Success
-                }
-                Unrouted::DeadLetter => Outcome::DeadLetter {
-                    reason: format!(
-                        "unrouted: no route for source {:?} and detail-type {:?}",
-                        delivery.event.source, delivery.event.detail_type
-                    ),
-                    label: "unrouted",
-                    pipeline: None,
-                },
-            };
-            return Box::pin(std::future::ready(outcome));
+            return Box::pin(std::future::ready(self.unrouted(&delivery)));
         };
         let pipelines = route.pipelines.clone();
         let ack = route.ack;
         Box::pin(async move {
-            // Dropping the JoinSet (lease lost, grace over) aborts every pipeline task.
+            // One task per pipeline: a panic unwinds only its task. Dropping the JoinSet (lease
+            // lost, grace over) aborts them all, so no pipeline outlives its message.
             let mut tasks = JoinSet::new();
+            let mut names = HashMap::new();
             for (pipeline, timeout) in pipelines {
                 let delivery = delivery.clone();
-                tasks.spawn(run_one(pipeline, timeout, delivery));
+                let name = pipeline.name();
+                let task = tasks.spawn(async move {
+                    match tokio::time::timeout(timeout, pipeline.run(delivery)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PipelineError::Retryable(format!(
+                            "timed out after {}s",
+                            timeout.as_secs()
+                        ))),
+                    }
+                });
+                names.insert(task.id(), (name, Instant::now()));
             }
             let mut results = Vec::new();
-            while let Some(joined) = tasks.join_next().await {
-                // run_one catches its pipeline's panic itself, so a join error means the task
-                // was cancelled, which only happens when this future is dropped.
-                if let Ok(result) = joined {
-                    results.push(result);
-                }
+            while let Some(joined) = tasks.join_next_with_id().await {
+                let (id, result) = match joined {
+                    Ok((id, result)) => (id, result),
+                    Err(e) if e.is_panic() => {
+                        (e.id(), Err(PipelineError::Retryable("panicked".into())))
+                    }
+                    // Cancelled: only when this future is dropped, and then nobody is listening.
+                    Err(e) => (e.id(), Err(PipelineError::Retryable("cancelled".into()))),
+                };
+                let (name, started) = names[&id];
+                record(&delivery, name, &result, started);
+                results.push(PipelineResult {
+                    pipeline: name,
+                    result,
+                });
             }
             fold(&results, ack)
         })
     }
 }
 
-/// Runs one pipeline with its timeout, turning a panic or a timeout into that pipeline's
-/// retryable failure.
-async fn run_one(
-    pipeline: Arc<dyn Pipeline>,
-    timeout: Duration,
-    delivery: Arc<Delivery>,
-) -> PipelineResult {
-    let name = pipeline.name();
-    let started = Instant::now();
-    // A panic unwinds only the inner task; the JoinHandle reports it.
-    let inner = tokio::spawn(pipeline.run(delivery.clone()));
-    let abort = inner.abort_handle();
-    let result = match tokio::time::timeout(timeout, inner).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) if join.is_panic() => Err(PipelineError::Retryable(format!(
-            "pipeline {name} panicked"
-        ))),
-        Ok(Err(_)) => Err(PipelineError::Retryable(format!(
-            "pipeline {name} was cancelled"
-        ))),
-        Err(_) => {
-            abort.abort();
-            Err(PipelineError::Retryable(format!(
-                "pipeline {name} timed out after {}s",
-                timeout.as_secs()
-            )))
+impl Dispatcher {
+    fn unrouted(&self, delivery: &Delivery) -> Outcome {
+        telemetry::unrouted(&self.queue);
+        match self.on_unrouted {
+            Unrouted::Drop => {
+                tracing::info!(queue = %self.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, source = %delivery.event.source, detail_type = %delivery.event.detail_type, "unrouted event dropped (on_unrouted = \"drop\")");
+                Outcome::Success
+            }
+            Unrouted::DeadLetter => Outcome::DeadLetter {
+                reason: format!(
+                    "unrouted: no route for source {:?} and detail-type {:?}",
+                    delivery.event.source, delivery.event.detail_type
+                ),
+                label: "unrouted",
+                pipeline: None,
+            },
         }
-    };
-    let outcome = match &result {
+    }
+}
+
+/// Logs and counts one pipeline run.
+fn record(
+    delivery: &Delivery,
+    name: &'static str,
+    result: &Result<(), PipelineError>,
+    started: Instant,
+) {
+    let outcome = match result {
         Ok(()) => "success",
         Err(PipelineError::Retryable(_)) => "retryable_error",
         Err(PipelineError::Permanent(_)) => "permanent_error",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     telemetry::pipeline_finished(name, outcome, started.elapsed().as_secs_f64());
-    match &result {
+    match result {
         Ok(()) => {
             tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, "pipeline finished")
         }
         Err(e) => {
             tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, error = %e, "pipeline failed")
         }
-    }
-    PipelineResult {
-        pipeline: name,
-        result,
     }
 }
 

@@ -56,6 +56,8 @@ pub enum QueueLookupError {
     },
     #[error("queue {url} has an unreadable RedrivePolicy: {reason}")]
     Redrive { url: String, reason: String },
+    #[error("the queue has neither url nor name configured")]
+    Unnamed,
 }
 
 /// Resolves the configured queue (by URL or name) and reads its attributes.
@@ -76,7 +78,7 @@ pub async fn describe_queue(
             })?
             .queue_url
             .unwrap_or_default(),
-        (None, None) => unreachable!("validate() requires url or name"),
+        (None, None) => return Err(QueueLookupError::Unnamed),
     };
     let attributes = client
         .get_queue_attributes()

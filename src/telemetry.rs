@@ -39,6 +39,10 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<()> {
             )
             .try_init()?,
     }
+    // A panic is a bug worth a structured log line, not a stray line on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic");
+    }));
     Ok(())
 }
 

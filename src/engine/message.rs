@@ -204,11 +204,7 @@ async fn retry(queue: &Queue, receipt: &str, receive_count: u32) -> Applied {
 }
 
 /// A message received after shutdown began: hand it straight back, unprocessed.
-pub(super) async fn release_unprocessed(
-    queue: Arc<Queue>,
-    message: Message,
-    _permit: OwnedSemaphorePermit,
-) {
+pub(super) async fn release_unprocessed(queue: Arc<Queue>, message: Message) {
     if let Some(receipt) = message.receipt_handle {
         release(&queue, &receipt).await;
     }

@@ -288,9 +288,8 @@ async fn poll(
                 backoff.reset();
                 telemetry::messages_received(&queue.name, messages.len());
                 for message in messages {
-                    let permit = held
-                        .split(1)
-                        .expect("one permit was taken per message asked for");
+                    // SQS never returns more than asked; if it ever did, the extra is handed back.
+                    let permit = held.split(1);
                     spawn_message(&queue, &work, &shutdown, message, sent_at, permit);
                 }
             }
@@ -314,12 +313,16 @@ fn spawn_message(
     shutdown: &Shutdown,
     message: Message,
     sent_at: Instant,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
-    if shutdown.graceful.is_cancelled() {
-        work.spawn(message::release_unprocessed(queue.clone(), message, permit));
-    } else {
-        work.spawn(message::process(queue.clone(), message, sent_at, permit));
+    match permit {
+        Some(permit) if !shutdown.graceful.is_cancelled() => {
+            work.spawn(message::process(queue.clone(), message, sent_at, permit));
+        }
+        // Received while stopping (or beyond the in-flight bound): hand it straight back.
+        _ => {
+            work.spawn(message::release_unprocessed(queue.clone(), message));
+        }
     }
 }
 

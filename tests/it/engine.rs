@@ -466,3 +466,42 @@ async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
         "nothing dead-lettered by the outage"
     );
 }
+
+#[tokio::test]
+async fn without_a_dlq_permanent_failures_are_retried_never_dropped() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let url = create_queue(&sqs, &unique("it-no-dlq")).await;
+    send_all(
+        &sqs,
+        &url,
+        &[event_body(
+            "no-dlq-1",
+            json!({"chaos": {"permanent": true}}),
+        )],
+    )
+    .await;
+    let k = key();
+    let config = test_config(&queue_toml(
+        &k,
+        &url,
+        &format!(
+            "wait_time_secs = 1\n[queues.{k}.retry]\nbase_secs = 1\ncap_secs = 1\njitter = \"none\"\n\
+             [[queues.{k}.routes]]\npipelines = [\"chaos\"]"
+        ),
+    ));
+    let daemon = InProcess::start(config, conveyor::pipeline::Registry::built_in()).await;
+    let label = format!("queue=\"{k}\"");
+    eventually("three retries", Duration::from_secs(30), async || {
+        metric("conveyor_messages_retried_total", &[&label]) >= 3.0
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(metric("conveyor_messages_deleted_total", &[&label]), 0.0);
+    assert_eq!(
+        metric("conveyor_messages_dead_lettered_total", &[&label]),
+        0.0
+    );
+    let (visible, in_flight) = queue_depth(&sqs, &url).await;
+    assert_eq!(visible + in_flight, 1, "the message is still in its queue");
+}

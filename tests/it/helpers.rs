@@ -569,3 +569,10 @@ pub fn registry_with(recorder: &Recorder) -> conveyor::pipeline::Registry {
     registry.add(Arc::new(recorder.clone()));
     registry
 }
+
+/// A pool on the stack's database (migrated).
+pub async fn pg() -> sqlx::PgPool {
+    let pool = sqlx::PgPool::connect(&stack().database_url).await.unwrap();
+    conveyor::postgres::migrate(&pool).await.unwrap();
+    pool
+}

@@ -1,0 +1,191 @@
+"""scripts/bench's driver: runs each consumer against the same LocalStack on identical queues
+of EventBridge-wrapped ~1 KiB messages and measures, side by side in one run: messages/s, CPU
+seconds per 1,000 messages (user + system of the consumer process, from wait4), peak RSS
+(ru_maxrss), and SQS requests per message. Writes the table to stdout and BENCHMARKS.md."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
+N = int(os.environ.get("BENCH_MESSAGES", "20000"))
+TASKS = int(os.environ.get("BENCH_TASKS", "4"))
+IDLE_SECS = int(os.environ.get("BENCH_IDLE_SECS", "60"))
+HELPER, CONVEYOR, PEER_DIR, REPO = sys.argv[1:5]
+
+
+def sqs(action, payload):
+    """One call to LocalStack's SQS JSON protocol (it does not check signatures)."""
+    req = urllib.request.Request(
+        ENDPOINT + "/",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS." + action},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def depth(url):
+    a = sqs("GetQueueAttributes", {"QueueUrl": url, "AttributeNames": [
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]})["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+def fresh_queue(label):
+    name = f"bench-{label}-{os.getpid()}-{int(time.time())}"
+    url = subprocess.check_output([HELPER, "create", name], text=True).strip()
+    subprocess.check_call([HELPER, "fill", url, str(N)])
+    deadline = time.time() + 30
+    while depth(url) != (N, 0):
+        if time.time() > deadline:
+            raise SystemExit(f"{label}: queue holds {depth(url)} after filling {N}")
+        time.sleep(0.2)
+    return url
+
+
+def conveyor_metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def metric_sum(text, name):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run(label, argv, env=None, prepare=None, requests_at_drain=None):
+    """Fills a fresh queue, starts a consumer, and measures it until the queue is drained.
+
+    `prepare(url)` runs before the start (conveyor writes its config there);
+    `requests_at_drain()` reads the request count at the moment of draining (conveyor's
+    metrics); otherwise the consumer prints its count as its last line of output (the raw
+    loop when it is done, the peer on SIGTERM)."""
+    url = fresh_queue(label)
+    if prepare:
+        prepare(url)
+    argv = [a.replace("{url}", url) for a in argv]
+    log = open(f"/tmp/conveyor-bench-{label}.log", "w")
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    requests = None
+    while True:
+        if proc.poll() is not None or depth(url) == (0, 0):
+            drained_at = time.monotonic()
+            if requests_at_drain:
+                requests = requests_at_drain()
+            break
+        if time.monotonic() - start > 600:
+            proc.kill()
+            raise SystemExit(f"{label}: not drained after 600 s; log /tmp/conveyor-bench-{label}.log")
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if depth(url) != (0, 0):
+        raise SystemExit(f"{label} stopped before draining its queue; log /tmp/conveyor-bench-{label}.log")
+    if requests is None:
+        requests = int(out.strip().splitlines()[-1])
+    elapsed = drained_at - start
+    return {
+        "name": label,
+        "msgs_per_s": N / elapsed,
+        "cpu_per_1k": (usage.ru_utime + usage.ru_stime) / (N / 1000),
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "requests_per_msg": requests / N,
+    }
+
+
+PORT = 19090 + os.getpid() % 1000
+
+
+def conveyor_env(cfg):
+    return dict(os.environ, CONVEYOR_ENV="local", CONVEYOR_CONFIG_DIR=os.path.join(REPO, "config"),
+                CONVEYOR_CONFIG=cfg)
+
+
+def write_conveyor_config(cfg, url, pollers):
+    with open(cfg, "w") as f:
+        f.write(f'[telemetry]\nlog_level = "warn"\n[ops]\nlisten_addr = "127.0.0.1:{PORT}"\n'
+                f'[queues.main]\nurl = "{url}"\npollers = {pollers}\nmax_in_flight = 100\n'
+                f'[[queues.main.routes]]\npipelines = ["noop"]\n')
+
+
+def conveyor_row():
+    cfg = f"/tmp/conveyor-bench-{os.getpid()}.toml"
+    return run(
+        "conveyor", [CONVEYOR, "run"], env=conveyor_env(cfg),
+        prepare=lambda url: write_conveyor_config(cfg, url, TASKS),
+        requests_at_drain=lambda: metric_sum(conveyor_metrics(PORT), "conveyor_sqs_requests_total"),
+    )
+
+
+def idle_cost():
+    """Requests per minute per poller against an empty queue."""
+    url = subprocess.check_output([HELPER, "create", f"bench-idle-{os.getpid()}"], text=True).strip()
+    cfg = f"/tmp/conveyor-bench-idle-{os.getpid()}.toml"
+    write_conveyor_config(cfg, url, 2)
+    proc = subprocess.Popen([CONVEYOR, "run"], env=conveyor_env(cfg),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    before = metric_sum(conveyor_metrics(PORT), "conveyor_sqs_requests_total")
+    time.sleep(IDLE_SECS)
+    after = metric_sum(conveyor_metrics(PORT), "conveyor_sqs_requests_total")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # the second signal skips waiting out the long poll
+    proc.wait()
+    return (after - before) / (IDLE_SECS / 60) / 2
+
+
+def main():
+    node = ["node", os.path.join(PEER_DIR, "sqs-consumer.mjs"), "{url}"]
+    rows = [
+        conveyor_row(),
+        run(f"raw-loop-{TASKS}-tasks", [HELPER, "raw-loop", "{url}", str(TASKS), str(N)]),
+        run("sqs-consumer-1", node + ["1"]),
+        run("sqs-consumer-4", node + ["4"]),
+    ]
+    idle = idle_cost()
+    raw = rows[1]
+    peer4 = rows[3]
+    header = "| consumer | msg/s | vs raw loop | CPU s / 1k msgs | vs sqs-consumer ×4 | peak RSS MB | SQS requests / msg |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['msgs_per_s']:.0f} | {r['msgs_per_s'] / raw['msgs_per_s']:.2f} | "
+            f"{r['cpu_per_1k']:.3f} | {r['cpu_per_1k'] / peer4['cpu_per_1k']:.2f} | {r['peak_rss_mb']:.1f} | "
+            f"{r['requests_per_msg']:.3f} |")
+    table = "\n".join(lines)
+    summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores. "
+               f"{N} EventBridge-wrapped ~1 KiB messages per consumer, one fresh queue each, same LocalStack, "
+               f"{TASKS} pollers/tasks for conveyor and the raw loop; conveyor routes to the `noop` pipeline.\n"
+               f"Idle cost: {idle:.1f} SQS requests per minute per poller (20 s long polls).")
+    print(table)
+    print(summary)
+    write_section("engine", table + "\n\n" + summary)
+
+
+def write_section(name, text):
+    """Replaces this benchmark's section of BENCHMARKS.md (between its markers), keeping the rest."""
+    path = os.path.join(REPO, "BENCHMARKS.md")
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    block = f"{start}\n{text}\n{end}"
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+main()

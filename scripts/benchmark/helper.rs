@@ -1,0 +1,171 @@
+//! Benchmark helper for `scripts/bench` (not part of the daemon):
+//!
+//!   bench create NAME            create a queue, print its URL
+//!   bench fill URL COUNT         send COUNT EventBridge-wrapped ~1 KiB messages
+//!   bench depth URL              print "visible in_flight"
+//!   bench raw-loop URL TASKS N   the least work that drains a queue with aws-sdk-sqs: TASKS
+//!                                tasks each receive 10 / delete-batch until N are deleted;
+//!                                prints the SQS requests it made
+//!
+//! Endpoint, region and credentials come from the environment (`scripts/stack env`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    conveyor::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let client = Client::new(&sdk);
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["create", name] => {
+            let url = client
+                .create_queue()
+                .queue_name(*name)
+                .send()
+                .await?
+                .queue_url
+                .unwrap_or_default();
+            println!("{url}");
+        }
+        ["fill", url, count] => fill(&client, url, count.parse()?).await?,
+        ["depth", url] => {
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            let a = client
+                .get_queue_attributes()
+                .queue_url(*url)
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await?
+                .attributes
+                .unwrap_or_default();
+            println!(
+                "{} {}",
+                a[&A::ApproximateNumberOfMessages],
+                a[&A::ApproximateNumberOfMessagesNotVisible]
+            );
+        }
+        ["raw-loop", url, tasks, total] => {
+            raw_loop(client, url, tasks.parse()?, total.parse()?).await?
+        }
+        _ => anyhow::bail!(
+            "usage: bench create NAME | fill URL COUNT | depth URL | raw-loop URL TASKS N"
+        ),
+    }
+    Ok(())
+}
+
+/// ~1 KiB EventBridge events, sent 10 per call from 8 concurrent senders.
+async fn fill(client: &Client, url: &str, count: usize) -> anyhow::Result<()> {
+    let padding = "x".repeat(800);
+    let bodies: Vec<String> = (0..count)
+        .map(|i| {
+            serde_json::json!({
+                "version": "0", "id": format!("bench-{i}"), "detail-type": "Bench.event",
+                "source": "conveyor.bench", "account": "000000000000",
+                "time": "2025-01-23T10:30:00Z", "region": "us-east-1", "resources": [],
+                "detail": {"n": i, "padding": padding},
+            })
+            .to_string()
+        })
+        .collect();
+    let chunks: Vec<Vec<String>> = bodies.chunks(10).map(<[String]>::to_vec).collect();
+    let chunks = Arc::new(std::sync::Mutex::new(chunks));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url, chunks) = (client.clone(), url.to_owned(), chunks.clone());
+        senders.spawn(async move {
+            loop {
+                let Some(chunk) = chunks.lock().unwrap().pop() else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(b)
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = client
+                    .send_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await?;
+                anyhow::ensure!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+            }
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn raw_loop(client: Client, url: &str, tasks: usize, total: u64) -> anyhow::Result<()> {
+    let deleted = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (client, url, deleted, requests) = (
+            client.clone(),
+            url.to_owned(),
+            deleted.clone(),
+            requests.clone(),
+        );
+        set.spawn(async move {
+            while deleted.load(Ordering::Relaxed) < total {
+                requests.fetch_add(1, Ordering::Relaxed);
+                let messages = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await?
+                    .messages
+                    .unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                requests.fetch_add(1, Ordering::Relaxed);
+                client
+                    .delete_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await?;
+                deleted.fetch_add(messages.len() as u64, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    println!("{}", requests.load(Ordering::Relaxed));
+    Ok(())
+}
