@@ -37,7 +37,8 @@ def depth(url):
 
 
 def fresh_queue(label):
-    name = f"bench-{label}-{os.getpid()}-{int(time.time())}"
+    slug = re.sub(r"[^A-Za-z0-9-]+", "-", label)
+    name = f"bench-{slug}-{os.getpid()}-{int(time.time())}"
     url = subprocess.check_output([HELPER, "create", name], text=True).strip()
     subprocess.check_call([HELPER, "fill", url, str(N)])
     deadline = time.time() + 30
@@ -61,37 +62,54 @@ def metric_sum(text, name):
     return total
 
 
-def run(label, argv, env=None, prepare=None, requests_at_drain=None):
+def run(label, argv, env=None, prepare=None, requests_at_drain=None, exits_when_done=False):
     """Fills a fresh queue, starts a consumer, and measures it until the queue is drained.
 
     `prepare(url)` runs before the start (conveyor writes its config there);
     `requests_at_drain()` reads the request count at the moment of draining (conveyor's
     metrics); otherwise the consumer prints its count as its last line of output (the raw
-    loop when it is done, the peer on SIGTERM)."""
+    loop when it is done, the peer on SIGTERM). A consumer that `exits_when_done` (the raw
+    loop) is timed to its exit."""
     url = fresh_queue(label)
     if prepare:
         prepare(url)
     argv = [a.replace("{url}", url) for a in argv]
-    log = open(f"/tmp/conveyor-bench-{label}.log", "w")
+    log_path = f"/tmp/conveyor-bench-{label.replace(' ', '_')}.log"
+    log = open(log_path, "w")
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    usage = None
+
+    def reap(block):
+        """wait4 ourselves: Popen.poll() would reap the child and lose its rusage."""
+        nonlocal usage
+        pid, status, ru = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return False
+        usage, proc.returncode = ru, os.waitstatus_to_exitcode(status)
+        return True
+
     requests = None
     while True:
-        if proc.poll() is not None or depth(url) == (0, 0):
+        exited = reap(block=False)
+        if exited and proc.returncode != 0:
+            raise SystemExit(f"{label} exited with {proc.returncode}; log {log_path}")
+        if exited or (not exits_when_done and depth(url) == (0, 0)):
             drained_at = time.monotonic()
             if requests_at_drain:
                 requests = requests_at_drain()
             break
         if time.monotonic() - start > 600:
             proc.kill()
-            raise SystemExit(f"{label}: not drained after 600 s; log /tmp/conveyor-bench-{label}.log")
+            raise SystemExit(f"{label}: not drained after 600 s; log {log_path}")
         time.sleep(0.1)
-    if proc.poll() is None:
+    if usage is None:
         proc.send_signal(signal.SIGTERM)
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    if usage is None:
+        reap(block=True)
     if depth(url) != (0, 0):
-        raise SystemExit(f"{label} stopped before draining its queue; log /tmp/conveyor-bench-{label}.log")
+        raise SystemExit(f"{label} stopped before draining its queue; log {log_path}")
     if requests is None:
         requests = int(out.strip().splitlines()[-1])
     elapsed = drained_at - start
@@ -107,9 +125,35 @@ def run(label, argv, env=None, prepare=None, requests_at_drain=None):
 PORT = 19090 + os.getpid() % 1000
 
 
-def conveyor_env(cfg):
-    return dict(os.environ, CONVEYOR_ENV="local", CONVEYOR_CONFIG_DIR=os.path.join(REPO, "config"),
-                CONVEYOR_CONFIG=cfg)
+def conveyor_env(cfg, ledger_in_postgres=False):
+    env = dict(os.environ, CONVEYOR_ENV="test", CONVEYOR_CONFIG_DIR=os.path.join(REPO, "config"),
+               CONVEYOR_CONFIG=cfg)
+    if not ledger_in_postgres:
+        env.pop("DATABASE_URL", None)  # the ledger stays in memory
+    return env
+
+
+def postgres_cpu_seconds():
+    """CPU of the stack's PostgreSQL: the postmaster and its backends, reaped ones included."""
+    data = os.environ.get("CONVEYOR_STACK_PG_DATA")
+    if not data:
+        return 0.0
+    postmaster = int(open(os.path.join(data, "postmaster.pid")).readline())
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        if int(pid) == postmaster:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def write_conveyor_config(cfg, url, pollers):
@@ -119,13 +163,17 @@ def write_conveyor_config(cfg, url, pollers):
                 f'[[queues.main.routes]]\npipelines = ["noop"]\n')
 
 
-def conveyor_row():
+def conveyor_row(ledger_in_postgres=False):
     cfg = f"/tmp/conveyor-bench-{os.getpid()}.toml"
-    return run(
-        "conveyor", [CONVEYOR, "run"], env=conveyor_env(cfg),
+    label = "conveyor + PostgreSQL ledger" if ledger_in_postgres else "conveyor"
+    pg_before = postgres_cpu_seconds()
+    row = run(
+        label, [CONVEYOR, "run"], env=conveyor_env(cfg, ledger_in_postgres),
         prepare=lambda url: write_conveyor_config(cfg, url, TASKS),
         requests_at_drain=lambda: metric_sum(conveyor_metrics(PORT), "conveyor_sqs_requests_total"),
     )
+    row["pg_cpu_per_1k"] = (postgres_cpu_seconds() - pg_before) / (N / 1000)
+    return row
 
 
 def idle_cost():
@@ -146,11 +194,33 @@ def idle_cost():
     return (after - before) / (IDLE_SECS / 60) / 2
 
 
+def ledger_main():
+    """conveyor with the in-memory ledger and with the PostgreSQL ledger, side by side."""
+    rows = [conveyor_row(), conveyor_row(ledger_in_postgres=True)]
+    base, pg = rows
+    lines = ["| conveyor (noop pipeline) | msg/s | CPU s / 1k msgs (conveyor) | CPU s / 1k msgs (PostgreSQL) | peak RSS MB | SQS requests / msg |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['msgs_per_s']:.0f} | {r['cpu_per_1k']:.3f} | {r['pg_cpu_per_1k']:.3f} | "
+                     f"{r['peak_rss_mb']:.1f} | {r['requests_per_msg']:.3f} |")
+    extra_cpu_ms = ((pg["cpu_per_1k"] + pg["pg_cpu_per_1k"]) - (base["cpu_per_1k"] + base["pg_cpu_per_1k"]))
+    summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, {N} messages each, "
+               f"{TASKS} pollers, one `noop` pipeline per route. The ledger costs two PostgreSQL round trips per "
+               f"pipeline per message (claim, then record): {extra_cpu_ms:.3f} ms of CPU per message in all "
+               f"(conveyor + PostgreSQL), throughput ×{pg['msgs_per_s'] / base['msgs_per_s']:.2f}.")
+    table = "\n".join(lines)
+    print(table)
+    print(summary)
+    write_section("ledger", table + "\n\n" + summary)
+
+
 def main():
+    if os.environ.get("BENCH_ONLY") == "ledger":
+        return ledger_main()
     node = ["node", os.path.join(PEER_DIR, "sqs-consumer.mjs"), "{url}"]
     rows = [
         conveyor_row(),
-        run(f"raw-loop-{TASKS}-tasks", [HELPER, "raw-loop", "{url}", str(TASKS), str(N)]),
+        run(f"raw-loop-{TASKS}-tasks", [HELPER, "raw-loop", "{url}", str(TASKS), str(N)], exits_when_done=True),
         run("sqs-consumer-1", node + ["1"]),
         run("sqs-consumer-4", node + ["4"]),
     ]
