@@ -13,10 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
+use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
 use crate::pipeline::Registry;
 use crate::shutdown::Shutdown;
-use crate::{aws, telemetry};
+use crate::{aws, postgres, telemetry};
 
 /// A started daemon.
 pub struct Running {
@@ -58,6 +59,9 @@ pub async fn start_with(
         ops_stop.clone(),
     ));
 
+    let ledger = open_ledger(&config, &readiness).await?;
+    tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
+
     let mut consumers = Vec::new();
     if config.queues.is_empty() {
         tracing::warn!(
@@ -74,8 +78,8 @@ pub async fn start_with(
             readiness: readiness.clone(),
         };
         for (name, queue) in &config.queues {
-            let dispatcher =
-                Dispatcher::new(name, queue, &config, &registry).map_err(anyhow::Error::msg)?;
+            let dispatcher = Dispatcher::new(name, queue, &config, &registry, ledger.clone())
+                .map_err(anyhow::Error::msg)?;
             let consumer = Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context)
                 .await
                 .with_context(|| format!("queues.{name}: cannot start consuming"))?;
@@ -91,6 +95,44 @@ pub async fn start_with(
         ops_stop,
         tasks,
     })
+}
+
+/// The idempotency ledger: in PostgreSQL when `DATABASE_URL` is set (migrations applied here),
+/// else in memory. A configured database that cannot be reached is a startup error: running
+/// on without it would quietly weaken the exactly-once guarantee.
+async fn open_ledger(config: &Config, readiness: &Readiness) -> anyhow::Result<Ledger> {
+    let Some(url) = &config.secrets.database_url else {
+        tracing::warn!(
+            "no DATABASE_URL: the idempotency ledger is in memory, so effects are deduplicated only \
+             within this process; set DATABASE_URL to share it across instances and restarts"
+        );
+        return Ok(Ledger::in_memory());
+    };
+    let pool = postgres::connect(&config.database, url).await.context(
+        "PostgreSQL (DATABASE_URL) is unreachable; check the URL and that the server is up",
+    )?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations/ to PostgreSQL")?;
+    readiness.set("postgres", true);
+    tracing::info!("idempotency ledger in PostgreSQL; migrations applied");
+    Ok(Ledger::Postgres(pool))
+}
+
+/// Deletes ledger rows no delivery can need any more, hourly.
+async fn prune_ledger(ledger: Ledger, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match ledger.prune().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned the idempotency ledger"),
+            Err(e) => tracing::warn!(error = %e, "pruning the idempotency ledger failed"),
+        }
+    }
 }
 
 impl Running {

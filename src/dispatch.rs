@@ -3,15 +3,18 @@
 //! one never stops the others — and fold their results into the message's outcome.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
 use crate::engine::{Handler, Outcome};
+use crate::ledger::{Claim, Ledger};
 use crate::pipeline::{Delivery, Pipeline, PipelineError, Registry};
 use crate::telemetry;
 
@@ -48,18 +51,49 @@ struct Route {
     ack: Ack,
 }
 
-/// The handler of one queue: its routes and what to do with unrouted events.
+/// The handler of one queue: its routes, what to do with unrouted events, and the ledger that
+/// makes each pipeline's effect happen once per interaction key.
 pub struct Dispatcher {
     queue: String,
     routes: Vec<Route>,
     on_unrouted: Unrouted,
+    ledger: Ledger,
 }
+
+/// A claim outlives its pipeline's timeout by this much, covering the ledger write after it.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// One pipeline's result for one delivery.
 #[derive(Debug)]
 struct PipelineResult {
     pipeline: &'static str,
-    result: Result<(), PipelineError>,
+    result: Result<Ran, Failure>,
+}
+
+/// How a pipeline that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// It ran and succeeded.
+    Succeeded,
+    /// The ledger says it already succeeded for this key.
+    Skipped,
+}
+
+/// How a pipeline failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    Pipeline(PipelineError),
+    /// Another delivery of the same key holds the pipeline; it will be done within this.
+    Busy(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Pipeline(e) => e.fmt(f),
+            Failure::Busy(_) => f.write_str("running for this key in another delivery"),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -70,6 +104,7 @@ impl Dispatcher {
         queue_config: &QueueConfig,
         config: &Config,
         registry: &Registry,
+        ledger: Ledger,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for (i, route) in queue_config.routes.iter().enumerate() {
@@ -94,6 +129,7 @@ impl Dispatcher {
             queue: queue.to_owned(),
             routes,
             on_unrouted: queue_config.on_unrouted,
+            ledger,
         })
     }
 
@@ -112,34 +148,39 @@ impl Handler for Dispatcher {
         };
         let pipelines = route.pipelines.clone();
         let ack = route.ack;
+        let ledger = self.ledger.clone();
         Box::pin(async move {
             // One task per pipeline: a panic unwinds only its task. Dropping the JoinSet (lease
             // lost, grace over) aborts them all, so no pipeline outlives its message.
             let mut tasks = JoinSet::new();
             let mut names = HashMap::new();
             for (pipeline, timeout) in pipelines {
-                let delivery = delivery.clone();
                 let name = pipeline.name();
-                let task = tasks.spawn(async move {
-                    match tokio::time::timeout(timeout, pipeline.run(delivery)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(PipelineError::Retryable(format!(
-                            "timed out after {}s",
-                            timeout.as_secs()
-                        ))),
-                    }
-                });
+                let task = tasks.spawn(run_once(
+                    pipeline,
+                    timeout,
+                    delivery.clone(),
+                    ledger.clone(),
+                ));
                 names.insert(task.id(), (name, Instant::now()));
             }
             let mut results = Vec::new();
             while let Some(joined) = tasks.join_next_with_id().await {
                 let (id, result) = match joined {
                     Ok((id, result)) => (id, result),
-                    Err(e) if e.is_panic() => {
-                        (e.id(), Err(PipelineError::Retryable("panicked".into())))
-                    }
+                    Err(e) if e.is_panic() => (
+                        e.id(),
+                        Err(Failure::Pipeline(PipelineError::Retryable(
+                            "panicked".into(),
+                        ))),
+                    ),
                     // Cancelled: only when this future is dropped, and then nobody is listening.
-                    Err(e) => (e.id(), Err(PipelineError::Retryable("cancelled".into()))),
+                    Err(e) => (
+                        e.id(),
+                        Err(Failure::Pipeline(PipelineError::Retryable(
+                            "cancelled".into(),
+                        ))),
+                    ),
                 };
                 let (name, started) = names[&id];
                 record(&delivery, name, &result, started);
@@ -153,12 +194,62 @@ impl Handler for Dispatcher {
     }
 }
 
+/// Runs `pipeline` for the delivery unless the ledger says it already succeeded for its key
+/// or another delivery is running it. If the ledger itself is unreachable the pipeline runs
+/// anyway: its writes are idempotent, so the cost is a possible repeat, never a loss.
+async fn run_once(
+    pipeline: Arc<dyn Pipeline>,
+    timeout: Duration,
+    delivery: Arc<Delivery>,
+    ledger: Ledger,
+) -> Result<Ran, Failure> {
+    let name = pipeline.name();
+    let claim = match ledger
+        .claim(&delivery.key, name, timeout + CLAIM_MARGIN)
+        .await
+    {
+        Ok(Claim::AlreadySucceeded) => return Ok(Ran::Skipped),
+        Ok(Claim::Busy(remaining)) => return Err(Failure::Busy(remaining)),
+        Ok(Claim::Claimed(token)) => Some(token),
+        Err(e) => {
+            tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, pipeline = name, error = %e, "ledger unavailable: running without deduplication");
+            None
+        }
+    };
+    // A panic is caught here, not left to unwind the task, so the claim is released now rather
+    // than blocking the key until it expires. The panic hook has already logged it.
+    let run = AssertUnwindSafe(pipeline.run(delivery.clone())).catch_unwind();
+    let result = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_panic)) => Err(PipelineError::Retryable("panicked".into())),
+        Err(_) => Err(PipelineError::Retryable(format!(
+            "timed out after {}s",
+            timeout.as_secs()
+        ))),
+    };
+    if let Some(token) = claim {
+        let recorded = match &result {
+            Ok(()) => ledger.succeeded(&delivery.key, name, token).await,
+            Err(e) => {
+                ledger
+                    .failed(&delivery.key, name, token, &e.to_string())
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            // Not recorded: the claim expires by itself and a redelivery runs the pipeline again.
+            tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, pipeline = name, error = %e, "ledger write failed");
+        }
+    }
+    result.map(|()| Ran::Succeeded).map_err(Failure::Pipeline)
+}
+
 impl Dispatcher {
     fn unrouted(&self, delivery: &Delivery) -> Outcome {
         telemetry::unrouted(&self.queue);
         match self.on_unrouted {
             Unrouted::Drop => {
-                tracing::info!(queue = %self.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, source = %delivery.event.source, detail_type = %delivery.event.detail_type, "unrouted event dropped (on_unrouted = \"drop\")");
+                tracing::info!(queue = %self.queue, message_id = %delivery.message_id, key = %delivery.key, source = %delivery.event.source, detail_type = %delivery.event.detail_type, "unrouted event dropped (on_unrouted = \"drop\")");
                 Outcome::Success
             }
             Unrouted::DeadLetter => Outcome::DeadLetter {
@@ -177,28 +268,35 @@ impl Dispatcher {
 fn record(
     delivery: &Delivery,
     name: &'static str,
-    result: &Result<(), PipelineError>,
+    result: &Result<Ran, Failure>,
     started: Instant,
 ) {
     let outcome = match result {
-        Ok(()) => "success",
-        Err(PipelineError::Retryable(_)) => "retryable_error",
-        Err(PipelineError::Permanent(_)) => "permanent_error",
+        Ok(Ran::Succeeded) => "success",
+        Ok(Ran::Skipped) => {
+            telemetry::pipeline_skipped(name);
+            tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, "pipeline already succeeded for this key: skipped");
+            return;
+        }
+        Err(Failure::Busy(_)) => "busy",
+        Err(Failure::Pipeline(PipelineError::Retryable(_))) => "retryable_error",
+        Err(Failure::Pipeline(PipelineError::Permanent(_))) => "permanent_error",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     telemetry::pipeline_finished(name, outcome, started.elapsed().as_secs_f64());
     match result {
-        Ok(()) => {
-            tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, "pipeline finished")
+        Ok(_) => {
+            tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, "pipeline finished")
         }
         Err(e) => {
-            tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, event_id = %delivery.event.id, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, error = %e, "pipeline failed")
+            tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, error = %e, "pipeline failed")
         }
     }
 }
 
-/// All succeeded → Success; any retryable failure → Retry; only permanent failures →
-/// DeadLetter naming them. With `ack = any`, one success is enough.
+/// All succeeded (or were skipped) → Success; any retryable failure → Retry; only permanent
+/// failures → DeadLetter naming them. With `ack = any`, one success is enough. When the only
+/// thing to wait for is another delivery's run, come back when it will be done.
 fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
     let failed: Vec<&PipelineResult> = results.iter().filter(|r| r.result.is_err()).collect();
     if failed.is_empty() || (ack == Ack::Any && failed.len() < results.len()) {
@@ -214,20 +312,31 @@ fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
         .map(|r| format!("{}: {}", r.pipeline, r.result.as_ref().unwrap_err()))
         .collect::<Vec<_>>()
         .join("; ");
-    if failed
-        .iter()
-        .any(|r| matches!(r.result, Err(PipelineError::Retryable(_))))
-    {
-        Outcome::Retry {
-            reason: reasons,
-            pipeline: Some(names),
-        }
-    } else {
-        Outcome::DeadLetter {
+    let permanent = |r: &&PipelineResult| {
+        matches!(
+            r.result,
+            Err(Failure::Pipeline(PipelineError::Permanent(_)))
+        )
+    };
+    if failed.iter().all(permanent) {
+        return Outcome::DeadLetter {
             reason: reasons,
             label: "permanent",
             pipeline: Some(names),
-        }
+        };
+    }
+    let busy: Vec<Duration> = failed
+        .iter()
+        .filter_map(|r| match r.result {
+            Err(Failure::Busy(d)) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let after = (busy.len() == failed.len()).then(|| busy.into_iter().max().unwrap_or_default());
+    Outcome::Retry {
+        reason: reasons,
+        pipeline: Some(names),
+        after,
     }
 }
 
@@ -235,7 +344,7 @@ fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
 mod tests {
     use super::*;
 
-    fn r(pipeline: &'static str, result: Result<(), PipelineError>) -> PipelineResult {
+    fn r(pipeline: &'static str, result: Result<Ran, Failure>) -> PipelineResult {
         PipelineResult { pipeline, result }
     }
 
@@ -250,9 +359,21 @@ mod tests {
 
     #[test]
     fn outcome_folding() {
-        let ok = || Ok(());
-        let retry = || Err(PipelineError::Retryable("down".into()));
-        let perm = || Err(PipelineError::Permanent("bad".into()));
+        let ok = || Ok(Ran::Succeeded);
+        let retry = || Err(Failure::Pipeline(PipelineError::Retryable("down".into())));
+        let perm = || Err(Failure::Pipeline(PipelineError::Permanent("bad".into())));
+        let busy = |s| Err(Failure::Busy(Duration::from_secs(s)));
+        assert_eq!(
+            fold(&[r("a", Ok(Ran::Skipped)), r("b", ok())], Ack::All),
+            Outcome::Success
+        );
+        assert!(
+            matches!(fold(&[r("a", ok()), r("b", busy(7)), r("c", busy(9))], Ack::All), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(9))
+        );
+        assert!(matches!(
+            fold(&[r("a", retry()), r("b", busy(7))], Ack::All),
+            Outcome::Retry { after: None, .. }
+        ));
         assert_eq!(
             fold(&[r("a", ok()), r("b", ok())], Ack::All),
             Outcome::Success

@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 /// An EventBridge event as EventBridge delivers it to SQS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventBridgeEvent {
-    /// EventBridge's event id (unique per PutEvents entry).
-    pub id: String,
+    /// EventBridge's event id (unique per PutEvents entry); absent when a producer wrote the
+    /// event to SQS itself without one.
+    pub id: Option<String>,
     pub source: String,
     pub detail_type: String,
     /// Absent from some emulators' deliveries.
@@ -68,7 +69,7 @@ pub fn decode(body: &str) -> Result<EventBridgeEvent, PoisonError> {
         Some(Value::String(s)) => Ok(s),
         _ => Err(PoisonError::MissingField(key)),
     };
-    let id = string("id")?;
+    let id = string("id").ok();
     let source = string("source")?;
     let detail_type = string("detail-type")?;
     let account = string("account").ok();
@@ -105,7 +106,7 @@ mod tests {
     #[test]
     fn decodes_an_eventbridge_event() {
         let e = decode(EVENT).unwrap();
-        assert_eq!(e.id, "6a7e8feb");
+        assert_eq!(e.id.as_deref(), Some("6a7e8feb"));
         assert_eq!(e.detail_type, "EnvelopeV1.transcript");
         assert_eq!(e.source, "com.yourapp.transcription");
         assert_eq!(e.account.as_deref(), Some("000000000000"));
@@ -128,10 +129,6 @@ mod tests {
             (
                 "{\"id\":\"1\",\"source\":\"s\",\"detail-type\":\"t\",\"detail\":\"secret-text\"}",
                 "no `detail` object",
-            ),
-            (
-                "{\"source\":\"s\",\"detail-type\":\"t\",\"detail\":{}}",
-                "`id`",
             ),
             (
                 "{\"id\":\"1\",\"detail-type\":\"t\",\"detail\":{}}",

@@ -83,6 +83,7 @@ pub const SQS_ERRORS: &str = "conveyor_sqs_errors_total";
 pub const HANDLER_DURATION: &str = "conveyor_handler_duration_seconds";
 pub const PIPELINE_DURATION: &str = "conveyor_pipeline_duration_seconds";
 pub const PIPELINE_RUNS: &str = "conveyor_pipeline_runs_total";
+pub const PIPELINE_SKIPPED: &str = "conveyor_pipeline_skipped_total";
 pub const UNROUTED: &str = "conveyor_unrouted_total";
 
 /// SQS operations, as metric labels.
@@ -157,6 +158,11 @@ pub fn handler_finished(queue: &str, seconds: f64) {
 pub fn pipeline_finished(pipeline: &'static str, outcome: &'static str, seconds: f64) {
     metrics::histogram!(PIPELINE_DURATION, "pipeline" => pipeline).record(seconds);
     metrics::counter!(PIPELINE_RUNS, "pipeline" => pipeline, "outcome" => outcome).increment(1);
+}
+
+/// The ledger says the pipeline already succeeded for this key.
+pub fn pipeline_skipped(pipeline: &'static str) {
+    metrics::counter!(PIPELINE_SKIPPED, "pipeline" => pipeline).increment(1);
 }
 
 pub fn unrouted(queue: &str) {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 use tokio::sync::OwnedSemaphorePermit;
@@ -13,9 +14,10 @@ use tokio::time::Instant;
 use super::backoff;
 use super::batch::Action;
 use super::{Outcome, Queue};
-use crate::event;
+use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::pipeline::Delivery;
 use crate::telemetry::{self, SqsOp};
+use crate::{envelope, event};
 
 /// SQS allows at most 10 message attributes per message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -31,6 +33,66 @@ enum Verdict {
     Release,
     /// The lease could not be kept; another consumer may own the message now.
     LeaseLost,
+}
+
+/// Parses the body into a delivery, or the dead-letter outcome that says why it never will be
+/// one. Both checks are permanent: a body does not become valid by being received again.
+fn decode(
+    queue: &Queue,
+    message_id: &str,
+    receive_count: u32,
+    body: &str,
+) -> Result<Delivery, Outcome> {
+    let event = event::decode(body).map_err(|poison| Outcome::DeadLetter {
+        reason: format!("poison message: {poison}"),
+        label: poison.label(),
+        pipeline: None,
+    })?;
+    let interaction = envelope::parse(&event).map_err(|e| Outcome::DeadLetter {
+        reason: format!("invalid event: {e}"),
+        label: "invalid",
+        pipeline: None,
+    })?;
+    Ok(Delivery::new(
+        queue.name.clone(),
+        message_id.to_owned(),
+        receive_count,
+        event,
+        interaction,
+    ))
+}
+
+/// The ids a message's log line carries (never its content).
+struct LogIds {
+    event_id: String,
+    tenant_id: String,
+    interaction_type: &'static str,
+}
+
+impl Default for LogIds {
+    fn default() -> Self {
+        Self {
+            event_id: "-".into(),
+            tenant_id: "-".into(),
+            interaction_type: "-",
+        }
+    }
+}
+
+impl LogIds {
+    fn of(delivery: &Delivery) -> Self {
+        Self {
+            event_id: delivery.event.id.clone().unwrap_or_else(|| "-".into()),
+            tenant_id: delivery
+                .interaction
+                .as_ref()
+                .map_or_else(|| "-".into(), |i| i.tenant_id.to_string()),
+            interaction_type: delivery
+                .interaction
+                .as_ref()
+                .map_or("-", |i| i.interaction_type.as_str()),
+        }
+    }
 }
 
 /// What was applied, for the message's log line.
@@ -72,26 +134,16 @@ pub(super) async fn process(
     let body = message.body.as_deref().unwrap_or_default();
 
     // Decide.
-    let mut event_id = None;
-    let verdict = match event::decode(body) {
-        Err(poison) => Verdict::Decided(Outcome::DeadLetter {
-            reason: format!("poison message: {poison}"),
-            label: poison.label(),
-            pipeline: None,
-        }),
-        Ok(event) => {
-            event_id = Some(event.id.clone());
-            let delivery = Arc::new(Delivery {
-                queue: queue.name.clone(),
-                message_id: message_id.clone(),
-                receive_count,
-                event,
-            });
+    let mut ids = LogIds::default();
+    let verdict = match decode(&queue, &message_id, receive_count, body) {
+        Err(outcome) => Verdict::Decided(outcome),
+        Ok(delivery) => {
+            ids = LogIds::of(&delivery);
             tokio::select! {
                 biased;
                 () = lease.lost() => Verdict::LeaseLost,
                 () = queue.abandon.cancelled() => Verdict::Release,
-                outcome = queue.handler.handle(delivery) => Verdict::Decided(outcome),
+                outcome = queue.handler.handle(Arc::new(delivery)) => Verdict::Decided(outcome),
             }
         }
     };
@@ -102,7 +154,11 @@ pub(super) async fn process(
         Verdict::LeaseLost => (Applied::LeaseLost, None),
         Verdict::Release => (release(&queue, &receipt).await, None),
         Verdict::Decided(Outcome::Success) => (delete(&queue, &receipt).await, None),
-        Verdict::Decided(Outcome::Retry { reason, pipeline }) => {
+        Verdict::Decided(Outcome::Retry {
+            reason,
+            pipeline,
+            after,
+        }) => {
             if receive_count >= queue.max_receive_count && queue.dlq.is_some() {
                 let reason = format!(
                     "retries exhausted after {receive_count} receives (maxReceiveCount {}): {reason}",
@@ -120,7 +176,10 @@ pub(super) async fn process(
                 .await;
                 (applied, Some(reason))
             } else {
-                (retry(&queue, &receipt, receive_count).await, Some(reason))
+                (
+                    retry(&queue, &receipt, receive_count, after).await,
+                    Some(reason),
+                )
             }
         }
         Verdict::Decided(Outcome::DeadLetter {
@@ -144,25 +203,29 @@ pub(super) async fn process(
     drop(lease);
 
     let latency_ms = received_at.elapsed().as_millis() as u64;
-    let event_id = event_id.as_deref().unwrap_or("-");
+    let LogIds {
+        event_id,
+        tenant_id,
+        interaction_type,
+    } = &ids;
     match applied {
         Applied::Deleted => {
-            tracing::debug!(queue = %queue.name, message_id, event_id, receive_count, outcome = "deleted", latency_ms, "message done")
+            tracing::debug!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "deleted", latency_ms, "message done")
         }
         Applied::Retried { delay_secs } => {
-            tracing::info!(queue = %queue.name, message_id, event_id, receive_count, outcome = "retry", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "message will be retried")
+            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "retry", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "message will be retried")
         }
         Applied::DeadLettered => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
         }
         Applied::Released => {
-            tracing::info!(queue = %queue.name, message_id, event_id, receive_count, outcome = "released", latency_ms, "message released at shutdown")
+            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "released", latency_ms, "message released at shutdown")
         }
         Applied::LeaseLost => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "lease_lost", latency_ms, "work abandoned: lease lost")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "lease_lost", latency_ms, "work abandoned: lease lost")
         }
         Applied::Failed => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
         }
     }
 }
@@ -184,9 +247,17 @@ async fn delete(queue: &Queue, receipt: &str) -> Applied {
     }
 }
 
-async fn retry(queue: &Queue, receipt: &str, receive_count: u32) -> Applied {
-    let delay_secs =
-        backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng());
+async fn retry(
+    queue: &Queue,
+    receipt: &str,
+    receive_count: u32,
+    after: Option<Duration>,
+) -> Applied {
+    let delay_secs = match after {
+        // Visibility is capped at 12 h (SQS).
+        Some(after) => after.as_secs().min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32,
+        None => backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng()),
+    };
     match queue
         .batcher
         .perform(receipt.to_owned(), Action::SetVisibility(delay_secs))
@@ -242,7 +313,7 @@ async fn dead_letter(
 ) -> Applied {
     let Some(dlq) = &queue.dlq else {
         tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
-        return retry(queue, receipt, receive_count).await;
+        return retry(queue, receipt, receive_count, None).await;
     };
     let body = message.body.clone().unwrap_or_default();
     let mut attributes =
@@ -252,7 +323,7 @@ async fn dead_letter(
         attributes.retain(|name, _| name == "conveyor.error");
         if body.len() + attributes_size(&attributes) > dlq.max_message_bytes {
             tracing::error!(queue = %queue.name, body_bytes = body.len(), "too large to dead-letter with a reason; leaving it to the queue's native redrive");
-            return retry(queue, receipt, receive_count).await;
+            return retry(queue, receipt, receive_count, None).await;
         }
     }
     telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
@@ -267,7 +338,7 @@ async fn dead_letter(
     if let Err(e) = sent {
         telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
         tracing::error!(queue = %queue.name, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "sending to the DLQ failed; the message will come back");
-        return retry(queue, receipt, receive_count).await;
+        return retry(queue, receipt, receive_count, None).await;
     }
     telemetry::message_dead_lettered(&queue.name, label);
     match delete(queue, receipt).await {

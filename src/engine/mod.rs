@@ -44,6 +44,9 @@ pub enum Outcome {
     Retry {
         reason: String,
         pipeline: Option<String>,
+        /// Come back no sooner than this instead of the backoff (e.g. when another delivery
+        /// holds the work and will be done by then).
+        after: Option<Duration>,
     },
     /// Can never succeed: dead-letter now with the reason.
     DeadLetter {

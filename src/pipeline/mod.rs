@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::envelope::Interaction;
 use crate::event::EventBridgeEvent;
 
 pub use chaos::Chaos;
@@ -23,6 +24,36 @@ pub struct Delivery {
     /// `ApproximateReceiveCount`: 1 on the first delivery.
     pub receive_count: u32,
     pub event: EventBridgeEvent,
+    /// The validated interaction, for `EnvelopeV1.*` and `BatchProcessingCompleted` events.
+    pub interaction: Option<Interaction>,
+    /// The idempotency key: `interaction_id` when present, else the EventBridge event id,
+    /// else the SQS message id.
+    pub key: String,
+}
+
+impl Delivery {
+    pub fn new(
+        queue: Arc<str>,
+        message_id: String,
+        receive_count: u32,
+        event: EventBridgeEvent,
+        interaction: Option<Interaction>,
+    ) -> Self {
+        let key = interaction
+            .as_ref()
+            .and_then(|i| i.interaction_id)
+            .map(|id| id.to_string())
+            .or_else(|| event.id.clone())
+            .unwrap_or_else(|| message_id.clone());
+        Self {
+            queue,
+            message_id,
+            receive_count,
+            event,
+            interaction,
+            key,
+        }
+    }
 }
 
 /// A pipeline's failure, split by what the message's fate should be.

@@ -548,7 +548,7 @@ impl conveyor::pipeline::Pipeline for Recorder {
             this.seen
                 .lock()
                 .unwrap()
-                .entry(delivery.event.id.clone())
+                .entry(delivery.key.clone())
                 .or_default()
                 .push((delivery.receive_count, Instant::now()));
             if !this.sleep.is_zero() {
