@@ -19,8 +19,10 @@ async fn drains_1000_messages_each_processed_once_none_dead_lettered() {
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-thousand", 3).await;
+    // Event ids are the ledger's keys: unique per run, or an earlier run's successes skip them.
+    let run = unique("ev");
     let bodies: Vec<String> = (0..1000)
-        .map(|i| event_body(&format!("ev-{i}"), json!({"n": i})))
+        .map(|i| event_body(&format!("{run}-{i}"), json!({"n": i})))
         .collect();
     send_all(&sqs, &q.url, &bodies).await;
 
@@ -68,8 +70,10 @@ async fn a_slow_handler_keeps_its_lease_with_batched_extensions() {
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-slow", 3).await;
+    // Event ids are the ledger's keys: unique per run, or an earlier run's successes skip them.
+    let run = unique("slow");
     let bodies: Vec<String> = (0..10)
-        .map(|i| event_body(&format!("slow-{i}"), json!({})))
+        .map(|i| event_body(&format!("{run}-{i}"), json!({})))
         .collect();
     send_all(&sqs, &q.url, &bodies).await;
 
@@ -130,7 +134,8 @@ async fn retryable_failures_back_off_then_dead_letter_with_the_reason_and_body_i
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-retry", 4).await;
-    let body = event_body("flaky-1", json!({"text": "keep me exactly"}));
+    let id = unique("flaky");
+    let body = event_body(&id, json!({"text": "keep me exactly"}));
     send_all(&sqs, &q.url, std::slice::from_ref(&body)).await;
 
     let recorder = Recorder {
@@ -172,7 +177,7 @@ async fn retryable_failures_back_off_then_dead_letter_with_the_reason_and_body_i
     );
 
     // Backoff without jitter: 1 s, 2 s, 4 s between receives 1→2, 2→3, 3→4.
-    let deliveries = recorder.seen.lock().unwrap()["flaky-1"].clone();
+    let deliveries = recorder.seen.lock().unwrap()[&id].clone();
     assert_eq!(
         deliveries.iter().map(|d| d.0).collect::<Vec<_>>(),
         [1, 2, 3, 4]
@@ -242,7 +247,12 @@ async fn poison_messages_are_dead_lettered_on_first_receive_and_the_daemon_carri
     let dead = drain_queue(&sqs, &q.dlq_url, poison.len(), Duration::from_secs(60)).await;
 
     // Still consuming after all of that.
-    send_all(&sqs, &q.url, &[event_body("good-after-poison", json!({}))]).await;
+    send_all(
+        &sqs,
+        &q.url,
+        &[event_body(&unique("good-after-poison"), json!({}))],
+    )
+    .await;
     eventually("the good event", Duration::from_secs(30), async || {
         recorder.distinct() == 1
     })
@@ -275,12 +285,14 @@ async fn sigterm_with_200_in_flight_exits_zero_and_releases_everything_unfinishe
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-sigterm", 3).await;
+    // Event ids are the ledger's keys: unique per run, or an earlier run's successes skip them.
+    let run = unique("term");
     // 100 finish within the grace period, 100 cannot.
     let bodies: Vec<String> = (0..200)
         .map(|i| {
             let sleep_ms = if i % 2 == 0 { 1_500 } else { 120_000 };
             event_body(
-                &format!("term-{i}"),
+                &format!("{run}-{i}"),
                 json!({"chaos": {"sleep_ms": sleep_ms}}),
             )
         })
@@ -336,7 +348,7 @@ async fn sigterm_with_200_in_flight_exits_zero_and_releases_everything_unfinishe
             conveyor::event::decode(m.body().unwrap())
                 .unwrap()
                 .id
-                .unwrap()["term-".len()..]
+                .unwrap()[run.len() + 1..]
                 .parse()
                 .unwrap()
         })
@@ -356,12 +368,7 @@ async fn a_second_signal_releases_at_once() {
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-twice", 3).await;
     let bodies: Vec<String> = (0..20)
-        .map(|i| {
-            event_body(
-                &format!("twice-{i}"),
-                json!({"chaos": {"sleep_ms": 120_000}}),
-            )
-        })
+        .map(|_| event_body(&unique("twice"), json!({"chaos": {"sleep_ms": 120_000}})))
         .collect();
     send_all(&sqs, &q.url, &bodies).await;
     let mut daemon = Conveyor::new(&format!(
@@ -394,8 +401,10 @@ async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
     let _ls = localstack_exclusive().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-freeze", 5).await;
+    // Event ids are the ledger's keys: unique per run, or an earlier run's successes skip them.
+    let run = unique("frz");
     let bodies: Vec<String> = (0..300)
-        .map(|i| event_body(&format!("frz-{i}"), json!({})))
+        .map(|i| event_body(&format!("{run}-{i}"), json!({})))
         .collect();
     send_all(&sqs, &q.url, &bodies).await;
 
@@ -479,7 +488,7 @@ async fn without_a_dlq_permanent_failures_are_retried_never_dropped() {
         &sqs,
         &url,
         &[event_body(
-            "no-dlq-1",
+            &unique("no-dlq"),
             json!({"chaos": {"permanent": true}}),
         )],
     )
