@@ -62,6 +62,8 @@ pub struct Dispatcher {
 
 /// A claim outlives its pipeline's timeout by this much, covering the ledger write after it.
 const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+/// How often a delivery waiting for another delivery's claim asks again.
+const BUSY_POLL: Duration = Duration::from_millis(500);
 
 /// One pipeline's result for one delivery.
 #[derive(Debug)]
@@ -150,8 +152,9 @@ impl Handler for Dispatcher {
         let ack = route.ack;
         let ledger = self.ledger.clone();
         Box::pin(async move {
-            // One task per pipeline: a panic unwinds only its task. Dropping the JoinSet (lease
-            // lost, grace over) aborts them all, so no pipeline outlives its message.
+            // One task per pipeline, so a slow or failing one never holds up another. Dropping
+            // the JoinSet (lease lost, grace over) aborts them all: no pipeline outlives its
+            // message.
             let mut tasks = JoinSet::new();
             let mut names = HashMap::new();
             for (pipeline, timeout) in pipelines {
@@ -204,18 +207,34 @@ async fn run_once(
     ledger: Ledger,
 ) -> Result<Ran, Failure> {
     let name = pipeline.name();
-    let claim = match ledger
-        .claim(&delivery.key, name, timeout + CLAIM_MARGIN)
-        .await
-    {
-        Ok(Claim::AlreadySucceeded) => return Ok(Ran::Skipped),
-        Ok(Claim::Busy(remaining)) => return Err(Failure::Busy(remaining)),
-        Ok(Claim::Claimed(token)) => Some(token),
-        Err(e) => {
-            tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, pipeline = name, error = %e, "ledger unavailable: running without deduplication");
-            None
+    let hold = timeout + CLAIM_MARGIN;
+    // Another delivery of this key running the pipeline is waited for here, with the message
+    // still leased: sending it back instead would spend one of its receives, and at the
+    // queue's maxReceiveCount would dead-letter a duplicate that has nothing wrong with it.
+    // The wait is bounded by one claim's lifetime; past that, give up and retry later.
+    let waiting_since = Instant::now();
+    let claim = loop {
+        match ledger.claim(&delivery.key, name, hold).await {
+            Ok(Claim::AlreadySucceeded) => return Ok(Ran::Skipped),
+            Ok(Claim::Claimed(token)) => break Some(token),
+            Ok(Claim::Busy(remaining)) => {
+                if waiting_since.elapsed() > hold {
+                    return Err(Failure::Busy(remaining));
+                }
+                tokio::time::sleep(remaining.min(BUSY_POLL)).await;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, pipeline = name, error = %e, "ledger unavailable: running without deduplication");
+                break None;
+            }
         }
     };
+    let mut guard = claim.map(|token| ClaimGuard {
+        ledger: ledger.clone(),
+        key: delivery.key.clone(),
+        pipeline: name,
+        token: Some(token),
+    });
     // A panic is caught here, not left to unwind the task, so the claim is released now rather
     // than blocking the key until it expires. The panic hook has already logged it.
     let run = AssertUnwindSafe(pipeline.run(delivery.clone())).catch_unwind();
@@ -227,7 +246,7 @@ async fn run_once(
             timeout.as_secs()
         ))),
     };
-    if let Some(token) = claim {
+    if let Some(token) = guard.as_mut().and_then(|g| g.token.take()) {
         let recorded = match &result {
             Ok(()) => ledger.succeeded(&delivery.key, name, token).await,
             Err(e) => {
@@ -260,6 +279,35 @@ impl Dispatcher {
                 label: "unrouted",
                 pipeline: None,
             },
+        }
+    }
+}
+
+/// Releases a claim whose run was abandoned (its task aborted because the message's lease was
+/// lost or shutdown's grace period ended), so the next delivery need not wait for the claim
+/// to expire. Best effort: a process killed outright leaves the claim to expire by itself.
+struct ClaimGuard {
+    ledger: Ledger,
+    key: String,
+    pipeline: &'static str,
+    /// Taken when the run's result is recorded normally.
+    token: Option<uuid::Uuid>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let (ledger, key, pipeline) = (
+            self.ledger.clone(),
+            std::mem::take(&mut self.key),
+            self.pipeline,
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = ledger.failed(&key, pipeline, token, "abandoned").await;
+            });
         }
     }
 }

@@ -140,31 +140,7 @@ impl Ledger {
         pipeline: &str,
         token: Uuid,
     ) -> Result<(), LedgerError> {
-        match self {
-            Ledger::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE pipeline_ledger
-                        SET status = 'succeeded', last_error = NULL, claim_token = NULL,
-                            claimed_until = NULL, updated_at = now()
-                      WHERE key = $1 AND pipeline = $2 AND claim_token = $3",
-                )
-                .bind(key)
-                .bind(pipeline)
-                .bind(token)
-                .execute(pool)
-                .await?;
-            }
-            Ledger::Memory(entries) => {
-                let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(entry) = entries.get_mut(&(key.to_owned(), pipeline.to_owned()))
-                    && entry.claim.is_some_and(|(t, _)| t == token)
-                {
-                    entry.succeeded = true;
-                    entry.claim = None;
-                }
-            }
-        }
-        Ok(())
+        self.finish(key, pipeline, token, None).await
     }
 
     /// Records the claimed run's failure, releasing the claim.
@@ -175,13 +151,27 @@ impl Ledger {
         token: Uuid,
         error: &str,
     ) -> Result<(), LedgerError> {
+        self.finish(key, pipeline, token, Some(error)).await
+    }
+
+    /// Ends a claim: succeeded when `error` is `None`, else failed with it. Only the holder of
+    /// the claim's token can end it, so a run whose claim expired and was taken over cannot
+    /// overwrite the new holder's record.
+    async fn finish(
+        &self,
+        key: &str,
+        pipeline: &str,
+        token: Uuid,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
         match self {
             Ledger::Postgres(pool) => {
-                let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+                let error: Option<String> =
+                    error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
                 sqlx::query(
                     "UPDATE pipeline_ledger
-                        SET status = 'failed', last_error = $4, claim_token = NULL,
-                            claimed_until = NULL, updated_at = now()
+                        SET status = CASE WHEN $4::text IS NULL THEN 'succeeded' ELSE 'failed' END,
+                            last_error = $4, claim_token = NULL, claimed_until = NULL, updated_at = now()
                       WHERE key = $1 AND pipeline = $2 AND claim_token = $3",
                 )
                 .bind(key)
@@ -196,6 +186,7 @@ impl Ledger {
                 if let Some(entry) = entries.get_mut(&(key.to_owned(), pipeline.to_owned()))
                     && entry.claim.is_some_and(|(t, _)| t == token)
                 {
+                    entry.succeeded = error.is_none();
                     entry.claim = None;
                 }
             }

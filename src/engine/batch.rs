@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -166,7 +166,26 @@ async fn send(calls: &mut JoinSet<()>, sqs: &Endpoint, batch: Vec<Request>) {
 }
 
 /// One entry's result from a batch call: `None` = done, `Some((code, sender_fault))` = failed.
-type EntryFailure = (String, bool);
+pub(super) type EntryFailure = (String, bool);
+
+/// Spreads a batch call's failed entries over its `len` entries, whose ids are their indexes.
+pub(super) fn entry_failures(
+    failed: Vec<BatchResultErrorEntry>,
+    len: usize,
+) -> Vec<Option<EntryFailure>> {
+    let mut results = vec![None; len];
+    for entry in failed {
+        if let Some(slot) = entry
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some((entry.code, entry.sender_fault));
+        }
+    }
+    results
+}
 
 async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
     let queue = &*sqs.queue;
@@ -270,16 +289,5 @@ async fn call(
             out.failed
         }
     };
-    let mut results = vec![None; batch.len()];
-    for entry in failed {
-        if let Some(slot) = entry
-            .id
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| results.get_mut(i))
-        {
-            *slot = Some((entry.code, entry.sender_fault));
-        }
-    }
-    Ok(results)
+    Ok(entry_failures(failed, batch.len()))
 }

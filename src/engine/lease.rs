@@ -262,17 +262,7 @@ async fn extend(
             return;
         }
     };
-    let mut outcome: Vec<Option<(String, bool)>> = vec![None; chunk.len()];
-    for entry in failed {
-        if let Some(slot) = entry
-            .id
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| outcome.get_mut(i))
-        {
-            *slot = Some((entry.code, entry.sender_fault));
-        }
-    }
+    let outcome = super::batch::entry_failures(failed, chunk.len());
     for ((id, _, secs), failure) in chunk.iter().zip(outcome) {
         match failure {
             None => {

@@ -231,20 +231,7 @@ pub(super) async fn process(
 }
 
 async fn delete(queue: &Queue, receipt: &str) -> Applied {
-    match queue
-        .batcher
-        .perform(receipt.to_owned(), Action::Delete)
-        .await
-    {
-        Ok(()) => {
-            telemetry::message_deleted(&queue.name);
-            Applied::Deleted
-        }
-        Err(e) => {
-            tracing::warn!(queue = %queue.name, error = %e, "delete failed");
-            Applied::Failed
-        }
-    }
+    apply(queue, receipt, Action::Delete, Applied::Deleted).await
 }
 
 async fn retry(
@@ -258,20 +245,13 @@ async fn retry(
         Some(after) => after.as_secs().min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32,
         None => backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng()),
     };
-    match queue
-        .batcher
-        .perform(receipt.to_owned(), Action::SetVisibility(delay_secs))
-        .await
-    {
-        Ok(()) => {
-            telemetry::message_retried(&queue.name);
-            Applied::Retried { delay_secs }
-        }
-        Err(e) => {
-            tracing::warn!(queue = %queue.name, error = %e, "setting the retry backoff failed");
-            Applied::Failed
-        }
-    }
+    apply(
+        queue,
+        receipt,
+        Action::SetVisibility(delay_secs),
+        Applied::Retried { delay_secs },
+    )
+    .await
 }
 
 /// A message received after shutdown began: hand it straight back, unprocessed.
@@ -283,17 +263,23 @@ pub(super) async fn release_unprocessed(queue: Arc<Queue>, message: Message) {
 
 /// Makes the message visible to any consumer at once.
 async fn release(queue: &Queue, receipt: &str) -> Applied {
-    match queue
-        .batcher
-        .perform(receipt.to_owned(), Action::SetVisibility(0))
-        .await
-    {
+    apply(queue, receipt, Action::SetVisibility(0), Applied::Released).await
+}
+
+/// Performs a batched action and counts it as `applied`, or reports that it did not get through.
+async fn apply(queue: &Queue, receipt: &str, action: Action, applied: Applied) -> Applied {
+    match queue.batcher.perform(receipt.to_owned(), action).await {
         Ok(()) => {
-            telemetry::message_released(&queue.name);
-            Applied::Released
+            match applied {
+                Applied::Deleted => telemetry::message_deleted(&queue.name),
+                Applied::Retried { .. } => telemetry::message_retried(&queue.name),
+                Applied::Released => telemetry::message_released(&queue.name),
+                _ => {}
+            }
+            applied
         }
         Err(e) => {
-            tracing::warn!(queue = %queue.name, error = %e, "release failed");
+            tracing::warn!(queue = %queue.name, error = %e, ?action, "SQS action failed");
             Applied::Failed
         }
     }

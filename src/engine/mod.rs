@@ -276,9 +276,10 @@ async fn poll(
         let sent_at = Instant::now();
         let call = queue.endpoint.call(answer_within);
         // A receive in flight at SIGTERM completes, so its messages can be released at once
-        // instead of staying invisible; only a second signal abandons it.
+        // instead of staying invisible; only the end of the grace period (or a second signal)
+        // abandons it.
         let received = tokio::select! {
-            () = shutdown.immediate.cancelled() => return,
+            () = queue.abandon.cancelled() => return,
             received = receive(&queue, held.num_permits()) => received,
         };
         drop(call);
@@ -365,17 +366,25 @@ async fn drain_on_shutdown(
     let deadline = Instant::now() + grace;
     tracing::info!(queue = %queue.name, in_flight = queue.leases.count(), grace_secs = grace.as_secs(), "stopping: no new receives, finishing in-flight work");
 
+    // Pollers first (a receive in flight may still hand over messages), then the work; both
+    // within the one grace period, so a long poll cannot outlast it.
     pollers.close();
-    pollers.wait().await;
-    work.close();
+    let finished = async {
+        pollers.wait().await;
+        work.close();
+        work.wait().await;
+    };
     tokio::select! {
-        () = work.wait() => {}
+        () = finished => {}
         () = tokio::time::sleep_until(deadline) => {}
         () = shutdown.immediate.cancelled() => {}
     }
-    if !work.is_empty() {
-        tracing::warn!(queue = %queue.name, unfinished = work.len(), "releasing unfinished messages");
+    if !(pollers.is_empty() && work.is_empty()) {
+        tracing::warn!(queue = %queue.name, unfinished = work.len(), "grace period over: releasing unfinished messages");
+        // Stops receives still in flight and releases every unfinished message.
         queue.abandon.cancel();
+        pollers.wait().await;
+        work.close();
         work.wait().await;
     }
     // The last handle on the batcher goes with the queue: it sends what is pending and stops.

@@ -17,14 +17,7 @@ fn key() -> String {
 }
 
 async fn eventbridge() -> aws_sdk_eventbridge::Client {
-    conveyor::install_crypto_provider();
-    let s = stack();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&s.aws_endpoint)
-        .region(aws_config::Region::new(s.region))
-        .load()
-        .await;
-    aws_sdk_eventbridge::Client::new(&sdk)
+    aws_sdk_eventbridge::Client::new(&aws_sdk().await)
 }
 
 /// A rule on the default bus sending events of `source` to the queue.

@@ -51,15 +51,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub async fn sqs_client() -> aws_sdk_sqs::Client {
+/// AWS SDK configuration pointing at the stack's LocalStack.
+pub async fn aws_sdk() -> aws_config::SdkConfig {
     conveyor::install_crypto_provider();
     let s = stack();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&s.aws_endpoint)
         .region(aws_config::Region::new(s.region))
         .load()
-        .await;
-    aws_sdk_sqs::Client::new(&sdk)
+        .await
+}
+
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_sdk().await)
 }
 
 /// Creates a queue and returns its URL.
