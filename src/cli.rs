@@ -41,7 +41,7 @@ pub struct ConfigArgs {
     pub env: String,
     /// An extra TOML file merged over the environment's file (environment variables still win).
     #[arg(long = "config", global = true, env = "CONVEYOR_CONFIG")]
-    pub file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,11 +63,9 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
-    /// Publish an EnvelopeV1 or BatchProcessingCompleted event to EventBridge (not implemented yet).
-    Publish {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
+    /// consumer's own parser first. Prints one JSON line per event (ids, never content).
+    Publish(crate::publish::PublishArgs),
     /// Inspect and redrive the dead-letter queue (not implemented yet).
     Dlq {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]

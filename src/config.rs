@@ -50,6 +50,8 @@ pub struct Config {
     pub graph: GraphConfig,
     /// Per-pipeline settings, keyed by pipeline name.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// EventBridge, for `conveyor publish`.
+    pub eventbridge: EventBridgeConfig,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -300,6 +302,21 @@ impl Default for RetryConfig {
             multiplier: 2.0,
             cap_secs: 900,
             jitter: Jitter::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventBridgeConfig {
+    /// The event bus `conveyor publish` puts events on.
+    pub bus_name: String,
+}
+
+impl Default for EventBridgeConfig {
+    fn default() -> Self {
+        Self {
+            bus_name: "default".to_owned(),
         }
     }
 }
@@ -693,6 +710,13 @@ impl Config {
                     "must be at least 1",
                 );
             }
+        }
+        if self.eventbridge.bus_name.trim().is_empty() {
+            bad(
+                "eventbridge.bus_name",
+                &"\"\"",
+                "name an event bus (\"default\" is the account's default bus)",
+            );
         }
         if self.graph.max_connections == 0 {
             bad("graph.max_connections", &0, "must be at least 1");

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod ops;
 pub mod pipeline;
 pub mod postgres;
+pub mod publish;
 pub mod shutdown;
 pub mod sqs;
 pub mod telemetry;

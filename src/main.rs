@@ -4,7 +4,7 @@ use clap::Parser;
 use conveyor::cli::{Cli, Command};
 use conveyor::config::{Config, Sources};
 use conveyor::shutdown::{self, Shutdown};
-use conveyor::{check, postgres, telemetry};
+use conveyor::{check, postgres, publish, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,7 +23,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let sources = Sources {
         dir: cli.config.config_dir.clone(),
         env: cli.config.env.clone(),
-        file: cli.config.file.clone(),
+        file: cli.config.config_file.clone(),
     };
     let config = Config::load(&sources)?;
 
@@ -56,7 +56,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Infra { .. } | Command::Publish { .. } | Command::Dlq { .. } => {
+        Command::Publish(args) => {
+            telemetry::init_logging(&config.telemetry)?;
+            publish::run(&config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infra { .. } | Command::Dlq { .. } => {
             eprintln!("error: this command is not implemented yet (see the open issues)");
             Ok(ExitCode::from(2))
         }

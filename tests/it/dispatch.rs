@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
-use conveyor::envelope::Interaction;
 use conveyor::pipeline::{Delivery, Pipeline, PipelineError};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -60,27 +59,6 @@ fn seed_envelope() -> Value {
         "timestamp":"2025-01-23T10:30:00Z","source":"web-mic",
         "extras":{"opportunity_id":"019c1fa0-4444-7000-8000-000000000005","contact_ids":["contact_sarah_001"]},
         "account_id":"acct_acme_corp_001"})
-}
-
-/// (idempotency key, interaction) of each delivery.
-type Captured = Vec<(String, Option<Interaction>)>;
-
-/// Records the interactions it is given.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Captured>>);
-
-impl Pipeline for Capture {
-    fn name(&self) -> &'static str {
-        "capture"
-    }
-
-    fn run(&self, d: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((d.key.clone(), d.interaction.clone()));
-        Box::pin(async { Ok(()) })
-    }
 }
 
 #[tokio::test]

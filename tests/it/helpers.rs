@@ -580,3 +580,27 @@ pub async fn pg() -> sqlx::PgPool {
     conveyor::postgres::migrate(&pool).await.unwrap();
     pool
 }
+
+/// (idempotency key, interaction) of each delivery.
+pub type Captured = Vec<(String, Option<conveyor::envelope::Interaction>)>;
+
+/// Records the interactions it is given.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Captured>>);
+
+impl conveyor::pipeline::Pipeline for Capture {
+    fn name(&self) -> &'static str {
+        "capture"
+    }
+
+    fn run(
+        &self,
+        d: Arc<conveyor::pipeline::Delivery>,
+    ) -> futures::future::BoxFuture<'static, Result<(), conveyor::pipeline::PipelineError>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.key.clone(), d.interaction.clone()));
+        Box::pin(async { Ok(()) })
+    }
+}

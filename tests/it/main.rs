@@ -6,3 +6,4 @@ mod dispatch;
 mod engine;
 mod foundation;
 mod helpers;
+mod publish;
