@@ -66,9 +66,6 @@ pub enum Command {
     /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
     /// consumer's own parser first. Prints one JSON line per event (ids, never content).
     Publish(crate::publish::PublishArgs),
-    /// Inspect and redrive the dead-letter queue (not implemented yet).
-    Dlq {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
+    Dlq(crate::dlq::DlqArgs),
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
+pub mod dlq;
 pub mod engine;
 pub mod envelope;
 pub mod event;

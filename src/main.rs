@@ -4,7 +4,7 @@ use clap::Parser;
 use conveyor::cli::{Cli, Command};
 use conveyor::config::{Config, Sources};
 use conveyor::shutdown::{self, Shutdown};
-use conveyor::{check, postgres, publish, telemetry};
+use conveyor::{check, dlq, postgres, publish, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -61,7 +61,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             publish::run(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Infra { .. } | Command::Dlq { .. } => {
+        Command::Dlq(args) => {
+            telemetry::init_logging(&config.telemetry)?;
+            dlq::run(&config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infra { .. } => {
             eprintln!("error: this command is not implemented yet (see the open issues)");
             Ok(ExitCode::from(2))
         }

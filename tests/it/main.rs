@@ -3,6 +3,7 @@
 //! `eval "$(scripts/stack env)"`.
 
 mod dispatch;
+mod dlq;
 mod engine;
 mod foundation;
 mod helpers;
