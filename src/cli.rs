@@ -58,11 +58,10 @@ pub enum Command {
     /// Apply the PostgreSQL migrations in migrations/ (needs DATABASE_URL). The daemon also
     /// applies them at startup.
     Migrate,
-    /// Provision, verify or remove the queue, DLQ and EventBridge rule (not implemented yet).
-    Infra {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Provision (up), check end to end (verify) or remove (down) the queue, DLQ, EventBridge
+    /// rule, target and queue policy described by [infra].
+    #[command(subcommand)]
+    Infra(crate::infra::InfraCommand),
     /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
     /// consumer's own parser first. Prints one JSON line per event (ids, never content).
     Publish(crate::publish::PublishArgs),

@@ -29,6 +29,8 @@ pub const SQS_MAX_WAIT_SECS: u32 = 20;
 pub const SQS_MAX_BATCH: u32 = 10;
 /// SQS caps a message's visibility timeout at 12 hours (43,200 s) from its first receive.
 pub const SQS_MAX_VISIBILITY_SECS: u32 = 43_200;
+/// SQS keeps a message at most 14 days (MessageRetentionPeriod maximum, 1,209,600 s).
+pub const SQS_MAX_RETENTION_SECS: u32 = 1_209_600;
 
 /// The whole configuration. Every section has defaults; see `config/default.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,8 +52,10 @@ pub struct Config {
     pub graph: GraphConfig,
     /// Per-pipeline settings, keyed by pipeline name.
     pub pipelines: BTreeMap<String, PipelineConfig>,
-    /// EventBridge, for `conveyor publish`.
+    /// EventBridge, for `conveyor publish` and `conveyor infra`.
     pub eventbridge: EventBridgeConfig,
+    /// What `conveyor infra up` provisions.
+    pub infra: InfraConfig,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -318,6 +322,57 @@ impl Default for EventBridgeConfig {
         Self {
             bus_name: "default".to_owned(),
         }
+    }
+}
+
+/// The resources `conveyor infra` manages: a DLQ, a queue redriving to it, an EventBridge rule
+/// on `eventbridge.bus_name` with the queue as its target, and the queue policy letting only
+/// that rule send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfraConfig {
+    /// The queue to create (point `queues.<key>.name` at it to consume it).
+    pub queue_name: String,
+    /// The DLQ; unset = `<queue_name>-dlq`.
+    pub dlq_name: Option<String>,
+    /// The queue's default visibility timeout (SQS attribute; conveyor's leases override it).
+    pub visibility_timeout_secs: u32,
+    /// How long the queue and the DLQ keep messages (14 days is SQS's maximum).
+    pub retention_secs: u32,
+    /// Native redrive to the DLQ after this many receives (conveyor dead-letters explicitly
+    /// first; this is the backstop).
+    pub max_receive_count: u32,
+    /// The EventBridge rule.
+    pub rule_name: String,
+    /// Event sources the rule matches.
+    pub sources: Vec<String>,
+    /// Detail-types the rule matches; empty = any.
+    pub detail_types: Vec<String>,
+}
+
+impl Default for InfraConfig {
+    fn default() -> Self {
+        Self {
+            queue_name: "conveyor-events".to_owned(),
+            dlq_name: None,
+            visibility_timeout_secs: 720,
+            retention_secs: 1_209_600,
+            max_receive_count: 3,
+            rule_name: "conveyor-events".to_owned(),
+            sources: vec![
+                "com.yourapp.transcription".to_owned(),
+                "com.eq.email-pipeline".to_owned(),
+            ],
+            detail_types: Vec::new(),
+        }
+    }
+}
+
+impl InfraConfig {
+    pub fn dlq_name(&self) -> String {
+        self.dlq_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.queue_name))
     }
 }
 
@@ -716,6 +771,34 @@ impl Config {
                 "eventbridge.bus_name",
                 &"\"\"",
                 "name an event bus (\"default\" is the account's default bus)",
+            );
+        }
+        if !(60..=SQS_MAX_RETENTION_SECS).contains(&self.infra.retention_secs) {
+            bad(
+                "infra.retention_secs",
+                &self.infra.retention_secs,
+                "must be 60..=1209600 (SQS keeps messages 1 minute to 14 days)",
+            );
+        }
+        if self.infra.visibility_timeout_secs > SQS_MAX_VISIBILITY_SECS {
+            bad(
+                "infra.visibility_timeout_secs",
+                &self.infra.visibility_timeout_secs,
+                "must be 0..=43200 (SQS's 12-hour cap)",
+            );
+        }
+        if !(1..=1000).contains(&self.infra.max_receive_count) {
+            bad(
+                "infra.max_receive_count",
+                &self.infra.max_receive_count,
+                "must be 1..=1000 (SQS RedrivePolicy range)",
+            );
+        }
+        if self.infra.sources.is_empty() {
+            bad(
+                "infra.sources",
+                &"[]",
+                "name at least one event source for the rule to match",
             );
         }
         if self.graph.max_connections == 0 {

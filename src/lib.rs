@@ -13,6 +13,7 @@ pub mod engine;
 pub mod envelope;
 pub mod event;
 pub mod graph;
+pub mod infra;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;

@@ -4,7 +4,7 @@ use clap::Parser;
 use conveyor::cli::{Cli, Command};
 use conveyor::config::{Config, Sources};
 use conveyor::shutdown::{self, Shutdown};
-use conveyor::{check, dlq, postgres, publish, telemetry};
+use conveyor::{check, dlq, infra, postgres, publish, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -66,9 +66,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dlq::run(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Infra { .. } => {
-            eprintln!("error: this command is not implemented yet (see the open issues)");
-            Ok(ExitCode::from(2))
+        Command::Infra(command) => {
+            telemetry::init_logging(&config.telemetry)?;
+            match infra::run(&config, command).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(e.exit_code())
+                }
+            }
         }
     }
 }

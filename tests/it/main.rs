@@ -7,4 +7,5 @@ mod dlq;
 mod engine;
 mod foundation;
 mod helpers;
+mod infra;
 mod publish;

@@ -1,0 +1,250 @@
+//! `conveyor infra up|down|verify` against LocalStack. Each test has its own event bus, queue
+//! and rule names, so rules cannot deliver one test's events to another's queue.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName as Q;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+struct Names {
+    queue: String,
+    rule: String,
+    bus: String,
+}
+
+fn names() -> Names {
+    Names {
+        queue: unique("it-infra"),
+        rule: unique("it-infra-rule"),
+        bus: unique("it-infra-bus"),
+    }
+}
+
+fn infra(n: &Names) -> Conveyor {
+    Conveyor::new(&format!(
+        "[eventbridge]\nbus_name = \"{}\"\n[infra]\nqueue_name = \"{}\"\nrule_name = \"{}\"\n",
+        n.bus, n.queue, n.rule
+    ))
+}
+
+async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<String> {
+    sqs.get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.queue_url)
+}
+
+async fn attribute(sqs: &aws_sdk_sqs::Client, url: &str, name: Q) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&name]
+        .clone()
+}
+
+#[tokio::test]
+async fn up_is_idempotent_reports_and_fixes_drift_and_dry_run_changes_nothing() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let n = names();
+
+    let plan = infra(&n).output(&["infra", "up", "--dry-run"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    assert_eq!(
+        plan.stdout.matches("would create").count(),
+        6,
+        "bus, dlq, queue, rule, target, policy:\n{}",
+        plan.stdout
+    );
+    assert_eq!(
+        queue_url(&sqs, &n.queue).await,
+        None,
+        "--dry-run created nothing"
+    );
+
+    let first = infra(&n).output(&["infra", "up"]);
+    assert_eq!(first.code, Some(0), "{}", first.all());
+    assert_eq!(
+        first.stdout.matches("created").count(),
+        6,
+        "{}",
+        first.stdout
+    );
+    let url = queue_url(&sqs, &n.queue).await.expect("queue created");
+    assert_eq!(attribute(&sqs, &url, Q::VisibilityTimeout).await, "720");
+    assert_eq!(
+        attribute(&sqs, &url, Q::MessageRetentionPeriod).await,
+        "1209600"
+    );
+    let redrive: Value =
+        serde_json::from_str(&attribute(&sqs, &url, Q::RedrivePolicy).await).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "3"
+    );
+    let policy: Value = serde_json::from_str(&attribute(&sqs, &url, Q::Policy).await).unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Principal"]["Service"],
+        "events.amazonaws.com"
+    );
+    assert!(
+        policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&n.rule)
+    );
+
+    let second = infra(&n).output(&["infra", "up", "--output", "json"]);
+    assert_eq!(second.code, Some(0), "{}", second.all());
+    let second: Value = serde_json::from_str(second.stdout.trim()).unwrap();
+    assert!(
+        second["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["action"] == "exists"),
+        "{second}"
+    );
+    assert_eq!(second["queue_url"], url.as_str());
+
+    // Drift by hand: reported by --dry-run (and left alone), then fixed by up.
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(Q::VisibilityTimeout, "30")
+        .send()
+        .await
+        .unwrap();
+    let plan = infra(&n).output(&["infra", "up", "--dry-run"]);
+    assert!(
+        plan.stdout.contains("would update queue")
+            && plan.stdout.contains("VisibilityTimeout: 30 → 720"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(attribute(&sqs, &url, Q::VisibilityTimeout).await, "30");
+    let fix = infra(&n).output(&["infra", "up"]);
+    assert!(
+        fix.stdout.contains("updated") && fix.stdout.contains("VisibilityTimeout: 30 → 720"),
+        "{}",
+        fix.stdout
+    );
+    assert_eq!(attribute(&sqs, &url, Q::VisibilityTimeout).await, "720");
+
+    let unconfirmed = infra(&n).output(&["infra", "down"]);
+    assert_ne!(unconfirmed.code, Some(0));
+    assert!(
+        queue_url(&sqs, &n.queue).await.is_some(),
+        "nothing removed without --yes"
+    );
+    let down = infra(&n).output(&["infra", "down", "--yes"]);
+    assert_eq!(down.code, Some(0), "{}", down.all());
+    assert_eq!(queue_url(&sqs, &n.queue).await, None);
+    assert_eq!(queue_url(&sqs, &format!("{}-dlq", n.queue)).await, None);
+}
+
+#[tokio::test]
+async fn verify_proves_the_flow_without_stealing_from_a_daemon_and_names_each_failure() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let eb = aws_sdk_eventbridge::Client::new(&aws_sdk().await);
+    let n = names();
+    assert_eq!(infra(&n).output(&["infra", "up"]).code, Some(0));
+    let url = queue_url(&sqs, &n.queue).await.unwrap();
+
+    // A daemon consumes the queue meanwhile; it still gets the event.
+    let k = format!("v{:08x}", rand::random::<u32>());
+    let config = test_config(&queue_toml(
+        &k,
+        &url,
+        &format!("wait_time_secs = 1\n[[queues.{k}.routes]]\npipelines = [\"noop\"]"),
+    ));
+    let daemon = InProcess::start(config, conveyor::pipeline::Registry::built_in()).await;
+    let ok = infra(&n).output(&["infra", "verify"]);
+    assert_eq!(ok.code, Some(0), "{}", ok.all());
+    assert!(ok.stdout.contains("structure intact"), "{}", ok.stdout);
+    eventually(
+        "the daemon to get the test event too",
+        Duration::from_secs(20),
+        async || {
+            metric(
+                "conveyor_messages_deleted_total",
+                &[&format!("queue=\"{k}\"")],
+            ) >= 1.0
+        },
+    )
+    .await;
+    daemon.stop().await;
+    let targets = eb
+        .list_targets_by_rule()
+        .rule(&n.rule)
+        .event_bus_name(&n.bus)
+        .send()
+        .await
+        .unwrap()
+        .targets
+        .unwrap();
+    assert_eq!(
+        targets.len(),
+        1,
+        "the verification target was removed: {targets:?}"
+    );
+
+    // Target removed by hand → 1.
+    eb.remove_targets()
+        .rule(&n.rule)
+        .event_bus_name(&n.bus)
+        .ids("conveyor-queue")
+        .send()
+        .await
+        .unwrap();
+    let no_target = infra(&n).output(&["infra", "verify"]);
+    assert_eq!(no_target.code, Some(1), "{}", no_target.all());
+    assert!(
+        no_target.stderr.contains("no target for queue"),
+        "{}",
+        no_target.stderr
+    );
+
+    // Rule deleted → 3.
+    eb.delete_rule()
+        .name(&n.rule)
+        .event_bus_name(&n.bus)
+        .send()
+        .await
+        .unwrap();
+    let no_rule = infra(&n).output(&["infra", "verify"]);
+    assert_eq!(no_rule.code, Some(3), "{}", no_rule.all());
+    assert!(
+        no_rule.stderr.contains("does not exist") && no_rule.stderr.contains("conveyor infra up"),
+        "{}",
+        no_rule.stderr
+    );
+
+    // LocalStack accepts any credentials, so the substitute for wrong ones is none at all: the
+    // SDK's credential chain comes up empty, which is the same error class (exit 2).
+    let no_credentials = infra(&n)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output(&["infra", "verify"]);
+    assert_eq!(no_credentials.code, Some(2), "{}", no_credentials.all());
+    assert!(
+        no_credentials.stderr.contains("credentials"),
+        "{}",
+        no_credentials.stderr
+    );
+
+    assert_eq!(infra(&n).output(&["infra", "down", "--yes"]).code, Some(0));
+}
