@@ -65,6 +65,9 @@ pub enum Command {
     /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
     /// consumer's own parser first. Prints one JSON line per event (ids, never content).
     Publish(crate::publish::PublishArgs),
+    /// Print the least-privilege IAM policy (JSON) for this configuration: what `run`,
+    /// `publish` and `infra` each need, as separate statements.
+    Policy,
     /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
     Dlq(crate::dlq::DlqArgs),
 }

@@ -17,6 +17,7 @@ pub mod infra;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;
+pub mod policy;
 pub mod postgres;
 pub mod publish;
 pub mod shutdown;

@@ -4,7 +4,7 @@ use clap::Parser;
 use conveyor::cli::{Cli, Command};
 use conveyor::config::{Config, Sources};
 use conveyor::shutdown::{self, Shutdown};
-use conveyor::{check, dlq, infra, postgres, publish, telemetry};
+use conveyor::{check, dlq, infra, policy, postgres, publish, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -59,6 +59,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => {
             telemetry::init_logging(&config.telemetry)?;
             publish::run(&config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy => {
+            telemetry::init_logging(&config.telemetry)?;
+            let resources = policy::resources(&config).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&policy::document(&resources))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(args) => {

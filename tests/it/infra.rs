@@ -248,3 +248,45 @@ async fn verify_proves_the_flow_without_stealing_from_a_daemon_and_names_each_fa
 
     assert_eq!(infra(&n).output(&["infra", "down", "--yes"]).code, Some(0));
 }
+
+#[tokio::test]
+async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_account() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-policy", 3).await;
+    let out = Conveyor::new(&format!(
+        "[queues.main]\nurl = \"{}\"\n[[queues.main.routes]]\npipelines = [\"noop\"]\n",
+        q.url
+    ))
+    .output(&["policy"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let sid = |s: &str| {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["Sid"] == s)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {s}"))
+    };
+    // LocalStack's account id, read from the queue's ARN rather than assumed.
+    assert_eq!(
+        sid("RunConsume")["Resource"][0],
+        format!("arn:aws:sqs:us-east-1:000000000000:{}", q.name)
+    );
+    assert_eq!(
+        sid("RunDeadLetter")["Resource"][0],
+        format!("arn:aws:sqs:us-east-1:000000000000:{}-dlq", q.name)
+    );
+    assert_eq!(
+        sid("Publish")["Resource"][0],
+        "arn:aws:events:us-east-1:000000000000:event-bus/default"
+    );
+    assert!(
+        sid("InfraRule")["Action"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("events:PutRule"))
+    );
+}
