@@ -56,6 +56,8 @@ pub struct Config {
     pub eventbridge: EventBridgeConfig,
     /// What `conveyor infra up` provisions.
     pub infra: InfraConfig,
+    /// Where the `announce` pipeline publishes its result events.
+    pub announce: AnnounceConfig,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -185,6 +187,8 @@ pub struct RouteConfig {
     pub detail_type: String,
     /// Pipelines to run, concurrently, each isolated from the others.
     pub pipelines: Vec<String>,
+    /// Pipelines to run once every one of `pipelines` has succeeded (e.g. `announce`).
+    pub after: Vec<String>,
     /// `all`: the message succeeds when every pipeline did. `any`: when at least one did —
     /// which drops the failed pipelines' work, so it is opt-in.
     pub ack: Ack,
@@ -196,6 +200,7 @@ impl Default for RouteConfig {
             source: "*".to_owned(),
             detail_type: "*".to_owned(),
             pipelines: Vec::new(),
+            after: Vec::new(),
             ack: Ack::All,
         }
     }
@@ -321,6 +326,27 @@ impl Default for EventBridgeConfig {
     fn default() -> Self {
         Self {
             bus_name: "default".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// The bus the `announce` pipeline publishes to.
+    pub bus_name: String,
+    /// The announcement's `source`.
+    pub source: String,
+    /// The announcement's `detail-type`.
+    pub detail_type: String,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        Self {
+            bus_name: "default".to_owned(),
+            source: "conveyor".to_owned(),
+            detail_type: "InteractionProcessed".to_owned(),
         }
     }
 }
@@ -697,7 +723,7 @@ impl Config {
                 if route.pipelines.is_empty() {
                     bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
                 }
-                for pipeline in &route.pipelines {
+                for pipeline in route.pipelines.iter().chain(&route.after) {
                     if !crate::pipeline::BUILT_IN.contains(&pipeline.as_str()) {
                         bad(
                             &route_key("pipelines"),

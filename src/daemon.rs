@@ -15,7 +15,7 @@ use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
 use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
-use crate::pipeline::Registry;
+use crate::pipeline::{Announce, Registry};
 use crate::shutdown::Shutdown;
 use crate::{aws, postgres, telemetry};
 
@@ -42,7 +42,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 /// As [`start`], with the pipelines of `registry` (tests add their own).
 pub async fn start_with(
     config: Config,
-    registry: Registry,
+    mut registry: Registry,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
@@ -70,6 +70,17 @@ pub async fn start_with(
     } else {
         let sdk = aws::sdk_config(&config.aws).await;
         aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
+        let announces = config
+            .queues
+            .values()
+            .flat_map(|q| &q.routes)
+            .any(|r| r.pipelines.iter().chain(&r.after).any(|p| p == "announce"));
+        if announces && registry.get("announce").is_none() {
+            registry.add(Arc::new(Announce::new(
+                aws_sdk_eventbridge::Client::new(&sdk),
+                config.announce.clone(),
+            )));
+        }
         let context = engine::Context {
             client: aws_sdk_sqs::Client::new(&sdk),
             shutdown: shutdown.clone(),

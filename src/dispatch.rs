@@ -44,10 +44,15 @@ impl Pattern {
     }
 }
 
+/// A pipeline and its timeout.
+type Stage = Vec<(Arc<dyn Pipeline>, Duration)>;
+
 struct Route {
     source: Pattern,
     detail_type: Pattern,
-    pipelines: Vec<(Arc<dyn Pipeline>, Duration)>,
+    pipelines: Stage,
+    /// Run once every pipeline of `pipelines` succeeded.
+    after: Stage,
     ack: Ack,
 }
 
@@ -110,20 +115,25 @@ impl Dispatcher {
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for (i, route) in queue_config.routes.iter().enumerate() {
-            let mut pipelines = Vec::new();
-            for name in &route.pipelines {
-                let pipeline = registry.get(name).ok_or_else(|| {
-                    format!(
-                        "queues.{queue}.routes[{i}].pipelines: unknown pipeline {name:?}; known: {}",
-                        registry.names().join(", ")
-                    )
-                })?;
-                pipelines.push((pipeline.clone(), config.pipeline_timeout(name)));
-            }
+            let stage = |field: &str, names: &[String]| {
+                names
+                    .iter()
+                    .map(|name| {
+                        let pipeline = registry.get(name).ok_or_else(|| {
+                            format!(
+                                "queues.{queue}.routes[{i}].{field}: unknown pipeline {name:?}; known: {}",
+                                registry.names().join(", ")
+                            )
+                        })?;
+                        Ok((pipeline.clone(), config.pipeline_timeout(name)))
+                    })
+                    .collect::<Result<Stage, String>>()
+            };
             routes.push(Route {
                 source: Pattern::parse(&route.source),
                 detail_type: Pattern::parse(&route.detail_type),
-                pipelines,
+                pipelines: stage("pipelines", &route.pipelines)?,
+                after: stage("after", &route.after)?,
                 ack: route.ack,
             });
         }
@@ -148,53 +158,62 @@ impl Handler for Dispatcher {
         let Some(route) = self.route(&delivery) else {
             return Box::pin(std::future::ready(self.unrouted(&delivery)));
         };
-        let pipelines = route.pipelines.clone();
-        let ack = route.ack;
+        let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
         let ledger = self.ledger.clone();
         Box::pin(async move {
-            // One task per pipeline, so a slow or failing one never holds up another. Dropping
-            // the JoinSet (lease lost, grace over) aborts them all: no pipeline outlives its
-            // message.
-            let mut tasks = JoinSet::new();
-            let mut names = HashMap::new();
-            for (pipeline, timeout) in pipelines {
-                let name = pipeline.name();
-                let task = tasks.spawn(run_once(
-                    pipeline,
-                    timeout,
-                    delivery.clone(),
-                    ledger.clone(),
-                ));
-                names.insert(task.id(), (name, Instant::now()));
-            }
-            let mut results = Vec::new();
-            while let Some(joined) = tasks.join_next_with_id().await {
-                let (id, result) = match joined {
-                    Ok((id, result)) => (id, result),
-                    Err(e) if e.is_panic() => (
-                        e.id(),
-                        Err(Failure::Pipeline(PipelineError::Retryable(
-                            "panicked".into(),
-                        ))),
-                    ),
-                    // Cancelled: only when this future is dropped, and then nobody is listening.
-                    Err(e) => (
-                        e.id(),
-                        Err(Failure::Pipeline(PipelineError::Retryable(
-                            "cancelled".into(),
-                        ))),
-                    ),
-                };
-                let (name, started) = names[&id];
-                record(&delivery, name, &result, started);
-                results.push(PipelineResult {
-                    pipeline: name,
-                    result,
-                });
+            let mut results = run_stage(pipelines, &delivery, &ledger).await;
+            // `after` pipelines (an announcement) run only once the work they report is done.
+            if !after.is_empty() && results.iter().all(|r| r.result.is_ok()) {
+                results.extend(run_stage(after, &delivery, &ledger).await);
             }
             fold(&results, ack)
         })
     }
+}
+
+/// Runs a stage's pipelines concurrently: one task each, so a slow or failing one never holds
+/// up another. Dropping the future (lease lost, grace over) drops the JoinSet, which aborts
+/// them all: no pipeline outlives its message.
+async fn run_stage(stage: Stage, delivery: &Arc<Delivery>, ledger: &Ledger) -> Vec<PipelineResult> {
+    let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
+    for (pipeline, timeout) in stage {
+        let name = pipeline.name();
+        let task = tasks.spawn(run_once(
+            pipeline,
+            timeout,
+            delivery.clone(),
+            ledger.clone(),
+        ));
+        names.insert(task.id(), (name, Instant::now()));
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            // run_once catches its pipeline's panic; this is one in conveyor's own code.
+            Err(e) if e.is_panic() => (
+                e.id(),
+                Err(Failure::Pipeline(PipelineError::Retryable(
+                    "panicked".into(),
+                ))),
+            ),
+            // Cancelled: only when this future is dropped, and then nobody is listening.
+            Err(e) => (
+                e.id(),
+                Err(Failure::Pipeline(PipelineError::Retryable(
+                    "cancelled".into(),
+                ))),
+            ),
+        };
+        let (name, started) = names[&id];
+        record(delivery, name, &result, started);
+        results.push(PipelineResult {
+            pipeline: name,
+            result,
+        });
+    }
+    results
 }
 
 /// Runs `pipeline` for the delivery unless the ledger says it already succeeded for its key

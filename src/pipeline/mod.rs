@@ -2,6 +2,7 @@
 //! be retried. Built in: `noop` (benchmarks, smoke tests) and `chaos` (tests and soaks: fails,
 //! sleeps or panics on request). The real pipelines join them here.
 
+mod announce;
 mod chaos;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use futures::future::BoxFuture;
 use crate::envelope::Interaction;
 use crate::event::EventBridgeEvent;
 
+pub use announce::Announce;
 pub use chaos::Chaos;
 
 /// What a pipeline is given: one delivery of one event.
@@ -97,7 +99,8 @@ pub struct Registry {
 }
 
 /// Names of the pipelines every daemon has; config validation checks routes against them.
-pub const BUILT_IN: &[&str] = &["noop", "chaos"];
+/// (`announce` needs an EventBridge client, so the daemon adds it when a route names it.)
+pub const BUILT_IN: &[&str] = &["noop", "chaos", "announce"];
 
 impl Registry {
     /// The built-in pipelines.

@@ -372,3 +372,94 @@ fn check_reports_an_unknown_pipeline_naming_the_route() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fails() {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let _ls = localstack_shared().await;
+    let (sqs, eb) = (sqs_client().await, eventbridge().await);
+    let q = queue_with_dlq(&sqs, "it-announce", 3).await;
+    // Announcements land on their own bus, routed to a queue the test reads.
+    let (bus, source) = (unique("it-announce-bus"), format!("conveyor.{}", key()));
+    eb.create_event_bus().name(&bus).send().await.unwrap();
+    let listen = create_queue(&sqs, &unique("it-announced")).await;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&listen)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&A::QueueArn]
+        .clone();
+    let rule = unique("it-announce-rule");
+    eb.put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": [source]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    eb.put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(Target::builder().id("listen").arn(arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let (good, bad) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let mut good_detail = seed_envelope();
+    good_detail["interaction_id"] = json!(good);
+    let mut bad_detail = seed_envelope();
+    bad_detail["interaction_id"] = json!(bad);
+    bad_detail["extras"]["chaos"] = json!({"permanent": true});
+    let wrap = |detail: Value| {
+        json!({"id": key(), "source": "com.yourapp.transcription", "detail-type": "EnvelopeV1.transcript", "detail": detail}).to_string()
+    };
+    send_all(&sqs, &q.url, &[wrap(good_detail), wrap(bad_detail)]).await;
+
+    let k = key();
+    let config = test_config(&format!(
+        "[announce]\nbus_name = \"{bus}\"\nsource = \"{source}\"\n{}",
+        queue_toml(
+            &k,
+            &q.url,
+            &format!("[[queues.{k}.routes]]\npipelines = [\"chaos\"]\nafter = [\"announce\"]")
+        )
+    ));
+    let daemon = InProcess::start(config, conveyor::pipeline::Registry::built_in()).await;
+    let announced = drain_queue(&sqs, &listen, 1, Duration::from_secs(30)).await;
+    eventually(
+        "the failing one dead-lettered",
+        Duration::from_secs(30),
+        async || queue_depth(&sqs, &q.dlq_url).await.0 == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    let more = drain_queue(&sqs, &listen, 1, Duration::from_secs(2)).await;
+
+    assert_eq!(announced.len(), 1);
+    assert!(
+        more.is_empty(),
+        "nothing announced for the failed interaction"
+    );
+    let body = announced[0].body().unwrap();
+    assert!(
+        !body.contains("Thanks for joining"),
+        "no content in announcements"
+    );
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["detail-type"], "InteractionProcessed");
+    assert_eq!(event["detail"]["interaction_key"], good.as_str());
+    assert_eq!(
+        event["detail"]["tenant_id"],
+        "550e8400-e29b-41d4-a716-446655440000"
+    );
+    assert_eq!(event["detail"]["content_length"], 42);
+}
