@@ -382,18 +382,9 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     // The queue policy: only this rule, through events.amazonaws.com, may send.
     let policy = queue_policy(&queue_arn, &rule_arn);
     if let Some(url) = &queue_url {
-        let current = c
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(Q::Policy)
-            .send()
-            .await
-            .map_err(|e| sqs_err("GetQueueAttributes", e))?
-            .attributes
-            .unwrap_or_default()
-            .get(&Q::Policy)
-            .and_then(|p| serde_json::from_str::<Value>(p).ok());
+        let current = queue_attribute(c, url, Q::Policy)
+            .await?
+            .and_then(|p| serde_json::from_str::<Value>(&p).ok());
         let (action, differences) = match current {
             Some(p) if p == policy => ("exists", vec![]),
             Some(_) => (
@@ -549,17 +540,23 @@ fn same_attribute(attribute: &Q, have: &str, want: &str) -> bool {
 }
 
 async fn queue_arn(c: &Clients, url: &str) -> Result<String, InfraError> {
+    Ok(queue_attribute(c, url, Q::QueueArn)
+        .await?
+        .unwrap_or_default())
+}
+
+/// One attribute of a queue; `None` when it is not set.
+async fn queue_attribute(c: &Clients, url: &str, name: Q) -> Result<Option<String>, InfraError> {
     Ok(c.sqs
         .get_queue_attributes()
         .queue_url(url)
-        .attribute_names(Q::QueueArn)
+        .attribute_names(name.clone())
         .send()
         .await
         .map_err(|e| sqs_err("GetQueueAttributes", e))?
         .attributes
         .unwrap_or_default()
-        .remove(&Q::QueueArn)
-        .unwrap_or_default())
+        .remove(&name))
 }
 
 async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError> {

@@ -26,17 +26,7 @@ async fn rule_to_queue(
     source: &str,
     queue_url: &str,
 ) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&A::QueueArn]
-        .clone();
+    let arn = queue_arn(sqs, queue_url).await;
     let rule = unique("it-rule");
     eb.put_rule()
         .name(&rule)
@@ -375,7 +365,6 @@ fn check_reports_an_unknown_pipeline_naming_the_route() {
 
 #[tokio::test]
 async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fails() {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
     let _ls = localstack_shared().await;
     let (sqs, eb) = (sqs_client().await, eventbridge().await);
     let q = queue_with_dlq(&sqs, "it-announce", 3).await;
@@ -383,16 +372,7 @@ async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fai
     let (bus, source) = (unique("it-announce-bus"), format!("conveyor.{}", key()));
     eb.create_event_bus().name(&bus).send().await.unwrap();
     let listen = create_queue(&sqs, &unique("it-announced")).await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&listen)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&A::QueueArn]
-        .clone();
+    let arn = queue_arn(&sqs, &listen).await;
     let rule = unique("it-announce-rule");
     eb.put_rule()
         .name(&rule)

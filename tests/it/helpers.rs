@@ -308,16 +308,7 @@ pub async fn queue_with_dlq(
         .unwrap()
         .queue_url
         .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&A::QueueArn]
-        .clone();
+    let dlq_arn = queue_arn(sqs, &dlq_url).await;
     let url = sqs
         .create_queue()
         .queue_name(&name)
@@ -332,6 +323,21 @@ pub async fn queue_with_dlq(
         .queue_url
         .unwrap();
     TestQueue { name, url, dlq_url }
+}
+
+/// A queue's ARN.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&A::QueueArn)
+        .unwrap()
 }
 
 /// An EventBridge event as SQS receives it from a rule.

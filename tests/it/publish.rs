@@ -12,7 +12,6 @@ use crate::helpers::*;
 
 /// A fresh bus with a rule sending everything on it to a fresh queue.
 async fn bus_to_queue(label: &str) -> (String, TestQueue) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
     let sdk = aws_sdk().await;
     let (eb, sqs) = (
         aws_sdk_eventbridge::Client::new(&sdk),
@@ -21,16 +20,7 @@ async fn bus_to_queue(label: &str) -> (String, TestQueue) {
     let q = queue_with_dlq(&sqs, label, 3).await;
     let bus = unique("it-bus");
     eb.create_event_bus().name(&bus).send().await.unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&q.url)
-        .attribute_names(A::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&A::QueueArn]
-        .clone();
+    let arn = queue_arn(&sqs, &q.url).await;
     let rule = unique("it-rule");
     eb.put_rule()
         .name(&rule)
