@@ -284,18 +284,7 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     // The rule.
     let pattern = event_pattern(config);
     let rule_resource = format!("rule {} on bus {bus}", infra.rule_name);
-    let existing = match c
-        .eb
-        .describe_rule()
-        .name(&infra.rule_name)
-        .event_bus_name(bus)
-        .send()
-        .await
-    {
-        Ok(out) => Some(out),
-        Err(e) if is_not_found(e.code()) => None,
-        Err(e) => return Err(eb_err("DescribeRule", e)),
-    };
+    let existing = describe_rule(c, config).await?;
     let mut differences = Vec::new();
     if let Some(rule) = &existing {
         let current: Value = rule
@@ -539,6 +528,25 @@ fn same_attribute(attribute: &Q, have: &str, want: &str) -> bool {
     }
 }
 
+/// The configured rule, or `None` when it does not exist.
+async fn describe_rule(
+    c: &Clients,
+    config: &Config,
+) -> Result<Option<aws_sdk_eventbridge::operation::describe_rule::DescribeRuleOutput>, InfraError> {
+    match c
+        .eb
+        .describe_rule()
+        .name(&config.infra.rule_name)
+        .event_bus_name(&config.eventbridge.bus_name)
+        .send()
+        .await
+    {
+        Ok(rule) => Ok(Some(rule)),
+        Err(e) if is_not_found(e.code()) => Ok(None),
+        Err(e) => Err(eb_err("DescribeRule", e)),
+    }
+}
+
 async fn queue_arn(c: &Clients, url: &str) -> Result<String, InfraError> {
     Ok(queue_attribute(c, url, Q::QueueArn)
         .await?
@@ -657,23 +665,12 @@ async fn verify(c: &Clients, config: &Config) -> Result<(), InfraError> {
         }
         Err(e) => return Err(sqs_err("GetQueueUrl", e)),
     };
-    let rule = match c
-        .eb
-        .describe_rule()
-        .name(&infra.rule_name)
-        .event_bus_name(bus)
-        .send()
-        .await
-    {
-        Ok(rule) => rule,
-        Err(e) if is_not_found(e.code()) => {
-            return Err(InfraError::Missing(format!(
-                "rule {} does not exist on bus {bus}",
-                infra.rule_name
-            )));
-        }
-        Err(e) => return Err(eb_err("DescribeRule", e)),
-    };
+    let rule = describe_rule(c, config).await?.ok_or_else(|| {
+        InfraError::Missing(format!(
+            "rule {} does not exist on bus {bus}",
+            infra.rule_name
+        ))
+    })?;
     let queue_arn = queue_arn(c, &queue_url).await?;
     let targets =
         c.eb.list_targets_by_rule()

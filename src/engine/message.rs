@@ -149,39 +149,33 @@ pub(super) async fn process(
     };
     telemetry::handler_finished(&queue.name, received_at.elapsed().as_secs_f64());
 
+    // A retry at the queue's maxReceiveCount is dead-lettered here, with the reason, rather
+    // than left to SQS's native redrive, which would move it without one.
+    let verdict = match verdict {
+        Verdict::Decided(Outcome::Retry {
+            reason, pipeline, ..
+        }) if receive_count >= queue.max_receive_count && queue.dlq.is_some() => {
+            Verdict::Decided(Outcome::DeadLetter {
+                reason: format!(
+                    "retries exhausted after {receive_count} receives (maxReceiveCount {}): {reason}",
+                    queue.max_receive_count
+                ),
+                label: "retries_exhausted",
+                pipeline,
+            })
+        }
+        other => other,
+    };
+
     // Apply.
     let (applied, reason) = match verdict {
         Verdict::LeaseLost => (Applied::LeaseLost, None),
         Verdict::Release => (release(&queue, &receipt).await, None),
         Verdict::Decided(Outcome::Success) => (delete(&queue, &receipt).await, None),
-        Verdict::Decided(Outcome::Retry {
-            reason,
-            pipeline,
-            after,
-        }) => {
-            if receive_count >= queue.max_receive_count && queue.dlq.is_some() {
-                let reason = format!(
-                    "retries exhausted after {receive_count} receives (maxReceiveCount {}): {reason}",
-                    queue.max_receive_count
-                );
-                let applied = dead_letter(
-                    &queue,
-                    &message,
-                    &receipt,
-                    receive_count,
-                    &reason,
-                    pipeline.as_deref(),
-                    "retries_exhausted",
-                )
-                .await;
-                (applied, Some(reason))
-            } else {
-                (
-                    retry(&queue, &receipt, receive_count, after).await,
-                    Some(reason),
-                )
-            }
-        }
+        Verdict::Decided(Outcome::Retry { reason, after, .. }) => (
+            retry(&queue, &receipt, receive_count, after).await,
+            Some(reason),
+        ),
         Verdict::Decided(Outcome::DeadLetter {
             reason,
             label,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use conveyor::pipeline::{Delivery, Pipeline, PipelineError};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -17,29 +17,6 @@ fn key() -> String {
 
 async fn eventbridge() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&aws_sdk().await)
-}
-
-/// A rule on the default bus sending events of `source` to the queue.
-async fn rule_to_queue(
-    eb: &aws_sdk_eventbridge::Client,
-    sqs: &aws_sdk_sqs::Client,
-    source: &str,
-    queue_url: &str,
-) {
-    let arn = queue_arn(sqs, queue_url).await;
-    let rule = unique("it-rule");
-    eb.put_rule()
-        .name(&rule)
-        .event_pattern(json!({"source": [source]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    eb.put_targets()
-        .rule(&rule)
-        .targets(Target::builder().id("queue").arn(arn).build().unwrap())
-        .send()
-        .await
-        .unwrap();
 }
 
 fn seed_envelope() -> Value {
@@ -57,7 +34,7 @@ async fn envelopes_through_a_real_eventbridge_rule_reach_pipelines_with_every_fi
     let (sqs, eb) = (sqs_client().await, eventbridge().await);
     let q = queue_with_dlq(&sqs, "it-eb", 3).await;
     let source = format!("com.yourapp.transcription.{}", key());
-    rule_to_queue(&eb, &sqs, &source, &q.url).await;
+    rule_to_queue("default", json!({"source": [source]}), &q.url).await;
 
     let batch_id = uuid::Uuid::new_v4().to_string();
     let batch = json!({"version":"1.0","interaction_id": batch_id,
@@ -372,22 +349,7 @@ async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fai
     let (bus, source) = (unique("it-announce-bus"), format!("conveyor.{}", key()));
     eb.create_event_bus().name(&bus).send().await.unwrap();
     let listen = create_queue(&sqs, &unique("it-announced")).await;
-    let arn = queue_arn(&sqs, &listen).await;
-    let rule = unique("it-announce-rule");
-    eb.put_rule()
-        .name(&rule)
-        .event_bus_name(&bus)
-        .event_pattern(json!({"source": [source]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    eb.put_targets()
-        .rule(&rule)
-        .event_bus_name(&bus)
-        .targets(Target::builder().id("listen").arn(arn).build().unwrap())
-        .send()
-        .await
-        .unwrap();
+    rule_to_queue(&bus, json!({"source": [source]}), &listen).await;
 
     let (good, bad) = (
         uuid::Uuid::new_v4().to_string(),

@@ -340,6 +340,36 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
         .unwrap()
 }
 
+/// A rule on `bus` sending events that match `pattern` to the queue at `queue_url`.
+pub async fn rule_to_queue(bus: &str, pattern: serde_json::Value, queue_url: &str) {
+    let sdk = aws_sdk().await;
+    let (eb, sqs) = (
+        aws_sdk_eventbridge::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(&sdk),
+    );
+    let arn = queue_arn(&sqs, queue_url).await;
+    let rule = unique("it-rule");
+    eb.put_rule()
+        .name(&rule)
+        .event_bus_name(bus)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder()
+        .id("queue")
+        .arn(arn)
+        .build()
+        .unwrap();
+    eb.put_targets()
+        .rule(&rule)
+        .event_bus_name(bus)
+        .targets(target)
+        .send()
+        .await
+        .unwrap();
+}
+
 /// An EventBridge event as SQS receives it from a rule.
 pub fn event_body(id: &str, detail: serde_json::Value) -> String {
     serde_json::json!({

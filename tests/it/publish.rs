@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_eventbridge::types::Target;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -20,22 +19,7 @@ async fn bus_to_queue(label: &str) -> (String, TestQueue) {
     let q = queue_with_dlq(&sqs, label, 3).await;
     let bus = unique("it-bus");
     eb.create_event_bus().name(&bus).send().await.unwrap();
-    let arn = queue_arn(&sqs, &q.url).await;
-    let rule = unique("it-rule");
-    eb.put_rule()
-        .name(&rule)
-        .event_bus_name(&bus)
-        .event_pattern(json!({"source": [{"prefix": "com."}]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    eb.put_targets()
-        .rule(&rule)
-        .event_bus_name(&bus)
-        .targets(Target::builder().id("queue").arn(arn).build().unwrap())
-        .send()
-        .await
-        .unwrap();
+    rule_to_queue(&bus, json!({"source": [{"prefix": "com."}]}), &q.url).await;
     (bus, q)
 }
 
