@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::extract::Extractor;
 use crate::{aws, error_chain, graph, postgres, sqs};
 
 /// A probe's verdict on one dependency.
@@ -106,6 +107,18 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
         };
         probes.push(Probe {
             name: "bolt graph".into(),
+            result,
+        });
+    }
+
+    if config.routes_to("graph") || config.routes_to("projection") {
+        let result =
+            match Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref()) {
+                Ok(extractor) => extractor.probe().await,
+                Err(e) => Err(error_chain(e.as_ref())),
+            };
+        probes.push(Probe {
+            name: "model".into(),
             result,
         });
     }

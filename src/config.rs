@@ -58,6 +58,8 @@ pub struct Config {
     pub infra: InfraConfig,
     /// Where the `announce` pipeline publishes its result events.
     pub announce: AnnounceConfig,
+    /// Action-item extraction for the `graph` and `projection` pipelines.
+    pub extraction: ExtractionConfig,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -451,6 +453,54 @@ impl Default for GraphConfig {
     }
 }
 
+/// How action items are extracted from an interaction's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extractor {
+    /// An OpenAI-compatible chat endpoint with JSON-schema structured output.
+    Llm,
+    /// Offline rules ("I'll …", "action item: …", "by Friday"): no network, lower recall.
+    Patterns,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractionConfig {
+    /// `llm` or `patterns`.
+    pub extractor: Extractor,
+    /// The chat endpoint's base URL (OpenAI, a gateway, vLLM, Ollama: anything that serves
+    /// `POST {base_url}/chat/completions`). The key is the `OPENAI_API_KEY` secret.
+    pub base_url: String,
+    /// Model name sent with each request; part of the stored extraction's key.
+    pub model: String,
+    /// Longest wait for one chat completion.
+    pub timeout_secs: u64,
+    /// Most chat requests per minute, across every worker of this process.
+    pub requests_per_minute: u32,
+    /// Most chat requests in flight at once, across every worker of this process.
+    pub max_concurrent_requests: u32,
+    /// Content longer than this many tokens (estimated at 4 bytes each) is split into chunks
+    /// of at most this size, extracted separately and merged.
+    pub chunk_tokens: u32,
+    /// Upper bound on the tokens the model may answer with, per chunk.
+    pub max_output_tokens: u32,
+}
+
+impl Default for ExtractionConfig {
+    fn default() -> Self {
+        Self {
+            extractor: Extractor::Llm,
+            base_url: "https://api.openai.com/v1".to_owned(),
+            model: "gpt-4o-mini".to_owned(),
+            timeout_secs: 60,
+            requests_per_minute: 500,
+            max_concurrent_requests: 8,
+            chunk_tokens: 6000,
+            max_output_tokens: 4000,
+        }
+    }
+}
+
 /// A secret value: never printed, never serialized in clear.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -773,6 +823,67 @@ impl Config {
                 );
             }
         }
+        let routed = |pipeline: &str| self.routes_to(pipeline);
+        if routed("graph") && self.graph.uri.is_none() {
+            bad(
+                "graph.uri",
+                &"(unset)",
+                "a route names the graph pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD",
+            );
+        }
+        if routed("projection") && self.secrets.database_url.is_none() {
+            bad(
+                "queues.*.routes.pipelines",
+                &"\"projection\"",
+                "the projection pipeline writes to PostgreSQL: export DATABASE_URL, or remove it from the route",
+            );
+        }
+        let x = &self.extraction;
+        if (routed("graph") || routed("projection")) && x.extractor == Extractor::Llm {
+            if self.secrets.openai_api_key.is_none() {
+                bad(
+                    "extraction.extractor",
+                    &"\"llm\"",
+                    "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use extractor = \"patterns\" to run offline",
+                );
+            }
+            if url::Url::parse(&x.base_url).is_err() {
+                bad(
+                    "extraction.base_url",
+                    &format!("{:?}", x.base_url),
+                    "must be an absolute URL such as \"https://api.openai.com/v1\"",
+                );
+            }
+        }
+        for (key, value) in [
+            ("extraction.timeout_secs", x.timeout_secs),
+            (
+                "extraction.requests_per_minute",
+                u64::from(x.requests_per_minute),
+            ),
+            (
+                "extraction.max_concurrent_requests",
+                u64::from(x.max_concurrent_requests),
+            ),
+            (
+                "extraction.max_output_tokens",
+                u64::from(x.max_output_tokens),
+            ),
+        ] {
+            if value == 0 {
+                bad(key, &0, "must be at least 1");
+            }
+        }
+        if x.chunk_tokens < 256 {
+            bad(
+                "extraction.chunk_tokens",
+                &x.chunk_tokens,
+                "must be at least 256, or the instructions would outweigh the content",
+            );
+        }
+        if x.model.trim().is_empty() {
+            bad("extraction.model", &"\"\"", "name the model to ask");
+        }
         for (name, p) in &self.pipelines {
             if !crate::pipeline::BUILT_IN.contains(&name.as_str()) {
                 bad(
@@ -836,6 +947,14 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Does any queue's route run `pipeline`?
+    pub fn routes_to(&self, pipeline: &str) -> bool {
+        self.queues
+            .values()
+            .flat_map(|q| &q.routes)
+            .any(|r| r.pipelines.iter().chain(&r.after).any(|p| p == pipeline))
     }
 
     /// The effective configuration as TOML, secrets shown as `***` or `(unset)`.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,11 +14,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
+use crate::extract::{Extractions, Extractor};
 use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
-use crate::pipeline::{Announce, Registry};
+use crate::pipeline::{Announce, GraphPipeline, Projection, Registry};
 use crate::shutdown::Shutdown;
-use crate::{aws, postgres, telemetry};
+use crate::{aws, graph, postgres, telemetry};
+use neo4rs::Graph;
+use sqlx::PgPool;
 
 /// A started daemon.
 pub struct Running {
@@ -31,6 +35,8 @@ pub struct Running {
     /// The ops listener runs until every consumer has stopped.
     ops_stop: CancellationToken,
     tasks: TaskTracker,
+    /// Closed after the consumers stop, so in-flight work keeps its connections.
+    clients: Clients,
 }
 
 /// Starts the daemon with the built-in pipelines and returns once it is consuming. Stops when
@@ -59,8 +65,19 @@ pub async fn start_with(
         ops_stop.clone(),
     ));
 
-    let ledger = open_ledger(&config, &readiness).await?;
+    let pool = open_postgres(&config, &readiness).await?;
+    let ledger = match &pool {
+        Some(pool) => Ledger::Postgres(pool.clone()),
+        None => Ledger::in_memory(),
+    };
     tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
+    let clients = add_pipelines(&config, &mut registry, pool.clone(), &readiness).await?;
+    tasks.spawn(watch_health(
+        clients.clone(),
+        config.clone(),
+        readiness.clone(),
+        shutdown.graceful.clone(),
+    ));
 
     let mut consumers = Vec::new();
     if config.queues.is_empty() {
@@ -70,12 +87,7 @@ pub async fn start_with(
     } else {
         let sdk = aws::sdk_config(&config.aws).await;
         aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
-        let announces = config
-            .queues
-            .values()
-            .flat_map(|q| &q.routes)
-            .any(|r| r.pipelines.iter().chain(&r.after).any(|p| p == "announce"));
-        if announces && registry.get("announce").is_none() {
+        if config.routes_to("announce") && registry.get("announce").is_none() {
             registry.add(Arc::new(Announce::new(
                 aws_sdk_eventbridge::Client::new(&sdk),
                 config.announce.clone(),
@@ -105,19 +117,22 @@ pub async fn start_with(
         consumers,
         ops_stop,
         tasks,
+        clients,
     })
 }
 
-/// The idempotency ledger: in PostgreSQL when `DATABASE_URL` is set (migrations applied here),
-/// else in memory. A configured database that cannot be reached is a startup error: running
-/// on without it would quietly weaken the exactly-once guarantee.
-async fn open_ledger(config: &Config, readiness: &Readiness) -> anyhow::Result<Ledger> {
+/// PostgreSQL when `DATABASE_URL` is set (migrations applied here): the idempotency ledger,
+/// stored extractions and the projection. Without it the ledger and extractions live in
+/// memory. A configured database that cannot be reached is a startup error: running on
+/// without it would quietly weaken the exactly-once guarantee.
+async fn open_postgres(config: &Config, readiness: &Readiness) -> anyhow::Result<Option<PgPool>> {
     let Some(url) = &config.secrets.database_url else {
         tracing::warn!(
-            "no DATABASE_URL: the idempotency ledger is in memory, so effects are deduplicated only \
-             within this process; set DATABASE_URL to share it across instances and restarts"
+            "no DATABASE_URL: the idempotency ledger and extractions are in memory, so effects are \
+             deduplicated only within this process; set DATABASE_URL to share them across \
+             instances and restarts"
         );
-        return Ok(Ledger::in_memory());
+        return Ok(None);
     };
     let pool = postgres::connect(&config.database, url).await.context(
         "PostgreSQL (DATABASE_URL) is unreachable; check the URL and that the server is up",
@@ -127,7 +142,168 @@ async fn open_ledger(config: &Config, readiness: &Readiness) -> anyhow::Result<L
         .context("applying migrations/ to PostgreSQL")?;
     readiness.set("postgres", true);
     tracing::info!("idempotency ledger in PostgreSQL; migrations applied");
-    Ok(Ledger::Postgres(pool))
+    Ok(Some(pool))
+}
+
+/// The long-lived clients of the real pipelines, created once and shared.
+#[derive(Clone, Default)]
+struct Clients {
+    postgres: Option<PgPool>,
+    graph: Option<Graph>,
+    extractions: Option<Extractions>,
+}
+
+/// Adds the `graph` and `projection` pipelines when a route names them (and `registry` does
+/// not already have them), with the clients they share.
+async fn add_pipelines(
+    config: &Config,
+    registry: &mut Registry,
+    postgres: Option<PgPool>,
+    readiness: &Readiness,
+) -> anyhow::Result<Clients> {
+    let wants = |name: &str| config.routes_to(name) && registry.get(name).is_none();
+    let (wants_graph, wants_projection) = (wants("graph"), wants("projection"));
+    let mut clients = Clients {
+        postgres: postgres.clone(),
+        ..Clients::default()
+    };
+    if !wants_graph && !wants_projection {
+        return Ok(clients);
+    }
+    let extractor = Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref())?;
+    let extractions = Extractions::new(extractor, postgres.clone());
+    clients.extractions = Some(extractions.clone());
+    if wants_graph {
+        let (Some(uri), Some(password)) = (&config.graph.uri, &config.secrets.neo4j_password)
+        else {
+            anyhow::bail!(
+                "a route names the graph pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD"
+            );
+        };
+        let graph = graph::pool(&config.graph, uri, password)
+            .with_context(|| format!("graph.uri = {uri:?}: cannot build the Bolt client"))?;
+        // Constraints must exist before the first write, or concurrent MERGEs could create
+        // duplicates. A graph server that is down at startup is waited for in the background
+        // (graph writes fail and retry meanwhile) rather than failing into a restart loop.
+        let timeout = Duration::from_secs(config.graph.connect_timeout_secs) * 6;
+        let schema_ready = Arc::new(AtomicBool::new(false));
+        match tokio::time::timeout(timeout, graph::setup_schema(&graph)).await {
+            Ok(Ok(())) => {
+                schema_ready.store(true, Ordering::Release);
+                readiness.set("graph", true);
+                tracing::info!("graph constraints and indexes in place");
+            }
+            _ => {
+                readiness.set("graph", false);
+                tokio::spawn(ensure_schema(
+                    graph.clone(),
+                    timeout,
+                    schema_ready.clone(),
+                    readiness.clone(),
+                ));
+            }
+        }
+        registry.add(Arc::new(GraphPipeline::new(
+            graph.clone(),
+            extractions.clone(),
+            schema_ready,
+        )));
+        clients.graph = Some(graph);
+    }
+    if wants_projection {
+        let pool = postgres.context("the projection pipeline needs DATABASE_URL")?;
+        registry.add(Arc::new(Projection::new(pool, extractions)));
+    }
+    Ok(clients)
+}
+
+/// Creates the graph's constraints and indexes, retrying until the server answers.
+async fn ensure_schema(
+    graph: Graph,
+    timeout: Duration,
+    schema_ready: Arc<AtomicBool>,
+    readiness: Readiness,
+) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout(timeout, graph::setup_schema(&graph)).await {
+            Ok(Ok(())) => {
+                schema_ready.store(true, Ordering::Release);
+                readiness.set("graph", true);
+                tracing::info!("graph constraints and indexes in place");
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(
+                error = %crate::error_chain(&e),
+                retry_in_secs = wait.as_secs(),
+                "creating the graph's constraints failed; graph writes will retry meanwhile"
+            ),
+            Err(_) => tracing::error!(
+                retry_in_secs = wait.as_secs(),
+                "the graph server did not answer while creating constraints; graph writes will retry meanwhile"
+            ),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Probes PostgreSQL and the graph every few seconds and the model endpoint every minute,
+/// and reports each in `/readyz`.
+async fn watch_health(
+    clients: Clients,
+    config: Config,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(5);
+    const MODEL_EVERY: u32 = 12;
+    let timeout = Duration::from_secs(config.database.connect_timeout_secs.max(1));
+    let graph_timeout = Duration::from_secs(config.graph.connect_timeout_secs.max(1));
+    let mut tick = tokio::time::interval(EVERY);
+    let mut ticks = 0u32;
+    let mut last = std::collections::BTreeMap::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut report = |component: &'static str, result: Result<(), String>| {
+            readiness.set(component, result.is_ok());
+            let ok = result.is_ok();
+            if last.insert(component, ok) != Some(ok) {
+                match result {
+                    Ok(()) => tracing::info!(component, "dependency healthy"),
+                    Err(error) => tracing::warn!(component, %error, "dependency unhealthy"),
+                }
+            }
+        };
+        if let Some(pool) = &clients.postgres {
+            let probe = tokio::time::timeout(timeout, postgres::probe(pool)).await;
+            report(
+                "postgres",
+                match probe {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(crate::error_chain(&e)),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                },
+            );
+        }
+        if let Some(graph) = &clients.graph {
+            report(
+                "graph",
+                graph::probe(graph, graph_timeout)
+                    .await
+                    .map_err(|e| crate::error_chain(&e)),
+            );
+        }
+        if let Some(x) = &clients.extractions
+            && ticks % MODEL_EVERY == 0
+        {
+            report("model", x.extractor().probe().await.map(|_| ()));
+        }
+        ticks = ticks.wrapping_add(1);
+    }
 }
 
 /// Deletes ledger rows no delivery can need any more, hourly.
@@ -154,6 +330,10 @@ impl Running {
         self.ops_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(pool) = &self.clients.postgres {
+            pool.close().await;
+        }
+        drop(self.clients);
         tracing::info!("conveyor stopped");
         Ok(())
     }

@@ -346,7 +346,9 @@ fn record(
             return;
         }
         Err(Failure::Busy(_)) => "busy",
-        Err(Failure::Pipeline(PipelineError::Retryable(_))) => "retryable_error",
+        Err(Failure::Pipeline(PipelineError::Retryable(_) | PipelineError::RetryAfter(..))) => {
+            "retryable_error"
+        }
         Err(Failure::Pipeline(PipelineError::Permanent(_))) => "permanent_error",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -392,14 +394,17 @@ fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
             pipeline: Some(names),
         };
     }
-    let busy: Vec<Duration> = failed
+    // Come back no sooner than another delivery's run will be done, or than a dependency
+    // asked (Retry-After); the engine takes the longer of this and the backoff.
+    let after = failed
         .iter()
         .filter_map(|r| match r.result {
-            Err(Failure::Busy(d)) => Some(d),
+            Err(Failure::Busy(d)) | Err(Failure::Pipeline(PipelineError::RetryAfter(_, d))) => {
+                Some(d)
+            }
             _ => None,
         })
-        .collect();
-    let after = (busy.len() == failed.len()).then(|| busy.into_iter().max().unwrap_or_default());
+        .max();
     Outcome::Retry {
         reason: reasons,
         pipeline: Some(names),
@@ -437,10 +442,20 @@ mod tests {
         assert!(
             matches!(fold(&[r("a", ok()), r("b", busy(7)), r("c", busy(9))], Ack::All), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(9))
         );
+        assert!(
+            matches!(fold(&[r("a", retry()), r("b", busy(7))], Ack::All), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(7))
+        );
         assert!(matches!(
-            fold(&[r("a", retry()), r("b", busy(7))], Ack::All),
+            fold(&[r("a", retry()), r("b", ok())], Ack::All),
             Outcome::Retry { after: None, .. }
         ));
+        let throttled = Err(Failure::Pipeline(PipelineError::RetryAfter(
+            "429".into(),
+            Duration::from_secs(30),
+        )));
+        assert!(
+            matches!(fold(&[r("a", throttled), r("b", busy(7))], Ack::All), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(30))
+        );
         assert_eq!(
             fold(&[r("a", ok()), r("b", ok())], Ack::All),
             Outcome::Success

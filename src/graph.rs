@@ -23,6 +23,13 @@ pub async fn connect(
     uri: &str,
     password: &Secret,
 ) -> Result<Graph, GraphError> {
+    let graph = pool(config, uri, password)?;
+    probe(&graph, Duration::from_secs(config.connect_timeout_secs)).await?;
+    Ok(graph)
+}
+
+/// Builds the pool without connecting (connections open on first use).
+pub fn pool(config: &GraphConfig, uri: &str, password: &Secret) -> Result<Graph, GraphError> {
     let mut builder = ConfigBuilder::new()
         .uri(uri)
         .user(config.user.as_str())
@@ -32,9 +39,7 @@ pub async fn connect(
     if let Some(db) = &config.database {
         builder = builder.db(db.as_str());
     }
-    let graph = Graph::connect(builder.build()?)?;
-    probe(&graph, Duration::from_secs(config.connect_timeout_secs)).await?;
-    Ok(graph)
+    Ok(Graph::connect(builder.build()?)?)
 }
 
 /// `RETURN 1`, bounded by `timeout`.
@@ -52,4 +57,78 @@ pub async fn probe(graph: &Graph, timeout: Duration) -> Result<(), GraphError> {
     tokio::time::timeout(timeout, round_trip)
         .await
         .map_err(|_| GraphError::Timeout(timeout))?
+}
+
+/// Node labels conveyor writes; each has a unique `key` (tenant id + the node's own id), so
+/// every MERGE is tenant-scoped by construction, and a `tenant_id` property that every MERGE
+/// also names.
+pub const LABELS: &[&str] = &[
+    "Tenant",
+    "User",
+    "Interaction",
+    "Account",
+    "Opportunity",
+    "Contact",
+    "ActionItem",
+    "Person",
+];
+
+/// Creates the uniqueness constraints and indexes, idempotently (`IF NOT EXISTS`).
+pub async fn setup_schema(graph: &Graph) -> Result<(), GraphError> {
+    for label in LABELS {
+        let name = label.to_lowercase();
+        graph
+            .run(query(&format!(
+                "CREATE CONSTRAINT {name}_key IF NOT EXISTS FOR (n:{label}) REQUIRE n.key IS UNIQUE"
+            )))
+            .await?;
+    }
+    for label in ["Interaction", "ActionItem", "Person"] {
+        let name = label.to_lowercase();
+        graph
+            .run(query(&format!(
+                "CREATE INDEX {name}_tenant IF NOT EXISTS FOR (n:{label}) ON (n.tenant_id)"
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Is this Bolt error one a retry cannot fix? Constraint violations and rejected statements
+/// are; connection loss, timeouts and transient server errors are not.
+pub fn is_permanent(error: &neo4rs::Error) -> bool {
+    match error {
+        neo4rs::Error::Neo4j(e) => {
+            e.code()
+                .starts_with("Neo.ClientError.Schema.ConstraintValidationFailed")
+                || e.code().starts_with("Neo.ClientError.Statement.")
+        }
+        _ => false,
+    }
+}
+
+/// Should the same transaction simply be tried again? Transient server errors (deadlocks,
+/// concurrent modification — ArcadeDB reports concurrent appends to one node's edges this way)
+/// and uniqueness violations (ArcadeDB's loser of two concurrent MERGEs of one node; a second
+/// attempt finds the winner's node).
+pub fn is_worth_retrying_now(error: &neo4rs::Error) -> bool {
+    match error {
+        neo4rs::Error::Neo4j(e) => {
+            e.kind() == neo4rs::Neo4jErrorKind::Transient || is_constraint_violation(error)
+        }
+        _ => false,
+    }
+}
+
+/// Is this Bolt error a uniqueness violation? (ArcadeDB reports a concurrent MERGE's loser
+/// this way at commit; a second attempt then finds the winner's node.)
+pub fn is_constraint_violation(error: &neo4rs::Error) -> bool {
+    match error {
+        neo4rs::Error::Neo4j(e) => {
+            e.code().contains("ConstraintValidationFailed")
+                || e.message().contains("Duplicated key")
+                || e.message().contains("DuplicatedKey")
+        }
+        _ => false,
+    }
 }

@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod engine;
 pub mod envelope;
 pub mod event;
+pub mod extract;
 pub mod graph;
 pub mod infra;
 pub mod ledger;

@@ -18,7 +18,10 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => EnvFilter::try_new(filter)?,
         _ => EnvFilter::try_new(&config.log_level)?,
-    };
+    }
+    // async-openai logs response bodies (model output derived from content) on some errors;
+    // conveyor logs those errors itself, without the bodies.
+    .add_directive("async_openai=off".parse()?);
     let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
         LogFormat::Json => registry
@@ -85,6 +88,14 @@ pub const PIPELINE_DURATION: &str = "conveyor_pipeline_duration_seconds";
 pub const PIPELINE_RUNS: &str = "conveyor_pipeline_runs_total";
 pub const PIPELINE_SKIPPED: &str = "conveyor_pipeline_skipped_total";
 pub const UNROUTED: &str = "conveyor_unrouted_total";
+pub const LLM_REQUESTS: &str = "conveyor_llm_requests_total";
+pub const LLM_REQUEST_DURATION: &str = "conveyor_llm_request_duration_seconds";
+pub const LLM_TOKENS: &str = "conveyor_llm_tokens_total";
+pub const LLM_MALFORMED: &str = "conveyor_llm_malformed_replies_total";
+pub const LLM_ITEMS_DROPPED: &str = "conveyor_llm_items_dropped_total";
+pub const EXTRACTIONS: &str = "conveyor_extractions_total";
+pub const GRAPH_WRITE_DURATION: &str = "conveyor_graph_write_duration_seconds";
+pub const PROJECTION_WRITE_DURATION: &str = "conveyor_projection_write_duration_seconds";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +178,42 @@ pub fn pipeline_skipped(pipeline: &'static str) {
 
 pub fn unrouted(queue: &str) {
     metrics::counter!(UNROUTED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// One chat request: `outcome` is `ok`, `malformed`, `rate_limited`, `server_error`,
+/// `retryable_status`, `refused`, `timeout` or `transport`.
+pub fn llm_request(outcome: &'static str, seconds: f64) {
+    metrics::counter!(LLM_REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(LLM_REQUEST_DURATION).record(seconds);
+}
+
+/// Token usage as the endpoint reported it (never the text).
+pub fn llm_tokens(prompt: u64, completion: u64) {
+    metrics::counter!(LLM_TOKENS, "kind" => "prompt").increment(prompt);
+    metrics::counter!(LLM_TOKENS, "kind" => "completion").increment(completion);
+}
+
+/// A reply that did not match the schema (asked for once more).
+pub fn llm_malformed() {
+    metrics::counter!(LLM_MALFORMED).increment(1);
+}
+
+/// An extracted item that failed validation; `reason` is a short stable label.
+pub fn llm_item_dropped(reason: &'static str) {
+    metrics::counter!(LLM_ITEMS_DROPPED, "reason" => reason).increment(1);
+}
+
+/// An extraction request: `stored` (reused), `extracted` (computed now) or `failed`.
+pub fn extraction(result: &'static str) {
+    metrics::counter!(EXTRACTIONS, "result" => result).increment(1);
+}
+
+pub fn graph_written(seconds: f64) {
+    metrics::histogram!(GRAPH_WRITE_DURATION).record(seconds);
+}
+
+pub fn projection_written(seconds: f64) {
+    metrics::histogram!(PROJECTION_WRITE_DURATION).record(seconds);
 }
 
 /// Counts a message as in flight until dropped.

@@ -234,10 +234,13 @@ async fn retry(
     receive_count: u32,
     after: Option<Duration>,
 ) -> Applied {
+    let backoff = backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng());
+    // Visibility is capped at 12 h (SQS).
     let delay_secs = match after {
-        // Visibility is capped at 12 h (SQS).
-        Some(after) => after.as_secs().min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32,
-        None => backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng()),
+        Some(after) => (after.as_secs_f64().ceil() as u64)
+            .max(u64::from(backoff))
+            .min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32,
+        None => backoff,
     };
     apply(
         queue,

@@ -44,8 +44,8 @@ pub enum Outcome {
     Retry {
         reason: String,
         pipeline: Option<String>,
-        /// Come back no sooner than this instead of the backoff (e.g. when another delivery
-        /// holds the work and will be done by then).
+        /// Come back no sooner than this, even if the backoff is shorter (another delivery
+        /// holds the work until then, or a dependency asked with `Retry-After`).
         after: Option<Duration>,
     },
     /// Can never succeed: dead-letter now with the reason.

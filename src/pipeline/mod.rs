@@ -1,9 +1,12 @@
 //! Pipelines: named units of work run on one delivered event. Each says whether its errors can
-//! be retried. Built in: `noop` (benchmarks, smoke tests) and `chaos` (tests and soaks: fails,
-//! sleeps or panics on request). The real pipelines join them here.
+//! be retried. Built in: `graph` (action items into the Bolt graph), `projection` (the same
+//! into PostgreSQL), `announce` (a result event to EventBridge), `noop` (benchmarks, smoke
+//! tests) and `chaos` (tests and soaks: fails, sleeps or panics on request).
 
 mod announce;
 mod chaos;
+mod graph;
+mod projection;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +18,8 @@ use crate::event::EventBridgeEvent;
 
 pub use announce::Announce;
 pub use chaos::Chaos;
+pub use graph::{GraphPipeline, References};
+pub use projection::Projection;
 
 /// What a pipeline is given: one delivery of one event.
 #[derive(Debug)]
@@ -58,12 +63,30 @@ impl Delivery {
     }
 }
 
+/// The delivery's interaction, for pipelines that only make sense on one: any other event
+/// routed to them is a routing mistake, permanent for this message.
+pub(crate) fn require_interaction<'a>(
+    delivery: &'a Delivery,
+    pipeline: &str,
+) -> Result<&'a Interaction, PipelineError> {
+    delivery.interaction.as_ref().ok_or_else(|| {
+        PipelineError::Permanent(format!(
+            "the {pipeline} pipeline needs an EnvelopeV1.* or BatchProcessingCompleted event, not detail-type {:?}; route only those to it",
+            delivery.event.detail_type
+        ))
+    })
+}
+
 /// A pipeline's failure, split by what the message's fate should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
     /// May succeed later (a dependency is down, a rate limit, a timeout).
     #[error("{0}")]
     Retryable(String),
+    /// May succeed later, and the dependency asked not to be called again for this long
+    /// (`Retry-After`): the message comes back no sooner.
+    #[error("{0} (retry after {1:?})")]
+    RetryAfter(String, std::time::Duration),
     /// Can never succeed for this input (it is invalid for this pipeline).
     #[error("{0}")]
     Permanent(String),
@@ -99,8 +122,9 @@ pub struct Registry {
 }
 
 /// Names of the pipelines every daemon has; config validation checks routes against them.
-/// (`announce` needs an EventBridge client, so the daemon adds it when a route names it.)
-pub const BUILT_IN: &[&str] = &["noop", "chaos", "announce"];
+/// (`graph`, `projection` and `announce` need clients, so the daemon adds each when a route
+/// names it.)
+pub const BUILT_IN: &[&str] = &["graph", "projection", "announce", "noop", "chaos"];
 
 impl Registry {
     /// The built-in pipelines.

@@ -166,9 +166,15 @@ impl Conveyor {
             _config_file: self._config_file,
         };
         let line = daemon.wait_for_log("conveyor started", Duration::from_secs(30));
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ops_addr="))
+        // Text (`ops_addr=…`) or JSON (`"ops_addr":"…"`) logs.
+        let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        let addr = json
+            .as_ref()
+            .and_then(|j| j["ops_addr"].as_str())
+            .or_else(|| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("ops_addr="))
+            })
             .unwrap_or_else(|| panic!("no ops_addr in {line:?}"));
         daemon.ops_addr = Some(addr.parse().unwrap());
         daemon

@@ -5,7 +5,9 @@
 mod dispatch;
 mod dlq;
 mod engine;
+mod fake_llm;
 mod foundation;
 mod helpers;
 mod infra;
+mod pipelines;
 mod publish;

@@ -1,0 +1,288 @@
+//! Extraction happens once per interaction: results are stored keyed by interaction key,
+//! model and prompt version — in PostgreSQL when `DATABASE_URL` is set, else in memory — and
+//! reused by every pipeline and every redelivery. Within a process, callers asking for the same
+//! interaction at once share one extraction.
+//!
+//! The store is an optimisation of cost, never a gate: if PostgreSQL errors, the extraction is
+//! computed (or recomputed) and the pipeline goes on. The first stored result wins, so pipelines
+//! in different processes racing on one interaction still all use the same items.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{ExtractError, Extraction, Extractor};
+use crate::envelope::Interaction;
+use crate::telemetry;
+
+/// In-memory results kept without PostgreSQL (oldest dropped first).
+const MEMORY_CAPACITY: usize = 10_000;
+
+type Pending = Shared<BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>>;
+
+/// Extractions, computed at most once per interaction: the shared service pipelines call.
+#[derive(Clone)]
+pub struct Extractions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    extractor: Extractor,
+    store: Store,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+enum Store {
+    Postgres(PgPool),
+    Memory(Mutex<(HashMap<String, Arc<Extraction>>, VecDeque<String>)>),
+}
+
+impl Extractions {
+    /// Results stored in `pool` when given, else in memory.
+    pub fn new(extractor: Extractor, pool: Option<PgPool>) -> Self {
+        let store = match pool {
+            Some(pool) => Store::Postgres(pool),
+            None => Store::Memory(Mutex::default()),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                extractor,
+                store,
+                pending: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn extractor(&self) -> &Extractor {
+        &self.inner.extractor
+    }
+
+    /// The interaction's extraction: stored, being computed by another caller, or computed now.
+    pub async fn get(
+        &self,
+        key: &str,
+        interaction: &Interaction,
+    ) -> Result<Arc<Extraction>, ExtractError> {
+        let pending = {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .entry(key.to_owned())
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    let key = key.to_owned();
+                    let interaction = interaction.clone();
+                    async move { inner.load_or_compute(&key, &interaction).await }
+                        .boxed()
+                        .shared()
+                })
+                .clone()
+        };
+        let result = pending.clone().await;
+        // The first caller back removes the entry (if it is still this computation's).
+        let mut map = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).is_some_and(|p| p.ptr_eq(&pending)) {
+            map.remove(key);
+        }
+        result
+    }
+}
+
+impl Inner {
+    async fn load_or_compute(
+        &self,
+        key: &str,
+        interaction: &Interaction,
+    ) -> Result<Arc<Extraction>, ExtractError> {
+        let model = self.extractor.model().to_owned();
+        let version = self.extractor.prompt_version();
+        match self.load(key, &model, version).await {
+            Ok(Some(stored)) => {
+                telemetry::extraction("stored");
+                return Ok(stored);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                key,
+                error = %crate::error_chain(&e),
+                "reading stored extractions failed; extracting anyway"
+            ),
+        }
+        let started = std::time::Instant::now();
+        let extraction = match self.extractor.extract(interaction).await {
+            Ok(extraction) => extraction,
+            Err(e) => {
+                telemetry::extraction("failed");
+                return Err(e);
+            }
+        };
+        telemetry::extraction("extracted");
+        tracing::info!(
+            key,
+            tenant_id = %interaction.tenant_id,
+            content_len = interaction.content.len(),
+            chunks = extraction.chunks,
+            items = extraction.items.len(),
+            prompt_tokens = extraction.prompt_tokens,
+            completion_tokens = extraction.completion_tokens,
+            duration_ms = started.elapsed().as_millis() as u64,
+            model = %extraction.model,
+            "extracted action items"
+        );
+        match self.save(key, interaction.tenant_id, extraction).await {
+            Ok(stored) => Ok(stored),
+            Err((e, extraction)) => {
+                tracing::warn!(
+                    key,
+                    error = %crate::error_chain(&e),
+                    "storing the extraction failed; using it unstored (a redelivery may extract again)"
+                );
+                Ok(Arc::new(extraction))
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        key: &str,
+        model: &str,
+        version: &str,
+    ) -> Result<Option<Arc<Extraction>>, sqlx::Error> {
+        match &self.store {
+            Store::Memory(memory) => {
+                let memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(memory.0.get(&memory_key(key, model, version)).cloned())
+            }
+            Store::Postgres(pool) => {
+                let row: Option<(sqlx::types::Json<Vec<super::ActionItem>>, i32, i64, i64)> =
+                    sqlx::query_as(
+                        "SELECT items, chunks, prompt_tokens, completion_tokens FROM extractions \
+                         WHERE interaction_key = $1 AND model = $2 AND prompt_version = $3",
+                    )
+                    .bind(key)
+                    .bind(model)
+                    .bind(version)
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.map(|(items, chunks, prompt, completion)| {
+                    Arc::new(Extraction {
+                        items: items.0,
+                        model: model.to_owned(),
+                        prompt_version: version.to_owned(),
+                        chunks: chunks as u32,
+                        prompt_tokens: prompt as u64,
+                        completion_tokens: completion as u64,
+                    })
+                }))
+            }
+        }
+    }
+
+    /// Stores the extraction unless one is already stored, and returns the stored one: the
+    /// first writer wins.
+    async fn save(
+        &self,
+        key: &str,
+        tenant_id: Uuid,
+        extraction: Extraction,
+    ) -> Result<Arc<Extraction>, (sqlx::Error, Extraction)> {
+        match &self.store {
+            Store::Memory(memory) => {
+                let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+                let (map, order) = &mut *memory;
+                let k = memory_key(key, &extraction.model, &extraction.prompt_version);
+                if let Some(stored) = map.get(&k) {
+                    return Ok(stored.clone());
+                }
+                if order.len() >= MEMORY_CAPACITY
+                    && let Some(oldest) = order.pop_front()
+                {
+                    map.remove(&oldest);
+                }
+                order.push_back(k.clone());
+                let stored = Arc::new(extraction);
+                map.insert(k, stored.clone());
+                Ok(stored)
+            }
+            Store::Postgres(pool) => {
+                let inserted = sqlx::query(
+                    "INSERT INTO extractions \
+                       (interaction_key, model, prompt_version, tenant_id, items, chunks, prompt_tokens, completion_tokens) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (interaction_key, model, prompt_version) DO NOTHING",
+                )
+                .bind(key)
+                .bind(&extraction.model)
+                .bind(&extraction.prompt_version)
+                .bind(tenant_id)
+                .bind(sqlx::types::Json(&extraction.items))
+                .bind(extraction.chunks as i32)
+                .bind(extraction.prompt_tokens as i64)
+                .bind(extraction.completion_tokens as i64)
+                .execute(pool)
+                .await;
+                match inserted {
+                    Err(e) => Err((e, extraction)),
+                    Ok(done) if done.rows_affected() == 1 => Ok(Arc::new(extraction)),
+                    // Another process stored one first: use that one.
+                    Ok(_) => match self
+                        .load(key, &extraction.model, &extraction.prompt_version)
+                        .await
+                    {
+                        Ok(Some(stored)) => Ok(stored),
+                        Ok(None) => Ok(Arc::new(extraction)),
+                        Err(e) => Err((e, extraction)),
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn memory_key(key: &str, model: &str, version: &str) -> String {
+    format!("{key}\u{0}{model}\u{0}{version}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Content, ContentFormat, EventKind, InteractionSource, InteractionType};
+
+    pub(crate) fn interaction(text: &str) -> Interaction {
+        Interaction {
+            kind: EventKind::EnvelopeV1,
+            schema_version: "v1".into(),
+            tenant_id: Uuid::from_u128(7),
+            user_id: "u".into(),
+            interaction_type: InteractionType::Transcript,
+            content: Content {
+                text: text.into(),
+                format: ContentFormat::Plain,
+            },
+            timestamp: chrono::Utc::now(),
+            source: InteractionSource::WebMic,
+            pg_user_id: None,
+            extras: Default::default(),
+            interaction_id: None,
+            trace_id: None,
+            account_id: None,
+            raw_transcript: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_result_and_later_callers_reuse_it() {
+        let x = Extractions::new(Extractor::Patterns, None);
+        let i = interaction("Ann: I'll send the deck by Friday.");
+        let (a, b) = tokio::join!(x.get("k1", &i), x.get("k1", &i));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one computation for both callers");
+        let c = x.get("k1", &i).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &c), "stored, not recomputed");
+        assert_eq!(a.items.len(), 1);
+        assert!(x.inner.pending.lock().unwrap().is_empty());
+    }
+}

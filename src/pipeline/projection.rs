@@ -1,0 +1,167 @@
+//! The `projection` pipeline: an interaction and its action items projected into PostgreSQL
+//! (`projection_interactions`, `projection_action_items`; see `migrations/`), in one
+//! transaction of upserts on stable keys. Items no longer in the extraction are removed, so
+//! the rows always equal the interaction's one stored extraction.
+//!
+//! It is independent of the graph: routed alongside it, a PostgreSQL outage makes only this
+//! pipeline retry.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+
+use super::{Delivery, Pipeline, PipelineError};
+use crate::envelope::Interaction;
+use crate::extract::{Extraction, Extractions};
+use crate::telemetry;
+
+pub struct Projection {
+    pool: PgPool,
+    extractions: Extractions,
+}
+
+impl Projection {
+    pub fn new(pool: PgPool, extractions: Extractions) -> Self {
+        Self { pool, extractions }
+    }
+}
+
+impl Pipeline for Projection {
+    fn name(&self) -> &'static str {
+        "projection"
+    }
+
+    fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
+        let pool = self.pool.clone();
+        let extractions = self.extractions.clone();
+        Box::pin(async move {
+            let interaction = super::require_interaction(&delivery, "projection")?;
+            let extraction = extractions.get(&delivery.key, interaction).await?;
+            let started = Instant::now();
+            match write(&pool, &delivery.key, interaction, &extraction).await {
+                Ok(()) => {
+                    telemetry::projection_written(started.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Err(e) if is_permanent(&e) => Err(PipelineError::Permanent(format!(
+                    "projection rejected: {}",
+                    crate::error_chain(&e)
+                ))),
+                Err(e) => Err(PipelineError::Retryable(format!(
+                    "projection failed: {}",
+                    crate::error_chain(&e)
+                ))),
+            }
+        })
+    }
+}
+
+/// Data exceptions (class 22) and integrity violations (class 23) will fail again; anything
+/// else (connection loss, pool timeout, serialization failure) may not.
+fn is_permanent(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+async fn write(
+    pool: &PgPool,
+    key: &str,
+    interaction: &Interaction,
+    extraction: &Extraction,
+) -> Result<(), sqlx::Error> {
+    let tenant = interaction.tenant_id;
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO projection_interactions \
+           (tenant_id, interaction_key, interaction_id, interaction_type, source, user_id, account_id, \
+            occurred_at, content_length, content_sha256, action_item_count, extraction_model, prompt_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (tenant_id, interaction_key) DO UPDATE SET \
+           interaction_id = EXCLUDED.interaction_id, interaction_type = EXCLUDED.interaction_type, \
+           source = EXCLUDED.source, user_id = EXCLUDED.user_id, account_id = EXCLUDED.account_id, \
+           occurred_at = EXCLUDED.occurred_at, content_length = EXCLUDED.content_length, \
+           content_sha256 = EXCLUDED.content_sha256, action_item_count = EXCLUDED.action_item_count, \
+           extraction_model = EXCLUDED.extraction_model, prompt_version = EXCLUDED.prompt_version, \
+           updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(key)
+    .bind(interaction.interaction_id)
+    .bind(interaction.interaction_type.as_str())
+    .bind(interaction.source.as_str())
+    .bind(&interaction.user_id)
+    .bind(&interaction.account_id)
+    .bind(interaction.timestamp)
+    .bind(interaction.content.len() as i32)
+    .bind(interaction.content.sha256())
+    .bind(extraction.items.len() as i32)
+    .bind(&extraction.model)
+    .bind(&extraction.prompt_version)
+    .execute(&mut *tx)
+    .await?;
+
+    let items = &extraction.items;
+    let ids: Vec<String> = items.iter().map(|i| i.id(tenant, key)).collect();
+    sqlx::query(
+        "DELETE FROM projection_action_items \
+         WHERE tenant_id = $1 AND interaction_key = $2 AND NOT (action_item_id = ANY($3))",
+    )
+    .bind(tenant)
+    .bind(key)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    if !items.is_empty() {
+        sqlx::query(
+            "INSERT INTO projection_action_items \
+               (tenant_id, interaction_key, action_item_id, description, owner_name, owner_email, \
+                due_date, status, priority, confidence) \
+             SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], \
+                                          $7::date[], $8::text[], $9::text[], $10::real[]) \
+             ON CONFLICT (tenant_id, action_item_id) DO UPDATE SET \
+               description = EXCLUDED.description, owner_name = EXCLUDED.owner_name, \
+               owner_email = EXCLUDED.owner_email, due_date = EXCLUDED.due_date, \
+               status = EXCLUDED.status, priority = EXCLUDED.priority, \
+               confidence = EXCLUDED.confidence, updated_at = now()",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(&ids)
+        .bind(
+            items
+                .iter()
+                .map(|i| i.description.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|i| i.owner.as_ref().map(|o| o.name.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|i| i.owner.as_ref().and_then(|o| o.email.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(items.iter().map(|i| i.due_date).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| i.priority.map(|p| p.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(items.iter().map(|i| i.confidence).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
