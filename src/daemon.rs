@@ -298,7 +298,7 @@ async fn watch_health(
             );
         }
         if let Some(x) = &clients.extractions
-            && ticks % MODEL_EVERY == 0
+            && ticks.is_multiple_of(MODEL_EVERY)
         {
             report("model", x.extractor().probe().await.map(|_| ()));
         }

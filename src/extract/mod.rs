@@ -328,7 +328,7 @@ pub struct Extraction {
 
 /// The configured extractor.
 pub enum Extractor {
-    Llm(llm::Llm),
+    Llm(Box<llm::Llm>),
     Patterns,
 }
 
@@ -349,7 +349,7 @@ impl Extractor {
                         "extraction.extractor = \"llm\" needs OPENAI_API_KEY in the environment"
                     )
                 })?;
-                Extractor::Llm(llm::Llm::new(config, key)?)
+                Extractor::Llm(Box::new(llm::Llm::new(config, key)?))
             }
         })
     }

@@ -38,7 +38,14 @@ struct Inner {
 
 enum Store {
     Postgres(PgPool),
-    Memory(Mutex<(HashMap<String, Arc<Extraction>>, VecDeque<String>)>),
+    Memory(Mutex<Memory>),
+}
+
+/// Results by key, and keys oldest first (for eviction).
+#[derive(Default)]
+struct Memory {
+    results: HashMap<String, Arc<Extraction>>,
+    order: VecDeque<String>,
 }
 
 impl Extractions {
@@ -154,7 +161,10 @@ impl Inner {
         match &self.store {
             Store::Memory(memory) => {
                 let memory = memory.lock().unwrap_or_else(|e| e.into_inner());
-                Ok(memory.0.get(&memory_key(key, model, version)).cloned())
+                Ok(memory
+                    .results
+                    .get(&memory_key(key, model, version))
+                    .cloned())
             }
             Store::Postgres(pool) => {
                 let row: Option<(sqlx::types::Json<Vec<super::ActionItem>>, i32, i64, i64)> =
@@ -192,7 +202,10 @@ impl Inner {
         match &self.store {
             Store::Memory(memory) => {
                 let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
-                let (map, order) = &mut *memory;
+                let Memory {
+                    results: map,
+                    order,
+                } = &mut *memory;
                 let k = memory_key(key, &extraction.model, &extraction.prompt_version);
                 if let Some(stored) = map.get(&k) {
                     return Ok(stored.clone());
