@@ -1220,13 +1220,37 @@ mod tests {
     }
 
     #[test]
+    fn the_real_pipelines_name_what_they_need() {
+        let route = "[queues.main]\nname = \"q\"\n[[queues.main.routes]]\npipelines = [\"graph\", \"projection\"]\n";
+        let mut e = String::new();
+        Jail::expect_with(|jail| {
+            jail.clear_env(); // no secrets at all, whatever the test's environment holds
+            jail_with_config(jail, route)?;
+            e = Config::load(&sources("dev")).unwrap_err().to_string();
+            Ok(())
+        });
+        assert!(e.contains("graph.uri = (unset)"), "{e}");
+        assert!(e.contains("export DATABASE_URL"), "{e}");
+        assert!(e.contains("OPENAI_API_KEY is not set"), "{e}");
+        let e = load_err(
+            &format!(
+                "{route}[extraction]\nextractor = \"patterns\"\nchunk_tokens = 10\nrequests_per_minute = 0\n"
+            ),
+            &[],
+        );
+        assert!(!e.contains("OPENAI_API_KEY"), "patterns need no key: {e}");
+        assert!(e.contains("extraction.chunk_tokens = 10"), "{e}");
+        assert!(e.contains("extraction.requests_per_minute = 0"), "{e}");
+    }
+
+    #[test]
     fn routes_must_name_known_pipelines_and_valid_patterns() {
         let e = load_err(
             "[queues.main]\nname = \"q\"\n[[queues.main.routes]]\nsource = \"a*b\"\npipelines = [\"grph\"]\n",
             &[],
         );
         assert!(
-            e.contains("queues.main.routes[0].pipelines = \"grph\": unknown pipeline; known: noop"),
+            e.contains("queues.main.routes[0].pipelines = \"grph\": unknown pipeline; known: graph, projection"),
             "{e}"
         );
         assert!(e.contains("queues.main.routes[0].source = \"a*b\""), "{e}");

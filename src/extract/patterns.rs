@@ -6,8 +6,8 @@
 //! 2. **Commitments** — a sentence or clause starting with `I'll`, `I will`, `I'm going to`,
 //!    `I am going to`, `let me`, `we'll`, `we will`, `we're going to` or `we are going to`
 //!    yields the rest of it (confidence 0.7). Questions are skipped.
-//! 3. **Owner** — for a first-person singular commitment in a diarized line (`Name: text`),
-//!    the speaker; otherwise none.
+//! 3. **Owner** — for a first-person singular commitment after a speaker label (`Name: text`,
+//!    at a line's or sentence's start), the speaker; otherwise none.
 //! 4. **Due date** — `by <weekday>` (the next such day after the interaction's date),
 //!    `by tomorrow`, `by today` / `by end of day` / `by EOD`, `by end of week` / `by EOW`
 //!    (that week's Friday), or `by YYYY-MM-DD`.
@@ -50,7 +50,10 @@ pub fn extract(interaction: &Interaction) -> Extraction {
     for line in interaction.content.text.lines() {
         let (speaker, text) = split_speaker(line);
         for sentence in sentences(text) {
-            if let Some(item) = match_sentence(sentence, speaker, today) {
+            // Speakers can also change mid-line ("… today. Sarah: I'll send it.").
+            let (inline, sentence) = split_speaker(sentence);
+            let sentence = sentence.trim_start_matches(['-', '*', ' ']);
+            if let Some(item) = match_sentence(sentence, inline.or(speaker), today) {
                 items.push(item);
             }
         }
@@ -231,12 +234,9 @@ mod tests {
     }
 
     fn items(text: &str) -> Vec<ActionItem> {
-        let mut all = Vec::new();
-        for line in text.lines() {
-            let (speaker, body) = split_speaker(line);
-            all.extend(sentences(body).filter_map(|s| match_sentence(s, speaker, wed())));
-        }
-        all
+        let mut interaction = crate::extract::store::tests::interaction(text);
+        interaction.timestamp = wed().and_hms_opt(10, 0, 0).unwrap().and_utc();
+        extract(&interaction).items
     }
 
     #[test]
@@ -279,6 +279,19 @@ mod tests {
         );
         assert_eq!(due_date("by eod", wed()), Some(wed()));
         assert_eq!(due_date("soon", wed()), None);
+    }
+
+    #[test]
+    fn speakers_change_mid_line_and_bullets_are_read() {
+        let found = items(
+            "John: Thanks for joining. Sarah: I'll send the proposal by Friday. John: Action item: book the review.\n\
+             - I'll draft the pricing summary by Monday",
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].owner.as_ref().unwrap().name, "Sarah");
+        assert_eq!(found[1].description, "Book the review");
+        assert_eq!(found[2].description, "Draft the pricing summary by Monday");
+        assert_eq!(found[2].due_date, NaiveDate::from_ymd_opt(2026, 11, 23));
     }
 
     #[test]

@@ -260,7 +260,7 @@ fn memory_key(key: &str, model: &str, version: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envelope::{Content, ContentFormat, EventKind, InteractionSource, InteractionType};
 
