@@ -36,11 +36,11 @@ def depth(url):
     return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
 
 
-def fresh_queue(label):
+def fresh_queue(label, fill="fill"):
     slug = re.sub(r"[^A-Za-z0-9-]+", "-", label)
     name = f"bench-{slug}-{os.getpid()}-{int(time.time())}"
     url = subprocess.check_output([HELPER, "create", name], text=True).strip()
-    subprocess.check_call([HELPER, "fill", url, str(N)])
+    subprocess.check_call([HELPER, fill, url, str(N)])
     deadline = time.time() + 30
     while depth(url) != (N, 0):
         if time.time() > deadline:
@@ -62,7 +62,8 @@ def metric_sum(text, name):
     return total
 
 
-def run(label, argv, env=None, prepare=None, requests_at_drain=None, exits_when_done=False):
+def run(label, argv, env=None, prepare=None, requests_at_drain=None, exits_when_done=False,
+        fill="fill"):
     """Fills a fresh queue, starts a consumer, and measures it until the queue is drained.
 
     `prepare(url)` runs before the start (conveyor writes its config there);
@@ -70,7 +71,7 @@ def run(label, argv, env=None, prepare=None, requests_at_drain=None, exits_when_
     metrics); otherwise the consumer prints its count as its last line of output (the raw
     loop when it is done, the peer on SIGTERM). A consumer that `exits_when_done` (the raw
     loop) is timed to its exit."""
-    url = fresh_queue(label)
+    url = fresh_queue(label, fill)
     if prepare:
         prepare(url)
     argv = [a.replace("{url}", url) for a in argv]
@@ -214,9 +215,119 @@ def ledger_main():
     write_section("ledger", table + "\n\n" + summary)
 
 
+class FakeModel:
+    """A zero-latency OpenAI-compatible chat endpoint (the protocol of tests/it/fake_llm.rs:
+    one action item per `ACTION:` line), so the pipelines' own cost is what is measured."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                user = next(m["content"] for m in request["messages"] if m["role"] == "user")
+                items = []
+                for line in user.splitlines():
+                    if "ACTION:" not in line:
+                        continue
+                    parts = [p.strip() for p in line.split("ACTION:", 1)[1].split("|")]
+                    owner, due = None, None
+                    for p in parts[1:]:
+                        if p.startswith("owner="):
+                            owner = {"name": p[6:], "email": None}
+                        elif p.startswith("due="):
+                            due = p[4:]
+                    items.append({"description": parts[0], "owner": owner, "due_date": due, "status": "open",
+                                  "priority": "medium", "confidence": 0.9})
+                content = json.dumps({"action_items": items})
+                body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": content}}],
+                                   "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
+                                             "total_tokens": (len(user) + len(content)) // 4}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def histogram_mean(text, name):
+    return metric_sum(text, name + "_sum") / max(metric_sum(text, name + "_count"), 1)
+
+
+def pipelines_row(label, pipelines, model, ledger_in_postgres=True):
+    cfg = f"/tmp/conveyor-bench-{os.getpid()}.toml"
+    seen = {}
+
+    def prepare(url):
+        with open(cfg, "w") as f:
+            f.write(f'[telemetry]\nlog_level = "warn"\n[ops]\nlisten_addr = "127.0.0.1:{PORT}"\n'
+                    f'[extraction]\nextractor = "llm"\nbase_url = "{model.url}"\nmodel = "fake"\n'
+                    f'requests_per_minute = 1000000\nmax_concurrent_requests = 64\n'
+                    f'[queues.main]\nurl = "{url}"\npollers = {TASKS}\nmax_in_flight = 100\n'
+                    f'[[queues.main.routes]]\npipelines = {json.dumps(pipelines)}\n')
+
+    def at_drain():
+        text = conveyor_metrics(PORT)
+        seen["graph_ms"] = histogram_mean(text, "conveyor_graph_write_duration_seconds") * 1000
+        seen["projection_ms"] = histogram_mean(text, "conveyor_projection_write_duration_seconds") * 1000
+        seen["llm_ms"] = histogram_mean(text, "conveyor_llm_request_duration_seconds") * 1000
+        seen["handler_ms"] = histogram_mean(text, "conveyor_handler_duration_seconds") * 1000
+        return metric_sum(text, "conveyor_sqs_requests_total")
+
+    env = conveyor_env(cfg, ledger_in_postgres)
+    env["OPENAI_API_KEY"] = "bench"
+    row = run(label, [CONVEYOR, "run"], env=env, prepare=prepare, requests_at_drain=at_drain,
+              fill="fill-transcripts")
+    row.update(seen)
+    return row
+
+
+def pipelines_main():
+    """The real pipelines on 1,000 transcript envelopes with a zero-latency fake model, next
+    to the noop pipeline on the same envelopes, side by side in one run."""
+    model = FakeModel()
+    rows = [
+        pipelines_row("noop, ledger in memory", ["noop"], model, ledger_in_postgres=False),
+        pipelines_row("noop + PostgreSQL ledger", ["noop"], model),
+        pipelines_row("projection", ["projection"], model),
+        pipelines_row("graph", ["graph"], model),
+        pipelines_row("graph + projection", ["graph", "projection"], model),
+    ]
+    base = rows[0]
+    lines = ["| route (1,000 transcripts) | msg/s | vs noop | mean handler ms | mean model call ms | mean graph write ms | mean projection write ms | CPU s / 1k msgs | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['msgs_per_s']:.0f} | {r['msgs_per_s'] / base['msgs_per_s']:.2f} | "
+                     f"{r['handler_ms']:.1f} | {r['llm_ms']:.1f} | {r['graph_ms']:.1f} | {r['projection_ms']:.1f} | "
+                     f"{r['cpu_per_1k']:.3f} | {r['peak_rss_mb']:.1f} |")
+    summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: {N} "
+               f"EnvelopeV1.transcript events (~2 KiB, three action items each) per row, {TASKS} pollers, "
+               f"max_in_flight 100, the fake model answering at once (scripts/benchmark/driver.py FakeModel), "
+               f"the stack's PostgreSQL and ArcadeDB (Bolt). The graph rows measure ArcadeDB, which is much slower "
+               f"than Neo4j at relationship MERGE (STACK-NOTES); ms columns are means from conveyor's histograms.")
+    table = "\n".join(lines)
+    print(table)
+    print(summary)
+    write_section("pipelines", table + "\n\n" + summary)
+
+
 def main():
     if os.environ.get("BENCH_ONLY") == "ledger":
         return ledger_main()
+    if os.environ.get("BENCH_ONLY") == "pipelines":
+        return pipelines_main()
     node = ["node", os.path.join(PEER_DIR, "sqs-consumer.mjs"), "{url}"]
     rows = [
         conveyor_row(),

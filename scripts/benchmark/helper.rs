@@ -2,6 +2,10 @@
 //!
 //!   bench create NAME            create a queue, print its URL
 //!   bench fill URL COUNT         send COUNT EventBridge-wrapped ~1 KiB messages
+//!   bench fill-transcripts URL COUNT
+//!                                send COUNT EnvelopeV1.transcript events (~2 KiB transcripts,
+//!                                three `ACTION:` lines each for the fake model), one fresh
+//!                                tenant and interaction id each run
 //!   bench depth URL              print "visible in_flight"
 //!   bench raw-loop URL TASKS N   the least work that drains a queue with aws-sdk-sqs: TASKS
 //!                                tasks each receive 10 / delete-batch until N are deleted;
@@ -37,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{url}");
         }
-        ["fill", url, count] => fill(&client, url, count.parse()?).await?,
+        ["fill", url, count] => fill(&client, url, bodies(count.parse()?)).await?,
+        ["fill-transcripts", url, count] => fill(&client, url, transcripts(count.parse()?)).await?,
         ["depth", url] => {
             use aws_sdk_sqs::types::QueueAttributeName as A;
             let a = client
@@ -66,9 +71,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// ~1 KiB EventBridge events, sent 10 per call from 8 concurrent senders.
-async fn fill(client: &Client, url: &str, count: usize) -> anyhow::Result<()> {
+fn bodies(count: usize) -> Vec<String> {
     let padding = "x".repeat(800);
-    let bodies: Vec<String> = (0..count)
+    (0..count)
         .map(|i| {
             serde_json::json!({
                 "version": "0", "id": format!("bench-{i}"), "detail-type": "Bench.event",
@@ -78,7 +83,36 @@ async fn fill(client: &Client, url: &str, count: usize) -> anyhow::Result<()> {
             })
             .to_string()
         })
-        .collect();
+        .collect()
+}
+
+fn transcripts(count: usize) -> Vec<String> {
+    let tenant = uuid::Uuid::new_v4();
+    let talk = "Sarah: We went through the pilot results and the rollout questions in detail.\n"
+        .repeat(20);
+    (0..count)
+        .map(|i| {
+            let text = format!(
+                "{talk}Rep: ACTION: Send the revised pricing deck {i} | owner=Dana Rep | due=2026-12-01\n\
+                 Sarah: ACTION: Book the security review {i} | owner=Sarah Lee\n\
+                 Rep: ACTION: Share the pilot timeline {i}\n"
+            );
+            serde_json::json!({
+                "version": "0", "id": uuid::Uuid::new_v4(), "detail-type": "EnvelopeV1.transcript",
+                "source": "com.yourapp.transcription", "account": "000000000000",
+                "time": "2026-11-18T10:30:00Z", "region": "us-east-1", "resources": [],
+                "detail": {"schema_version": "v1", "tenant_id": tenant, "user_id": format!("user-{}", i % 20),
+                    "interaction_type": "transcript", "content": {"text": text, "format": "diarized"},
+                    "timestamp": "2026-11-18T10:30:00Z", "source": "web-mic",
+                    "interaction_id": uuid::Uuid::new_v4(), "account_id": format!("acct-{}", i % 50),
+                    "extras": {"opportunity_id": format!("opp-{}", i % 100), "contact_ids": [format!("contact-{}", i % 200)]}},
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+async fn fill(client: &Client, url: &str, bodies: Vec<String>) -> anyhow::Result<()> {
     let chunks: Vec<Vec<String>> = bodies.chunks(10).map(<[String]>::to_vec).collect();
     let chunks = Arc::new(std::sync::Mutex::new(chunks));
     let mut senders = tokio::task::JoinSet::new();
