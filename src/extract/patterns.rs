@@ -48,7 +48,7 @@ pub fn extract(interaction: &Interaction) -> Extraction {
     let today = interaction.timestamp.date_naive();
     let mut items = Vec::new();
     for line in interaction.content.text.lines() {
-        let (speaker, text) = split_speaker(line);
+        let (speaker, text) = split_speaker(line.trim_start_matches(['-', '*', ' ']));
         for sentence in sentences(text) {
             // Speakers can also change mid-line ("… today. Sarah: I'll send it.").
             let (inline, sentence) = split_speaker(sentence);
@@ -285,9 +285,11 @@ mod tests {
     fn speakers_change_mid_line_and_bullets_are_read() {
         let found = items(
             "John: Thanks for joining. Sarah: I'll send the proposal by Friday. John: Action item: book the review.\n\
-             - I'll draft the pricing summary by Monday",
+             - I'll draft the pricing summary by Monday\n\
+             - Action item: confirm the pilot scope",
         );
-        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[3].description, "Confirm the pilot scope");
         assert_eq!(found[0].owner.as_ref().unwrap().name, "Sarah");
         assert_eq!(found[1].description, "Book the review");
         assert_eq!(found[2].description, "Draft the pricing summary by Monday");
