@@ -70,4 +70,15 @@ pub enum Command {
     Policy,
     /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
     Dlq(crate::dlq::DlqArgs),
+    /// Ask the running daemon's ops listener (ops.listen_addr) whether it is alive (/healthz)
+    /// or ready (--ready: /readyz). Exit 0 yes, 1 no. For container health checks: the image
+    /// needs no curl.
+    Health {
+        /// Check /readyz (every dependency answers) instead of /healthz (the process is alive).
+        #[arg(long)]
+        ready: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }

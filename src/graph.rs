@@ -94,41 +94,36 @@ pub async fn setup_schema(graph: &Graph) -> Result<(), GraphError> {
     Ok(())
 }
 
-/// Is this Bolt error one a retry cannot fix? Constraint violations and rejected statements
-/// are; connection loss, timeouts and transient server errors are not.
+/// Is this Bolt error one a retry cannot fix? A rejected statement (a type the server refuses,
+/// a syntax error) or a constraint violation other than uniqueness: the data is bad. A
+/// uniqueness violation is not: every write is a MERGE on the unique key, so it can only mean
+/// a concurrent MERGE of the same node won the race (ArcadeDB reports that at commit), and a
+/// retry finds the winner's node. Connection loss, timeouts and transient errors pass too.
 pub fn is_permanent(error: &neo4rs::Error) -> bool {
     match error {
         neo4rs::Error::Neo4j(e) => {
-            e.code()
-                .starts_with("Neo.ClientError.Schema.ConstraintValidationFailed")
+            (e.code().contains("ConstraintValidationFailed") && !is_uniqueness_race(e))
                 || e.code().starts_with("Neo.ClientError.Statement.")
         }
         _ => false,
     }
 }
 
-/// Should the same transaction simply be tried again? Transient server errors (deadlocks,
-/// concurrent modification — ArcadeDB reports concurrent appends to one node's edges this way)
-/// and uniqueness violations (ArcadeDB's loser of two concurrent MERGEs of one node; a second
-/// attempt finds the winner's node).
+/// Should the same transaction simply be tried again at once? Transient server errors
+/// (deadlocks, concurrent modification — ArcadeDB reports concurrent appends to one node's
+/// edges this way) and uniqueness races.
 pub fn is_worth_retrying_now(error: &neo4rs::Error) -> bool {
     match error {
         neo4rs::Error::Neo4j(e) => {
-            e.kind() == neo4rs::Neo4jErrorKind::Transient || is_constraint_violation(error)
+            e.kind() == neo4rs::Neo4jErrorKind::Transient || is_uniqueness_race(e)
         }
         _ => false,
     }
 }
 
-/// Is this Bolt error a uniqueness violation? (ArcadeDB reports a concurrent MERGE's loser
-/// this way at commit; a second attempt then finds the winner's node.)
-pub fn is_constraint_violation(error: &neo4rs::Error) -> bool {
-    match error {
-        neo4rs::Error::Neo4j(e) => {
-            e.code().contains("ConstraintValidationFailed")
-                || e.message().contains("Duplicated key")
-                || e.message().contains("DuplicatedKey")
-        }
-        _ => false,
-    }
+/// A uniqueness violation, as Neo4j ("already exists with label") or ArcadeDB ("Duplicated
+/// key") words it.
+fn is_uniqueness_race(e: &neo4rs::Neo4jError) -> bool {
+    e.code().contains("ConstraintValidationFailed")
+        && (e.message().contains("Duplicated key") || e.message().contains("already exists"))
 }

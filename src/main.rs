@@ -4,7 +4,7 @@ use clap::Parser;
 use conveyor::cli::{Cli, Command};
 use conveyor::config::{Config, Sources};
 use conveyor::shutdown::{self, Shutdown};
-use conveyor::{check, dlq, infra, policy, postgres, publish, telemetry};
+use conveyor::{check, dlq, infra, ops, policy, postgres, publish, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -74,6 +74,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init_logging(&config.telemetry)?;
             dlq::run(&config, args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health {
+            ready,
+            timeout_secs,
+        } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            match ops::ask(config.ops.listen_addr, path, timeout).await {
+                Ok(body) => {
+                    print!("{body}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Infra(command) => {
             telemetry::init_logging(&config.telemetry)?;

@@ -165,6 +165,39 @@ async fn render_metrics(State(state): State<OpsState>) -> impl IntoResponse {
     )
 }
 
+/// `conveyor health`: GETs `path` from the ops listener at `listen_addr` (an unspecified
+/// address such as 0.0.0.0 is asked on loopback). The body on a 200; otherwise what went wrong.
+pub async fn ask(
+    listen_addr: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<String, String> {
+    let mut addr = listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}{path}");
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", crate::error_chain(&e)))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url} answered {status}: {}", body.trim()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,9 @@ import sys
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from fake_model import FakeModel  # noqa: E402
+
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
 N = int(os.environ.get("BENCH_MESSAGES", "20000"))
 TASKS = int(os.environ.get("BENCH_TASKS", "4"))
@@ -213,53 +216,6 @@ def ledger_main():
     print(table)
     print(summary)
     write_section("ledger", table + "\n\n" + summary)
-
-
-class FakeModel:
-    """A zero-latency OpenAI-compatible chat endpoint (the protocol of tests/it/fake_llm.rs:
-    one action item per `ACTION:` line), so the pipelines' own cost is what is measured."""
-
-    def __init__(self):
-        import http.server
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = next(m["content"] for m in request["messages"] if m["role"] == "user")
-                items = []
-                for line in user.splitlines():
-                    if "ACTION:" not in line:
-                        continue
-                    parts = [p.strip() for p in line.split("ACTION:", 1)[1].split("|")]
-                    owner, due = None, None
-                    for p in parts[1:]:
-                        if p.startswith("owner="):
-                            owner = {"name": p[6:], "email": None}
-                        elif p.startswith("due="):
-                            due = p[4:]
-                    items.append({"description": parts[0], "owner": owner, "due_date": due, "status": "open",
-                                  "priority": "medium", "confidence": 0.9})
-                content = json.dumps({"action_items": items})
-                body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": content}}],
-                                   "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
-                                             "total_tokens": (len(user) + len(content)) // 4}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def histogram_mean(text, name):

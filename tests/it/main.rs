@@ -11,3 +11,4 @@ mod helpers;
 mod infra;
 mod pipelines;
 mod publish;
+mod ship;
