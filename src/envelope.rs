@@ -336,7 +336,7 @@ impl<'a> Fields<'a> {
 }
 
 /// JSON type names for "expected …, found …".
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -24,7 +24,7 @@ use neo4rs::{BoltType, Graph, Query, query};
 use serde_json::Value;
 
 use super::{Delivery, Pipeline, PipelineError};
-use crate::envelope::Interaction;
+use crate::envelope::{Interaction, kind};
 use crate::extract::{Extraction, Extractions};
 use crate::{graph, telemetry};
 
@@ -164,17 +164,6 @@ impl References {
             opportunity_id,
             contact_ids,
         })
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -376,6 +376,24 @@ pub async fn rule_to_queue(bus: &str, pattern: serde_json::Value, queue_url: &st
         .unwrap();
 }
 
+/// Publishes one event to the default bus through LocalStack's EventBridge.
+pub async fn put_event(source: &str, detail_type: &str, detail: &serde_json::Value) {
+    let eb = aws_sdk_eventbridge::Client::new(&aws_sdk().await);
+    let out = eb
+        .put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .source(source)
+                .detail_type(detail_type)
+                .detail(detail.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_entry_count, 0);
+}
+
 /// An EventBridge event as SQS receives it from a rule.
 pub fn event_body(id: &str, detail: serde_json::Value) -> String {
     serde_json::json!({

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use conveyor::config::{Config, Secret};
 use conveyor::pipeline::Registry;
 use neo4rs::{Graph, query};
@@ -157,22 +156,7 @@ async fn a_transcript_through_eventbridge_becomes_a_tenant_graph_and_rows_once()
 
     let tenant = Uuid::new_v4();
     let detail = envelope(tenant, Uuid::new_v4(), "acct-acme", TRANSCRIPT);
-    let eb = aws_sdk_eventbridge::Client::new(&aws_sdk().await);
-    let publish = async || {
-        let out = eb
-            .put_events()
-            .entries(
-                PutEventsRequestEntry::builder()
-                    .source(&source)
-                    .detail_type("EnvelopeV1.transcript")
-                    .detail(detail.to_string())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(out.failed_entry_count, 0);
-    };
+    let publish = async || put_event(&source, "EnvelopeV1.transcript", &detail).await;
     let deleted = || {
         metric(
             "conveyor_messages_deleted_total",
