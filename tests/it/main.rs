@@ -9,6 +9,7 @@ mod fake_llm;
 mod foundation;
 mod helpers;
 mod infra;
+mod logs;
 mod pipelines;
 mod publish;
 mod ship;
