@@ -11,7 +11,8 @@ use uuid::Uuid;
 use crate::fake_llm::{FakeLlm, Scripted};
 use crate::helpers::*;
 
-#[tokio::test]
+// Multi-threaded: the fake model must keep answering while this thread waits on `check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_log_line_carries_content_or_secrets_on_any_path() {
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
@@ -105,6 +106,7 @@ async fn no_log_line_carries_content_or_secrets_on_any_path() {
 
     let mut lines = daemon.logs();
     let check = conveyor().output(&["check"]);
+    assert!(check.stdout.contains("ok    model:"), "{}", check.all());
     lines.extend(check.all().lines().map(str::to_owned));
     let peek = conveyor().output(&["dlq", "--queue", &k, "peek", "--max", "10"]);
     assert_eq!(peek.code, Some(0), "{}", peek.all());
