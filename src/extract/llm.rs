@@ -244,7 +244,7 @@ impl Llm {
         let request = CreateChatCompletionRequestArgs::default()
             .model(&self.model)
             .max_completion_tokens(self.max_output_tokens)
-            .temperature(0.0)
+            .temperature(0.0_f32)
             .response_format(ResponseFormat::JsonSchema {
                 json_schema: ResponseFormatJsonSchema {
                     name: "action_items".to_owned(),
