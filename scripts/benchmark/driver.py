@@ -270,7 +270,7 @@ def pipelines_main():
                      f"{r['cpu_per_1k']:.3f} | {r['peak_rss_mb']:.1f} |")
     summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: {N} "
                f"EnvelopeV1.transcript events (~2 KiB, three action items each) per row, {TASKS} pollers, "
-               f"max_in_flight 100, the fake model answering at once (scripts/benchmark/driver.py FakeModel), "
+               f"max_in_flight 100, the fake model answering at once (scripts/lib/fake_model.py), "
                f"the stack's PostgreSQL and ArcadeDB (Bolt). The graph rows measure ArcadeDB, which is much slower "
                f"than Neo4j at relationship MERGE (STACK-NOTES); ms columns are means from conveyor's histograms.")
     table = "\n".join(lines)
