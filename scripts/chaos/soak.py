@@ -344,7 +344,13 @@ def main():
     check(graph_interactions == graph_distinct == len(should_have_effects),
           f"graph: {graph_interactions} Interaction nodes ({graph_distinct} distinct), {len(should_have_effects)} expected")
     check(graph_items == 2 * len(should_have_effects), f"graph: {graph_items} ActionItem nodes, {2 * len(should_have_effects)} expected")
-    check(extractions == len(should_have_effects), f"extractions stored once each: {extractions}")
+    # An extraction computed while PostgreSQL was down is used unstored (the store is never a
+    # gate), so a few may be missing from the table — each one logged by the daemon.
+    unstored = sum(1 for d in (a, b) for line in open(d.log_path, errors="replace")
+                   if "storing the extraction failed" in line)
+    check(extractions <= len(should_have_effects) <= extractions + unstored,
+          f"extractions stored at most once each: {extractions} stored, {unstored} used unstored "
+          f"while PostgreSQL was down, {len(should_have_effects)} interactions")
     check(set(dead) == should_be_dead, f"DLQ holds exactly the poison and permanent events ({len(dead)} of {len(should_be_dead)})")
     # A copy can land twice: when SQS stalls (the freeze) past a message's lease while its DLQ
     # send is in flight, the message is received again and dead-lettered again. Harmless (same
@@ -374,7 +380,8 @@ def main():
           f"{len(kinds['permanent'])} permanent failures, {len(kinds['poison'])} poison")
     print(f"  chaos: {', '.join(done_chaos)}")
     print(f"  effects: {len(effects)} interactions / {items} action items in PostgreSQL, "
-          f"{graph_interactions} / {graph_items} in the graph; {extractions} extractions, {model.calls} model calls")
+          f"{graph_interactions} / {graph_items} in the graph; {extractions} extractions stored "
+          f"({unstored} used unstored while PostgreSQL was down), {model.calls} model calls")
     print(f"  dead-lettered: {len(dead)} (expected {len(should_be_dead)}; {dead_copies} extra DLQ copies); lost: {len(lost)}; "
           f"duplicated effects: {graph_interactions - graph_distinct + len(rows) - len(effects)}")
     print(f"  redelivered pipeline runs the ledger skipped (already succeeded): {skipped}")
