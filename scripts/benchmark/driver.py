@@ -212,10 +212,7 @@ def ledger_main():
                f"{TASKS} pollers, one `noop` pipeline per route. The ledger costs two PostgreSQL round trips per "
                f"pipeline per message (claim, then record): {extra_cpu_ms:.3f} ms of CPU per message in all "
                f"(conveyor + PostgreSQL), throughput ×{pg['msgs_per_s'] / base['msgs_per_s']:.2f}.")
-    table = "\n".join(lines)
-    print(table)
-    print(summary)
-    write_section("ledger", table + "\n\n" + summary)
+    report("ledger", lines, summary)
 
 
 def histogram_mean(text, name):
@@ -273,10 +270,7 @@ def pipelines_main():
                f"max_in_flight 100, the fake model answering at once (scripts/lib/fake_model.py), "
                f"the stack's PostgreSQL and ArcadeDB (Bolt). The graph rows measure ArcadeDB, which is much slower "
                f"than Neo4j at relationship MERGE (STACK-NOTES); ms columns are means from conveyor's histograms.")
-    table = "\n".join(lines)
-    print(table)
-    print(summary)
-    write_section("pipelines", table + "\n\n" + summary)
+    report("pipelines", lines, summary)
 
 
 def main():
@@ -301,14 +295,19 @@ def main():
             f"| {r['name']} | {r['msgs_per_s']:.0f} | {r['msgs_per_s'] / raw['msgs_per_s']:.2f} | "
             f"{r['cpu_per_1k']:.3f} | {r['cpu_per_1k'] / peer4['cpu_per_1k']:.2f} | {r['peak_rss_mb']:.1f} | "
             f"{r['requests_per_msg']:.3f} |")
-    table = "\n".join(lines)
     summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores. "
                f"{N} EventBridge-wrapped ~1 KiB messages per consumer, one fresh queue each, same LocalStack, "
                f"{TASKS} pollers/tasks for conveyor and the raw loop; conveyor routes to the `noop` pipeline.\n"
                f"Idle cost: {idle:.1f} SQS requests per minute per poller (20 s long polls).")
+    report("engine", lines, summary)
+
+
+def report(name, lines, summary):
+    """Prints the table and its summary, and writes them as BENCHMARKS.md's `name` section."""
+    table = "\n".join(lines)
     print(table)
     print(summary)
-    write_section("engine", table + "\n\n" + summary)
+    write_section(name, table + "\n\n" + summary)
 
 
 def write_section(name, text):
