@@ -331,7 +331,15 @@ impl Running {
         self.tasks.close();
         self.tasks.wait().await;
         if let Some(pool) = &self.clients.postgres {
-            pool.close().await;
+            // Waits for borrowed connections to come back; never longer than a few seconds.
+            if tokio::time::timeout(Duration::from_secs(5), pool.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "PostgreSQL pool still had connections out after 5 s; exiting anyway"
+                );
+            }
         }
         drop(self.clients);
         tracing::info!("conveyor stopped");

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::future::{BoxFuture, WeakShared};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -22,7 +22,10 @@ use crate::telemetry;
 /// In-memory results kept without PostgreSQL (oldest dropped first).
 const MEMORY_CAPACITY: usize = 10_000;
 
-type Pending = Shared<BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>>;
+type Computation = BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>;
+
+/// Dead entries (computations every caller gave up on) are swept when the map reaches this.
+const PENDING_SWEEP_AT: usize = 1024;
 
 /// Extractions, computed at most once per interaction: the shared service pipelines call.
 #[derive(Clone)]
@@ -33,7 +36,7 @@ pub struct Extractions {
 struct Inner {
     extractor: Extractor,
     store: Store,
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<String, WeakShared<Computation>>>,
 }
 
 enum Store {
@@ -69,30 +72,46 @@ impl Extractions {
     }
 
     /// The interaction's extraction: stored, being computed by another caller, or computed now.
+    ///
+    /// The map holds computations weakly: when every caller waiting on one has given up (a
+    /// pipeline timeout, a lost lease, shutdown), the computation is dropped with them and
+    /// releases what it held (a model request slot, a PostgreSQL connection).
     pub async fn get(
         &self,
         key: &str,
         interaction: &Interaction,
     ) -> Result<Arc<Extraction>, ExtractError> {
-        let pending = {
+        let shared = {
             let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending
-                .entry(key.to_owned())
-                .or_insert_with(|| {
+            match pending.get(key).and_then(WeakShared::upgrade) {
+                Some(running) => running,
+                None => {
                     let inner = self.inner.clone();
-                    let key = key.to_owned();
+                    let owned_key = key.to_owned();
                     let interaction = interaction.clone();
-                    async move { inner.load_or_compute(&key, &interaction).await }
-                        .boxed()
-                        .shared()
-                })
-                .clone()
+                    let computation =
+                        async move { inner.load_or_compute(&owned_key, &interaction).await }
+                            .boxed()
+                            .shared();
+                    if pending.len() >= PENDING_SWEEP_AT {
+                        pending.retain(|_, weak| weak.upgrade().is_some());
+                    }
+                    if let Some(weak) = computation.downgrade() {
+                        pending.insert(key.to_owned(), weak);
+                    }
+                    computation
+                }
+            }
         };
-        let result = pending.clone().await;
+        let result = shared.clone().await;
         // The first caller back removes the entry (if it is still this computation's).
-        let mut map = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(key).is_some_and(|p| p.ptr_eq(&pending)) {
-            map.remove(key);
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending
+            .get(key)
+            .and_then(WeakShared::upgrade)
+            .is_none_or(|p| p.ptr_eq(&shared))
+        {
+            pending.remove(key);
         }
         result
     }
@@ -297,5 +316,26 @@ pub(crate) mod tests {
         assert!(Arc::ptr_eq(&a, &c), "stored, not recomputed");
         assert_eq!(a.items.len(), 1);
         assert!(x.inner.pending.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_computation_every_caller_gave_up_on_is_dropped() {
+        // A model endpoint that accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = crate::config::ExtractionConfig {
+            base_url: format!("http://{}/v1", silent.local_addr().unwrap()),
+            ..Default::default()
+        };
+        let llm = Extractor::new(&config, Some(&crate::config::Secret::new("k"))).unwrap();
+        let x = Extractions::new(llm, None);
+        let i = interaction("Ann: ACTION: send the deck");
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(200), x.get("k2", &i)).await;
+        assert!(gave_up.is_err(), "the silent endpoint never answers");
+        let weak = x.inner.pending.lock().unwrap().get("k2").cloned();
+        assert!(
+            weak.is_some_and(|w| w.upgrade().is_none()),
+            "nothing keeps the abandoned computation (and its model request slot) alive"
+        );
     }
 }
