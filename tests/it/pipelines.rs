@@ -433,6 +433,8 @@ impl PrivateBolt {
             .arg(format!("-Darcadedb.bolt.port={}", self.bolt_port))
             .arg("-Darcadedb.bolt.defaultDatabase=neo4j")
             .arg("com.arcadedb.server.ArcadeDBServer")
+            // ArcadeDB writes ./log/ relative to its working directory: keep it in the tempdir.
+            .current_dir(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
