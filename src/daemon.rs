@@ -187,21 +187,15 @@ async fn add_pipelines(
         // (graph writes fail and retry meanwhile) rather than failing into a restart loop.
         let timeout = Duration::from_secs(config.graph.connect_timeout_secs) * 6;
         let schema_ready = Arc::new(AtomicBool::new(false));
-        match tokio::time::timeout(timeout, graph::setup_schema(&graph)).await {
-            Ok(Ok(())) => {
-                schema_ready.store(true, Ordering::Release);
-                readiness.set("graph", true);
-                tracing::info!("graph constraints and indexes in place");
-            }
-            _ => {
-                readiness.set("graph", false);
-                tokio::spawn(ensure_schema(
-                    graph.clone(),
-                    timeout,
-                    schema_ready.clone(),
-                    readiness.clone(),
-                ));
-            }
+        readiness.set("graph", false);
+        let schema = Schema {
+            graph: graph.clone(),
+            timeout,
+            ready: schema_ready.clone(),
+            readiness: readiness.clone(),
+        };
+        if schema.create().await.is_err() {
+            tokio::spawn(schema.ensure());
         }
         registry.add(Arc::new(GraphPipeline::new(
             graph.clone(),
@@ -217,34 +211,42 @@ async fn add_pipelines(
     Ok(clients)
 }
 
-/// Creates the graph's constraints and indexes, retrying until the server answers.
-async fn ensure_schema(
+/// The graph's constraints and indexes, and who waits for them.
+struct Schema {
     graph: Graph,
     timeout: Duration,
-    schema_ready: Arc<AtomicBool>,
+    /// What the graph pipeline checks before writing.
+    ready: Arc<AtomicBool>,
     readiness: Readiness,
-) {
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match tokio::time::timeout(timeout, graph::setup_schema(&graph)).await {
+}
+
+impl Schema {
+    /// One attempt; on success graph writes may start.
+    async fn create(&self) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, graph::setup_schema(&self.graph)).await {
             Ok(Ok(())) => {
-                schema_ready.store(true, Ordering::Release);
-                readiness.set("graph", true);
+                self.ready.store(true, Ordering::Release);
+                self.readiness.set("graph", true);
                 tracing::info!("graph constraints and indexes in place");
-                return;
+                Ok(())
             }
-            Ok(Err(e)) => tracing::error!(
-                error = %crate::error_chain(&e),
+            Ok(Err(e)) => Err(crate::error_chain(&e)),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// Retries until the server answers; graph writes retry meanwhile.
+    async fn ensure(self) {
+        let mut wait = Duration::from_secs(1);
+        while let Err(error) = self.create().await {
+            tracing::error!(
+                %error,
                 retry_in_secs = wait.as_secs(),
                 "creating the graph's constraints failed; graph writes will retry meanwhile"
-            ),
-            Err(_) => tracing::error!(
-                retry_in_secs = wait.as_secs(),
-                "the graph server did not answer while creating constraints; graph writes will retry meanwhile"
-            ),
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -328,14 +328,7 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
 
     // The queue as the rule's target.
     let targets = if existing.is_some() {
-        c.eb.list_targets_by_rule()
-            .rule(&infra.rule_name)
-            .event_bus_name(bus)
-            .send()
-            .await
-            .map_err(|e| eb_err("ListTargetsByRule", e))?
-            .targets
-            .unwrap_or_default()
+        rule_targets(c, config).await?.unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -547,6 +540,25 @@ async fn describe_rule(
     }
 }
 
+/// The rule's targets; `None` when the rule does not exist.
+async fn rule_targets(
+    c: &Clients,
+    config: &Config,
+) -> Result<Option<Vec<aws_sdk_eventbridge::types::Target>>, InfraError> {
+    match c
+        .eb
+        .list_targets_by_rule()
+        .rule(&config.infra.rule_name)
+        .event_bus_name(&config.eventbridge.bus_name)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(Some(out.targets.unwrap_or_default())),
+        Err(e) if is_not_found(e.code()) => Ok(None),
+        Err(e) => Err(eb_err("ListTargetsByRule", e)),
+    }
+}
+
 async fn queue_arn(c: &Clients, url: &str) -> Result<String, InfraError> {
     Ok(queue_attribute(c, url, Q::QueueArn)
         .await?
@@ -586,16 +598,8 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
         );
         return Err(InfraError::Other("not confirmed: nothing removed".into()));
     }
-    match c
-        .eb
-        .list_targets_by_rule()
-        .rule(&infra.rule_name)
-        .event_bus_name(bus)
-        .send()
-        .await
-    {
-        Ok(out) => {
-            let targets = out.targets.unwrap_or_default();
+    match rule_targets(c, config).await? {
+        Some(targets) => {
             if targets.iter().any(|t| t.id() == TARGET_ID) {
                 c.eb.remove_targets()
                     .rule(&infra.rule_name)
@@ -621,8 +625,7 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
                 );
             }
         }
-        Err(e) if is_not_found(e.code()) => println!("absent       rule {}", infra.rule_name),
-        Err(e) => return Err(eb_err("ListTargetsByRule", e)),
+        None => println!("absent       rule {}", infra.rule_name),
     }
     for name in [infra.queue_name.clone(), infra.dlq_name()] {
         match c.sqs.get_queue_url().queue_name(&name).send().await {
@@ -672,15 +675,7 @@ async fn verify(c: &Clients, config: &Config) -> Result<(), InfraError> {
         ))
     })?;
     let queue_arn = queue_arn(c, &queue_url).await?;
-    let targets =
-        c.eb.list_targets_by_rule()
-            .rule(&infra.rule_name)
-            .event_bus_name(bus)
-            .send()
-            .await
-            .map_err(|e| eb_err("ListTargetsByRule", e))?
-            .targets
-            .unwrap_or_default();
+    let targets = rule_targets(c, config).await?.unwrap_or_default();
     if !targets.iter().any(|t| t.arn() == queue_arn) {
         return Err(InfraError::NotReceived(format!(
             "rule {} has no target for queue {}: events would never arrive",

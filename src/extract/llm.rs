@@ -281,15 +281,10 @@ impl Llm {
             }
             Ok(Ok(response)) => response,
         };
-        if let Some(usage) = &response.usage {
-            telemetry::llm_tokens(
-                u64::from(usage.prompt_tokens),
-                u64::from(usage.completion_tokens),
-            );
-        }
         let (prompt_tokens, completion_tokens) = response.usage.as_ref().map_or((0, 0), |u| {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
+        telemetry::llm_tokens(prompt_tokens, completion_tokens);
         let Some(content) = response
             .choices
             .into_iter()
