@@ -233,7 +233,10 @@ async fn run_once(
     // The wait is bounded by one claim's lifetime; past that, give up and retry later.
     let waiting_since = Instant::now();
     let claim = loop {
-        match ledger.claim(&delivery.key, name, hold).await {
+        match ledger
+            .claim(&delivery.tenant, &delivery.key, name, hold)
+            .await
+        {
             Ok(Claim::AlreadySucceeded) => return Ok(Ran::Skipped),
             Ok(Claim::Claimed(token)) => break Some(token),
             Ok(Claim::Busy(remaining)) => {
@@ -250,6 +253,7 @@ async fn run_once(
     };
     let mut guard = claim.map(|token| ClaimGuard {
         ledger: ledger.clone(),
+        tenant: delivery.tenant.clone(),
         key: delivery.key.clone(),
         pipeline: name,
         token: Some(token),
@@ -267,10 +271,14 @@ async fn run_once(
     };
     if let Some(token) = guard.as_mut().and_then(|g| g.token.take()) {
         let recorded = match &result {
-            Ok(()) => ledger.succeeded(&delivery.key, name, token).await,
+            Ok(()) => {
+                ledger
+                    .succeeded(&delivery.tenant, &delivery.key, name, token)
+                    .await
+            }
             Err(e) => {
                 ledger
-                    .failed(&delivery.key, name, token, &e.to_string())
+                    .failed(&delivery.tenant, &delivery.key, name, token, &e.to_string())
                     .await
             }
         };
@@ -307,6 +315,7 @@ impl Dispatcher {
 /// to expire. Best effort: a process killed outright leaves the claim to expire by itself.
 struct ClaimGuard {
     ledger: Ledger,
+    tenant: String,
     key: String,
     pipeline: &'static str,
     /// Taken when the run's result is recorded normally.
@@ -318,14 +327,17 @@ impl Drop for ClaimGuard {
         let Some(token) = self.token.take() else {
             return;
         };
-        let (ledger, key, pipeline) = (
+        let (ledger, tenant, key, pipeline) = (
             self.ledger.clone(),
+            std::mem::take(&mut self.tenant),
             std::mem::take(&mut self.key),
             self.pipeline,
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = ledger.failed(&key, pipeline, token, "abandoned").await;
+                let _ = ledger
+                    .failed(&tenant, &key, pipeline, token, "abandoned")
+                    .await;
             });
         }
     }

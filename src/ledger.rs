@@ -1,4 +1,6 @@
-//! The idempotency ledger: (interaction key, pipeline) → status, attempts, last error.
+//! The idempotency ledger: (tenant, interaction key, pipeline) → status, attempts, last error.
+//! The tenant is part of every key: two tenants reusing an `interaction_id` are two
+//! interactions, and one tenant's success never skips the other's work.
 //!
 //! A pipeline that already succeeded for a key is skipped on redelivery. Two deliveries of the
 //! same key at once (SQS is at-least-once; two daemons may share a queue) must not run the same
@@ -45,8 +47,11 @@ pub struct LedgerError(#[from] sqlx::Error);
 #[derive(Clone)]
 pub enum Ledger {
     Postgres(PgPool),
-    Memory(Arc<Mutex<HashMap<(String, String), MemoryEntry>>>),
+    Memory(Arc<Mutex<HashMap<MemoryKey, MemoryEntry>>>),
 }
+
+/// (tenant, key, pipeline).
+type MemoryKey = (String, String, String);
 
 #[derive(Debug, Clone)]
 pub struct MemoryEntry {
@@ -60,9 +65,11 @@ impl Ledger {
         Ledger::Memory(Arc::default())
     }
 
-    /// Asks to run `pipeline` for `key`; the claim holds for `hold` unless completed.
+    /// Asks to run `pipeline` for `tenant`'s `key`; the claim holds for `hold` unless
+    /// completed.
     pub async fn claim(
         &self,
+        tenant: &str,
         key: &str,
         pipeline: &str,
         hold: Duration,
@@ -71,9 +78,9 @@ impl Ledger {
         match self {
             Ledger::Postgres(pool) => {
                 let claimed: Option<i32> = sqlx::query_scalar(
-                    "INSERT INTO pipeline_ledger AS l (key, pipeline, status, claim_token, claimed_until)
-                     VALUES ($1, $2, 'running', $3, now() + make_interval(secs => $4))
-                     ON CONFLICT (key, pipeline) DO UPDATE
+                    "INSERT INTO pipeline_ledger AS l (tenant, key, pipeline, status, claim_token, claimed_until)
+                     VALUES ($5, $1, $2, 'running', $3, now() + make_interval(secs => $4))
+                     ON CONFLICT (tenant, key, pipeline) DO UPDATE
                         SET status = 'running', attempts = l.attempts + 1,
                             claim_token = EXCLUDED.claim_token, claimed_until = EXCLUDED.claimed_until,
                             updated_at = now()
@@ -84,6 +91,7 @@ impl Ledger {
                 .bind(pipeline)
                 .bind(token)
                 .bind(hold.as_secs_f64())
+                .bind(tenant)
                 .fetch_optional(pool)
                 .await?;
                 if claimed.is_some() {
@@ -91,10 +99,11 @@ impl Ledger {
                 }
                 let row: Option<(String, f64)> = sqlx::query_as(
                     "SELECT status, GREATEST(EXTRACT(EPOCH FROM claimed_until - now()), 0)::float8
-                       FROM pipeline_ledger WHERE key = $1 AND pipeline = $2",
+                       FROM pipeline_ledger WHERE tenant = $3 AND key = $1 AND pipeline = $2",
                 )
                 .bind(key)
                 .bind(pipeline)
+                .bind(tenant)
                 .fetch_optional(pool)
                 .await?;
                 Ok(match row {
@@ -113,7 +122,7 @@ impl Ledger {
                     entries.retain(|_, e| e.created.elapsed() < MEMORY_RETENTION);
                 }
                 let entry = entries
-                    .entry((key.to_owned(), pipeline.to_owned()))
+                    .entry((tenant.to_owned(), key.to_owned(), pipeline.to_owned()))
                     .or_insert(MemoryEntry {
                         succeeded: false,
                         claim: None,
@@ -136,22 +145,24 @@ impl Ledger {
     /// Records the claimed run's success.
     pub async fn succeeded(
         &self,
+        tenant: &str,
         key: &str,
         pipeline: &str,
         token: Uuid,
     ) -> Result<(), LedgerError> {
-        self.finish(key, pipeline, token, None).await
+        self.finish(tenant, key, pipeline, token, None).await
     }
 
     /// Records the claimed run's failure, releasing the claim.
     pub async fn failed(
         &self,
+        tenant: &str,
         key: &str,
         pipeline: &str,
         token: Uuid,
         error: &str,
     ) -> Result<(), LedgerError> {
-        self.finish(key, pipeline, token, Some(error)).await
+        self.finish(tenant, key, pipeline, token, Some(error)).await
     }
 
     /// Ends a claim: succeeded when `error` is `None`, else failed with it. Only the holder of
@@ -159,6 +170,7 @@ impl Ledger {
     /// overwrite the new holder's record.
     async fn finish(
         &self,
+        tenant: &str,
         key: &str,
         pipeline: &str,
         token: Uuid,
@@ -167,23 +179,25 @@ impl Ledger {
         match self {
             Ledger::Postgres(pool) => {
                 let error: Option<String> =
-                    error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
+                    error.map(|e| crate::safe::one_line(e, MAX_ERROR_CHARS));
                 sqlx::query(
                     "UPDATE pipeline_ledger
                         SET status = CASE WHEN $4::text IS NULL THEN 'succeeded' ELSE 'failed' END,
                             last_error = $4, claim_token = NULL, claimed_until = NULL, updated_at = now()
-                      WHERE key = $1 AND pipeline = $2 AND claim_token = $3",
+                      WHERE tenant = $5 AND key = $1 AND pipeline = $2 AND claim_token = $3",
                 )
                 .bind(key)
                 .bind(pipeline)
                 .bind(token)
                 .bind(error)
+                .bind(tenant)
                 .execute(pool)
                 .await?;
             }
             Ledger::Memory(entries) => {
                 let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(entry) = entries.get_mut(&(key.to_owned(), pipeline.to_owned()))
+                if let Some(entry) =
+                    entries.get_mut(&(tenant.to_owned(), key.to_owned(), pipeline.to_owned()))
                     && entry.claim.is_some_and(|(t, _)| t == token)
                 {
                     entry.succeeded = error.is_none();
@@ -224,39 +238,45 @@ mod tests {
     async fn memory_ledger_claims_once_skips_after_success_and_frees_failed_or_expired_claims() {
         let ledger = Ledger::in_memory();
         let hold = Duration::from_secs(60);
-        let Claim::Claimed(first) = ledger.claim("k", "graph", hold).await.unwrap() else {
+        let Claim::Claimed(first) = ledger.claim("t", "k", "graph", hold).await.unwrap() else {
             panic!()
         };
         assert!(matches!(
-            ledger.claim("k", "graph", hold).await.unwrap(),
+            ledger.claim("t", "k", "graph", hold).await.unwrap(),
             Claim::Busy(_)
         ));
         assert!(matches!(
-            ledger.claim("k", "projection", hold).await.unwrap(),
+            ledger.claim("t", "k", "projection", hold).await.unwrap(),
             Claim::Claimed(_)
         ));
-        ledger.failed("k", "graph", first, "down").await.unwrap();
-        let Claim::Claimed(second) = ledger.claim("k", "graph", hold).await.unwrap() else {
+        ledger
+            .failed("t", "k", "graph", first, "down")
+            .await
+            .unwrap();
+        let Claim::Claimed(second) = ledger.claim("t", "k", "graph", hold).await.unwrap() else {
             panic!()
         };
-        ledger.succeeded("k", "graph", first).await.unwrap(); // a stale token changes nothing
+        ledger.succeeded("t", "k", "graph", first).await.unwrap(); // a stale token changes nothing
         assert!(matches!(
-            ledger.claim("k", "graph", hold).await.unwrap(),
+            ledger.claim("t", "k", "graph", hold).await.unwrap(),
             Claim::Busy(_)
         ));
-        ledger.succeeded("k", "graph", second).await.unwrap();
+        ledger.succeeded("t", "k", "graph", second).await.unwrap();
         assert_eq!(
-            ledger.claim("k", "graph", hold).await.unwrap(),
+            ledger.claim("t", "k", "graph", hold).await.unwrap(),
             Claim::AlreadySucceeded
         );
 
         assert!(matches!(
-            ledger.claim("e", "graph", Duration::ZERO).await.unwrap(),
+            ledger
+                .claim("t", "e", "graph", Duration::ZERO)
+                .await
+                .unwrap(),
             Claim::Claimed(_)
         ));
         assert!(
             matches!(
-                ledger.claim("e", "graph", hold).await.unwrap(),
+                ledger.claim("t", "e", "graph", hold).await.unwrap(),
                 Claim::Claimed(_)
             ),
             "expired claim"

@@ -1,5 +1,5 @@
-//! Extraction happens once per interaction: results are stored keyed by interaction key,
-//! model and prompt version — in PostgreSQL when `DATABASE_URL` is set, else in memory — and
+//! Extraction happens once per interaction: results are stored keyed by tenant, interaction
+//! key, model and prompt version — in PostgreSQL when `DATABASE_URL` is set, else in memory — and
 //! reused by every pipeline and every redelivery. Within a process, callers asking for the same
 //! interaction at once share one extraction.
 //!
@@ -72,6 +72,8 @@ impl Extractions {
     }
 
     /// The interaction's extraction: stored, being computed by another caller, or computed now.
+    /// Every lookup is scoped by the interaction's tenant: another tenant's interaction with
+    /// the same key is another interaction.
     ///
     /// The map holds computations weakly: when every caller waiting on one has given up (a
     /// pipeline timeout, a lost lease, shutdown), the computation is dropped with them and
@@ -81,9 +83,10 @@ impl Extractions {
         key: &str,
         interaction: &Interaction,
     ) -> Result<Arc<Extraction>, ExtractError> {
+        let scoped = scoped_key(interaction.tenant_id, key);
         let shared = {
             let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            match pending.get(key).and_then(WeakShared::upgrade) {
+            match pending.get(&scoped).and_then(WeakShared::upgrade) {
                 Some(running) => running,
                 None => {
                     let inner = self.inner.clone();
@@ -97,7 +100,7 @@ impl Extractions {
                         pending.retain(|_, weak| weak.upgrade().is_some());
                     }
                     if let Some(weak) = computation.downgrade() {
-                        pending.insert(key.to_owned(), weak);
+                        pending.insert(scoped.clone(), weak);
                     }
                     computation
                 }
@@ -107,11 +110,11 @@ impl Extractions {
         // The first caller back removes the entry (if it is still this computation's).
         let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending
-            .get(key)
+            .get(&scoped)
             .and_then(WeakShared::upgrade)
             .is_none_or(|p| p.ptr_eq(&shared))
         {
-            pending.remove(key);
+            pending.remove(&scoped);
         }
         result
     }
@@ -125,7 +128,8 @@ impl Inner {
     ) -> Result<Arc<Extraction>, ExtractError> {
         let model = self.extractor.model().to_owned();
         let version = self.extractor.prompt_version();
-        match self.load(key, &model, version).await {
+        let tenant = interaction.tenant_id;
+        match self.load(tenant, key, &model, version).await {
             Ok(Some(stored)) => {
                 telemetry::extraction("stored");
                 return Ok(stored);
@@ -173,6 +177,7 @@ impl Inner {
 
     async fn load(
         &self,
+        tenant_id: Uuid,
         key: &str,
         model: &str,
         version: &str,
@@ -182,18 +187,20 @@ impl Inner {
                 let memory = memory.lock().unwrap_or_else(|e| e.into_inner());
                 Ok(memory
                     .results
-                    .get(&memory_key(key, model, version))
+                    .get(&memory_key(tenant_id, key, model, version))
                     .cloned())
             }
             Store::Postgres(pool) => {
                 let row: Option<(sqlx::types::Json<Vec<super::ActionItem>>, i32, i64, i64)> =
                     sqlx::query_as(
                         "SELECT items, chunks, prompt_tokens, completion_tokens FROM extractions \
-                         WHERE interaction_key = $1 AND model = $2 AND prompt_version = $3",
+                         WHERE tenant_id = $4 AND interaction_key = $1 AND model = $2 \
+                           AND prompt_version = $3",
                     )
                     .bind(key)
                     .bind(model)
                     .bind(version)
+                    .bind(tenant_id)
                     .fetch_optional(pool)
                     .await?;
                 Ok(row.map(|(items, chunks, prompt, completion)| {
@@ -225,7 +232,12 @@ impl Inner {
                     results: map,
                     order,
                 } = &mut *memory;
-                let k = memory_key(key, &extraction.model, &extraction.prompt_version);
+                let k = memory_key(
+                    tenant_id,
+                    key,
+                    &extraction.model,
+                    &extraction.prompt_version,
+                );
                 if let Some(stored) = map.get(&k) {
                     return Ok(stored.clone());
                 }
@@ -244,7 +256,7 @@ impl Inner {
                     "INSERT INTO extractions \
                        (interaction_key, model, prompt_version, tenant_id, items, chunks, prompt_tokens, completion_tokens) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (interaction_key, model, prompt_version) DO NOTHING",
+                     ON CONFLICT (tenant_id, interaction_key, model, prompt_version) DO NOTHING",
                 )
                 .bind(key)
                 .bind(&extraction.model)
@@ -261,7 +273,12 @@ impl Inner {
                     Ok(done) if done.rows_affected() == 1 => Ok(Arc::new(extraction)),
                     // Another process stored one first: use that one.
                     Ok(_) => match self
-                        .load(key, &extraction.model, &extraction.prompt_version)
+                        .load(
+                            tenant_id,
+                            key,
+                            &extraction.model,
+                            &extraction.prompt_version,
+                        )
                         .await
                     {
                         Ok(Some(stored)) => Ok(stored),
@@ -274,8 +291,13 @@ impl Inner {
     }
 }
 
-fn memory_key(key: &str, model: &str, version: &str) -> String {
-    format!("{key}\u{0}{model}\u{0}{version}")
+/// The single-flight key: (tenant, interaction key).
+fn scoped_key(tenant_id: Uuid, key: &str) -> String {
+    format!("{tenant_id}\u{0}{key}")
+}
+
+fn memory_key(tenant_id: Uuid, key: &str, model: &str, version: &str) -> String {
+    format!("{tenant_id}\u{0}{key}\u{0}{model}\u{0}{version}")
 }
 
 #[cfg(test)]
@@ -319,6 +341,25 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn another_tenants_interaction_with_the_same_key_is_extracted_for_itself() {
+        let x = Extractions::new(Extractor::Patterns, None);
+        let mine = interaction("Ann: I'll send the deck by Friday.");
+        let mut theirs = interaction("Bo: I'll renew the contract by Friday.");
+        theirs.tenant_id = Uuid::from_u128(8);
+        let (a, b) = tokio::join!(x.get("k1", &mine), x.get("k1", &theirs));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(!Arc::ptr_eq(&a, &b), "not shared across tenants");
+        assert!(a.items[0].description.to_lowercase().contains("deck"));
+        assert!(
+            b.items[0].description.to_lowercase().contains("renew"),
+            "{:?}",
+            b.items
+        );
+        let again = x.get("k1", &theirs).await.unwrap();
+        assert!(Arc::ptr_eq(&b, &again), "stored per tenant");
+    }
+
+    #[tokio::test]
     async fn a_computation_every_caller_gave_up_on_is_dropped() {
         // A model endpoint that accepts connections and never answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -332,7 +373,13 @@ pub(crate) mod tests {
         let gave_up =
             tokio::time::timeout(std::time::Duration::from_millis(200), x.get("k2", &i)).await;
         assert!(gave_up.is_err(), "the silent endpoint never answers");
-        let weak = x.inner.pending.lock().unwrap().get("k2").cloned();
+        let weak = x
+            .inner
+            .pending
+            .lock()
+            .unwrap()
+            .get(&scoped_key(i.tenant_id, "k2"))
+            .cloned();
         assert!(
             weak.is_some_and(|w| w.upgrade().is_none()),
             "nothing keeps the abandoned computation (and its model request slot) alive"

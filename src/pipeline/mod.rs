@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use crate::envelope::Interaction;
 use crate::event::EventBridgeEvent;
 
-pub use announce::Announce;
+pub use announce::{Announce, announcement_id};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
 pub use projection::Projection;
@@ -34,8 +34,12 @@ pub struct Delivery {
     /// The validated interaction, for `EnvelopeV1.*` and `BatchProcessingCompleted` events.
     pub interaction: Option<Interaction>,
     /// The idempotency key: `interaction_id` when present, else the EventBridge event id,
-    /// else the SQS message id.
+    /// else the SQS message id. Never used alone: see `tenant`.
     pub key: String,
+    /// Whose data this is: the tenant id of an interaction, empty for events that carry no
+    /// tenant. Every idempotency lookup (ledger, stored extractions, single-flight) is keyed
+    /// by (tenant, key), so two tenants reusing an `interaction_id` never share a result.
+    pub tenant: String,
 }
 
 impl Delivery {
@@ -52,6 +56,10 @@ impl Delivery {
             .map(|id| id.to_string())
             .or_else(|| event.id.clone())
             .unwrap_or_else(|| message_id.clone());
+        let tenant = interaction
+            .as_ref()
+            .map(|i| i.tenant_id.to_string())
+            .unwrap_or_default();
         Self {
             queue,
             message_id,
@@ -59,6 +67,7 @@ impl Delivery {
             event,
             interaction,
             key,
+            tenant,
         }
     }
 }

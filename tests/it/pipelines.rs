@@ -713,3 +713,198 @@ fn check_probes_the_model_endpoint() {
     assert_eq!(down.code, Some(1), "{}", down.all());
     assert!(down.stdout.contains("FAIL  model:"), "{}", down.all());
 }
+
+/// Another tenant's transcript: two items, none of which the first tenant's has.
+const OTHER_TRANSCRIPT: &str = "Lee: Welcome.\n\
+    Lee: ACTION: Renew the Globex contract | owner=Lee Other\n\
+    Rep: ACTION: Email the onboarding checklist\n";
+
+/// The action-item descriptions a tenant has in PostgreSQL, sorted.
+async fn descriptions_in_pg(pool: &sqlx::PgPool, tenant: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT description FROM projection_action_items WHERE tenant_id = $1 ORDER BY description",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The action-item descriptions a tenant has in the graph, sorted.
+async fn descriptions_in_graph(graph: &Graph, tenant: Uuid) -> Vec<String> {
+    let mut rows = graph
+        .execute(
+            query("MATCH (a:ActionItem {tenant_id: $t}) RETURN a.description AS d ORDER BY d")
+                .param("t", tenant.to_string()),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row.get::<String>("d").unwrap());
+    }
+    out
+}
+
+const MINE: [&str; 3] = [
+    "Book the security review",
+    "Send the revised pricing deck",
+    "Share the pilot timeline",
+];
+const THEIRS: [&str; 2] = [
+    "Email the onboarding checklist",
+    "Renew the Globex contract",
+];
+
+/// Idempotency is per tenant: another tenant reusing an `interaction_id` is a different
+/// interaction, never a duplicate of the first.
+#[tokio::test]
+async fn two_tenants_with_one_interaction_id_are_both_processed_each_with_its_own_items() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-tenant-key", 5).await;
+    let llm = FakeLlm::start().await;
+    let (pool, graph) = (pg().await, graph().await);
+    let k = unique("tk").replace('-', "_").to_lowercase();
+    let mut config = config(&k, &q.url, "[\"graph\", \"projection\"]", &llm, "");
+    config.graph.uri = Some(stack().neo4j_uri);
+    config.graph.user = stack().neo4j_user;
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let deleted = || {
+        metric(
+            "conveyor_messages_deleted_total",
+            &[&format!("queue=\"{k}\"")],
+        )
+    };
+
+    let (a, b, interaction) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    send_all(
+        &sqs,
+        &q.url,
+        &[wrapped(&envelope(a, interaction, "acct-1", TRANSCRIPT))],
+    )
+    .await;
+    eventually(
+        "the first tenant's event",
+        Duration::from_secs(60),
+        async || deleted() == 1.0,
+    )
+    .await;
+    send_all(
+        &sqs,
+        &q.url,
+        &[wrapped(&envelope(
+            b,
+            interaction,
+            "acct-1",
+            OTHER_TRANSCRIPT,
+        ))],
+    )
+    .await;
+    eventually(
+        "the second tenant's event",
+        Duration::from_secs(60),
+        async || deleted() == 2.0,
+    )
+    .await;
+
+    assert_eq!(descriptions_in_pg(&pool, a).await, MINE);
+    assert_eq!(descriptions_in_pg(&pool, b).await, THEIRS);
+    assert_eq!(descriptions_in_graph(&graph, a).await, MINE);
+    assert_eq!(descriptions_in_graph(&graph, b).await, THEIRS);
+    assert_eq!(extractions_in_pg(&pool, a).await, 1);
+    assert_eq!(extractions_in_pg(&pool, b).await, 1);
+    assert_eq!(
+        llm.calls().len(),
+        2,
+        "one extraction per tenant's interaction"
+    );
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
+    daemon.stop().await;
+}
+
+/// The leak this guards against: the first tenant's extraction is stored while its graph
+/// write waits for the Bolt server; a second tenant's event with the same `interaction_id`
+/// must get its own extraction, not the stored one.
+#[tokio::test]
+async fn with_the_graph_down_a_second_tenant_reusing_an_interaction_id_gets_none_of_the_firsts_items()
+ {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-tenant-leak", 100).await;
+    let llm = FakeLlm::start().await;
+    let pool = pg().await;
+    let mut bolt = PrivateBolt::start().await;
+    let k = unique("tl").replace('-', "_").to_lowercase();
+    let mut config = config(
+        &k,
+        &q.url,
+        "[\"graph\", \"projection\"]",
+        &llm,
+        "[graph]\nuser = \"root\"\nconnect_timeout_secs = 2\n",
+    );
+    config.graph.uri = Some(bolt.uri());
+    config.secrets.neo4j_password = Some(Secret::new("private-bolt-pw"));
+    bolt.stop();
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+
+    let (a, b, interaction) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    send_all(
+        &sqs,
+        &q.url,
+        &[wrapped(&envelope(a, interaction, "acct-1", TRANSCRIPT))],
+    )
+    .await;
+    eventually(
+        "the first tenant projected while the graph is down",
+        Duration::from_secs(60),
+        async || descriptions_in_pg(&pool, a).await.len() == 3,
+    )
+    .await;
+    send_all(
+        &sqs,
+        &q.url,
+        &[wrapped(&envelope(
+            b,
+            interaction,
+            "acct-1",
+            OTHER_TRANSCRIPT,
+        ))],
+    )
+    .await;
+    eventually(
+        "the second tenant projected while the graph is down",
+        Duration::from_secs(60),
+        async || !descriptions_in_pg(&pool, b).await.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        descriptions_in_pg(&pool, b).await,
+        THEIRS,
+        "no item of the first tenant"
+    );
+
+    bolt.restart().await;
+    eventually(
+        "both written to the graph",
+        Duration::from_secs(120),
+        async || {
+            metric(
+                "conveyor_messages_deleted_total",
+                &[&format!("queue=\"{k}\"")],
+            ) == 2.0
+        },
+    )
+    .await;
+    let graph = bolt.graph().await;
+    assert_eq!(descriptions_in_graph(&graph, a).await, MINE);
+    assert_eq!(descriptions_in_graph(&graph, b).await, THEIRS);
+    assert_eq!(descriptions_in_pg(&pool, a).await, MINE);
+    assert_eq!(
+        llm.calls().len(),
+        2,
+        "each tenant's interaction extracted once"
+    );
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
+    daemon.stop().await;
+}
