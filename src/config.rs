@@ -177,6 +177,11 @@ pub struct QueueConfig {
     pub routes: Vec<RouteConfig>,
     /// What happens to an event no route matches.
     pub on_unrouted: Unrouted,
+    /// Longest a message's whole handling may take — ledger claims and writes, every
+    /// pipeline, the `after` stage — before it is given up and retried. Without it, a step
+    /// that blocks (a lock on the ledger) would hold the message, its lease extended, for up
+    /// to SQS's 12 hours and fill `max_in_flight`.
+    pub deadline_secs: u64,
 }
 
 /// Routes an event by its `source` and `detail-type` to pipelines.
@@ -254,6 +259,7 @@ impl Default for QueueConfig {
             retry: RetryConfig::default(),
             routes: Vec::new(),
             on_unrouted: Unrouted::DeadLetter,
+            deadline_secs: 900,
         }
     }
 }
@@ -269,6 +275,10 @@ impl QueueConfig {
 
     pub fn delete_flush(&self) -> Duration {
         Duration::from_millis(self.delete_flush_millis)
+    }
+
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
     }
 }
 
@@ -411,8 +421,15 @@ pub struct DatabaseConfig {
     pub required: bool,
     /// Pool size.
     pub max_connections: u32,
-    /// How long to wait for a connection before calling PostgreSQL unreachable.
+    /// How long to wait for a new connection, or for a free one from the pool, before
+    /// calling PostgreSQL unreachable.
     pub connect_timeout_secs: u64,
+    /// Longest one statement may run (PostgreSQL `statement_timeout`).
+    pub statement_timeout_secs: u64,
+    /// Longest one statement may wait for a lock (PostgreSQL `lock_timeout`): a table locked
+    /// by a migration or an idle-in-transaction session fails the statement after this,
+    /// instead of holding the message.
+    pub lock_timeout_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -421,6 +438,8 @@ impl Default for DatabaseConfig {
             required: false,
             max_connections: 10,
             connect_timeout_secs: 5,
+            statement_timeout_secs: 30,
+            lock_timeout_secs: 5,
         }
     }
 }
@@ -786,6 +805,39 @@ impl Config {
                     }
                 }
             }
+            let longest_route = q
+                .routes
+                .iter()
+                .map(|r| {
+                    let stage = |names: &[String]| {
+                        names
+                            .iter()
+                            .map(|n| self.pipeline_timeout(n))
+                            .max()
+                            .unwrap_or_default()
+                    };
+                    stage(&r.pipelines) + stage(&r.after)
+                })
+                .max()
+                .unwrap_or_default();
+            if q.deadline_secs == 0 || q.deadline_secs > u64::from(SQS_MAX_VISIBILITY_SECS) {
+                bad(
+                    &key("deadline_secs"),
+                    &q.deadline_secs,
+                    "must be 1..=43200 (no lease outlives SQS's 12-hour visibility cap)",
+                );
+            } else if q.deadline() <= longest_route {
+                bad(
+                    &key("deadline_secs"),
+                    &q.deadline_secs,
+                    &format!(
+                        "must exceed the longest route's pipeline timeouts ({} s: its pipelines' \
+                         longest timeout plus its `after` stage's), or the deadline would cut \
+                         every slow run short; raise it or lower pipelines.<name>.timeout_secs",
+                        longest_route.as_secs()
+                    ),
+                );
+            }
             if q.retry.cap_secs < q.retry.base_secs || q.retry.cap_secs > SQS_MAX_VISIBILITY_SECS {
                 bad(
                     &key("retry.cap_secs"),
@@ -807,6 +859,29 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             bad("database.max_connections", &0, "must be at least 1");
+        }
+        for (key, value) in [
+            (
+                "database.connect_timeout_secs",
+                self.database.connect_timeout_secs,
+            ),
+            (
+                "database.statement_timeout_secs",
+                self.database.statement_timeout_secs,
+            ),
+            (
+                "database.lock_timeout_secs",
+                self.database.lock_timeout_secs,
+            ),
+        ] {
+            // 0 would mean "no timeout" to PostgreSQL: exactly what these keys exist to prevent.
+            if value == 0 {
+                bad(
+                    key,
+                    &0,
+                    "must be at least 1 (0 would mean no timeout at all)",
+                );
+            }
         }
         if let Some(uri) = &self.graph.uri {
             if uri.trim().is_empty() {

@@ -19,6 +19,7 @@ use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
 use crate::pipeline::{Announce, GraphPipeline, Projection, Registry};
 use crate::shutdown::Shutdown;
+use crate::sqs::QueueLookupError;
 use crate::{aws, graph, postgres, telemetry};
 use neo4rs::Graph;
 use sqlx::PgPool;
@@ -56,6 +57,8 @@ pub async fn start_with(
         .await
         .with_context(|| format!("ops.listen_addr = {}: cannot bind", config.ops.listen_addr))?;
     let ops_addr = listener.local_addr()?;
+    // Before anything that may wait (SQS unreachable at startup): /healthz answers from here on.
+    tracing::info!(%ops_addr, "ops listener up");
     let tasks = TaskTracker::new();
     let ops_stop = CancellationToken::new();
     tasks.spawn(ops::serve(
@@ -103,10 +106,17 @@ pub async fn start_with(
         for (name, queue) in &config.queues {
             let dispatcher = Dispatcher::new(name, queue, &config, &registry, ledger.clone())
                 .map_err(anyhow::Error::msg)?;
-            let consumer = Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context)
-                .await
-                .with_context(|| format!("queues.{name}: cannot start consuming"))?;
-            consumers.push(consumer);
+            match Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context).await {
+                Ok(consumer) => consumers.push(consumer),
+                // Shut down while SQS was still unreachable: nothing was received, so there
+                // is nothing to drain; stop the queues already started.
+                Err(QueueLookupError::Stopped) => break,
+                Err(e) => {
+                    let fix = e.fix();
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("queues.{name}: cannot start consuming ({fix})")));
+                }
+            }
         }
     }
     tracing::info!(%ops_addr, queues = config.queues.len(), "conveyor started");
@@ -285,6 +295,18 @@ async fn watch_health(
             report(
                 "postgres",
                 match probe {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(crate::error_chain(&e)),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                },
+            );
+            // A database can answer SELECT 1 while the ledger is locked; every message needs
+            // the ledger, so that is unready too.
+            const LEDGER_WAIT: Duration = Duration::from_secs(1);
+            let probe = tokio::time::timeout(timeout, postgres::probe_ledger(pool, LEDGER_WAIT));
+            report(
+                "ledger",
+                match probe.await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(crate::error_chain(&e)),
                     Err(_) => Err(format!("no answer within {timeout:?}")),

@@ -145,7 +145,7 @@ pub fn parse(event: &EventBridgeEvent) -> Result<Option<Interaction>, FieldError
                 problem: format!(
                     "{:?} does not match detail-type {}",
                     interaction.interaction_type.as_str(),
-                    truncate(&event.detail_type)
+                    crate::safe::token(&event.detail_type)
                 ),
             });
         }
@@ -192,14 +192,17 @@ fn batch_processing_completed(d: &Fields<'_>) -> Result<Interaction, FieldError>
     if version != "1.0" {
         return Err(d.error(
             "version",
-            format!("must be \"1.0\", found {:?}", truncate(version)),
+            format!("must be \"1.0\", found {}", crate::safe::token(version)),
         ));
     }
     let status = d.string("status")?;
     if status != "completed" {
         return Err(d.error(
             "status",
-            format!("must be \"completed\", found {:?}", truncate(status)),
+            format!(
+                "must be \"completed\", found {}",
+                crate::safe::token(status)
+            ),
         ));
     }
     let data = d.object("data")?;
@@ -314,8 +317,8 @@ impl<'a> Fields<'a> {
             self.error(
                 key,
                 format!(
-                    "unknown variant {:?}, expected one of {}",
-                    truncate(s),
+                    "unknown variant {}, expected one of {}",
+                    crate::safe::token(s),
                     allowed.join(", ")
                 ),
             )
@@ -344,15 +347,6 @@ pub(crate) fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    }
-}
-
-/// Enum-like values are echoed in errors to help the publisher, but never more than 32 chars.
-fn truncate(s: &str) -> String {
-    if s.chars().count() <= 32 {
-        s.to_owned()
-    } else {
-        format!("{}…", s.chars().take(32).collect::<String>())
     }
 }
 

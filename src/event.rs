@@ -46,19 +46,8 @@ impl PoisonError {
 
 /// Parses an SQS body as an EventBridge event.
 pub fn decode(body: &str) -> Result<EventBridgeEvent, PoisonError> {
-    let value: Value = serde_json::from_str(body).map_err(|e| {
-        // serde_json's syntax errors carry a category and a position, never the input.
-        PoisonError::NotJson(format!(
-            "{} error at line {} column {}",
-            match e.classify() {
-                serde_json::error::Category::Eof => "unexpected end",
-                serde_json::error::Category::Syntax => "syntax",
-                _ => "data",
-            },
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| PoisonError::NotJson(crate::safe::json_error(&e)))?;
     let Value::Object(mut object) = value else {
         return Err(PoisonError::NotAnObject);
     };

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod postgres;
 pub mod publish;
+pub mod safe;
 pub mod shutdown;
 pub mod sqs;
 pub mod telemetry;

@@ -2,18 +2,35 @@
 
 use std::time::Duration;
 
+use std::str::FromStr;
+
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::{DatabaseConfig, Secret};
 
 /// Opens a pool and proves it with one round trip, within the configured connect timeout.
+/// Every session has a statement and a lock-wait timeout, and waiting for a pooled connection
+/// is bounded too: no database call can hold a message longer than those.
 pub async fn connect(config: &DatabaseConfig, url: &Secret) -> Result<PgPool, sqlx::Error> {
     let timeout = Duration::from_secs(config.connect_timeout_secs);
+    let options = PgConnectOptions::from_str(url.expose())?.options([
+        (
+            "statement_timeout",
+            format!("{}s", config.statement_timeout_secs),
+        ),
+        ("lock_timeout", format!("{}s", config.lock_timeout_secs)),
+        // A session of ours left idle inside a transaction (a task dropped mid-transaction
+        // whose connection was not reset) must not hold its locks for long either.
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}s", config.statement_timeout_secs),
+        ),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(timeout)
-        .connect(url.expose())
+        .connect_with(options)
         .await?;
     probe(&pool).await?;
     Ok(pool)
@@ -27,8 +44,34 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Proves the idempotency ledger can be written: takes the lock an INSERT or UPDATE takes on
+/// `pipeline_ledger`, waiting at most `wait`, and rolls back. A database that answers
+/// `SELECT 1` while the ledger is locked (a migration, an idle-in-transaction session) fails
+/// this.
+pub async fn probe_ledger(pool: &PgPool, wait: Duration) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", wait.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("LOCK TABLE pipeline_ledger IN ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    tx.rollback().await
+}
+
 /// Applies the migrations in `migrations/` (embedded at build time). Safe to run concurrently
 /// from several instances: sqlx takes an advisory lock.
+///
+/// A migration may rewrite a large table, so it runs on a connection of its own without the
+/// pool's statement timeout; that connection is closed afterwards, not returned to the pool.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("./migrations").run(pool).await
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    let result = sqlx::migrate!("./migrations").run(&mut conn).await;
+    let _ = conn.close().await;
+    result
 }

@@ -15,6 +15,8 @@ pub struct QueueInfo {
     pub redrive: Option<RedrivePolicy>,
     pub approximate_visible: u64,
     pub approximate_in_flight: u64,
+    /// MaximumMessageSize: the largest body plus attributes the queue accepts.
+    pub max_message_bytes: usize,
 }
 
 /// The queue's native redrive policy (a JSON string attribute).
@@ -47,18 +49,79 @@ pub enum QueueLookupError {
         name: String,
         #[source]
         source: aws_sdk_sqs::Error,
+        /// A network error, a timeout, throttling or a 5xx: trying again may work.
+        transient: bool,
     },
     #[error("reading attributes of {url}: {source}")]
     Attributes {
         url: String,
         #[source]
         source: aws_sdk_sqs::Error,
+        transient: bool,
     },
     #[error("queue {url} has an unreadable RedrivePolicy: {reason}")]
     Redrive { url: String, reason: String },
     #[error("the queue has neither url nor name configured")]
     Unnamed,
+    #[error("shutdown requested before the queue could be reached")]
+    Stopped,
 }
+
+impl QueueLookupError {
+    /// Whether the same lookup may succeed later (SQS or the network is having a blip), as
+    /// opposed to an answer no retry changes (no such queue, access denied, bad region).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            QueueLookupError::Resolve { transient, .. }
+            | QueueLookupError::Attributes { transient, .. } => *transient,
+            QueueLookupError::Redrive { .. }
+            | QueueLookupError::Unnamed
+            | QueueLookupError::Stopped => false,
+        }
+    }
+
+    /// What an operator can do about it.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            QueueLookupError::Resolve { .. } | QueueLookupError::Attributes { .. } => {
+                "check the queue's name or URL, the region (AWS_REGION) and that the credentials \
+                 allow sqs:GetQueueUrl and sqs:GetQueueAttributes (`conveyor policy` prints what \
+                 is needed); `conveyor infra up` creates the queue"
+            }
+            QueueLookupError::Redrive { .. } => {
+                "fix the queue's RedrivePolicy (`conveyor infra up` writes a valid one)"
+            }
+            QueueLookupError::Unnamed => "set queues.<key>.url or queues.<key>.name",
+            QueueLookupError::Stopped => "nothing: shutdown was requested",
+        }
+    }
+}
+
+/// Whether a failed SQS call may succeed if simply tried again: the request never got an
+/// answer (connection refused or reset, DNS, timeout), or SQS answered that it is overloaded
+/// or failing (throttling, 5xx). Everything else — a missing queue, access denied, an
+/// invalid parameter — is an answer.
+pub fn is_transient<E: aws_sdk_sqs::error::ProvideErrorMetadata>(
+    error: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> bool {
+    use aws_sdk_sqs::error::SdkError;
+    match error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            e.raw().status().is_server_error()
+                || matches!(
+                    e.err().code(),
+                    Some("ThrottlingException" | "RequestThrottled" | "ServiceUnavailable")
+                )
+        }
+        _ => false,
+    }
+}
+
+/// 256 KiB was SQS's long-standing MaximumMessageSize; assumed if the attribute is missing.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
 
 /// Resolves the configured queue (by URL or name) and reads its attributes.
 pub async fn describe_queue(
@@ -74,6 +137,7 @@ pub async fn describe_queue(
             .await
             .map_err(|e| QueueLookupError::Resolve {
                 name: name.clone(),
+                transient: is_transient(&e),
                 source: e.into(),
             })?
             .queue_url
@@ -88,6 +152,7 @@ pub async fn describe_queue(
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.clone(),
+            transient: is_transient(&e),
             source: e.into(),
         })?
         .attributes
@@ -115,6 +180,10 @@ pub async fn describe_queue(
         redrive,
         approximate_visible: number(QueueAttributeName::ApproximateNumberOfMessages),
         approximate_in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        max_message_bytes: attributes
+            .get(&QueueAttributeName::MaximumMessageSize)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         url,
     })
 }
@@ -129,19 +198,19 @@ pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, Queu
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.to_owned(),
+            transient: is_transient(&e),
             source: e.into(),
         })?
         .attributes
         .unwrap_or_default();
-    // 256 KiB was SQS's long-standing maximum; assume it if the attribute is missing.
     Ok(attributes
         .get(&QueueAttributeName::MaximumMessageSize)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(262_144))
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES))
 }
 
 /// The URL of a queue given its ARN (`arn:aws:sqs:<region>:<account>:<name>`).
-pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, aws_sdk_sqs::Error> {
+pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, QueueLookupError> {
     let mut parts = arn.splitn(6, ':');
     let (account, name) = (
         parts.nth(4).unwrap_or_default(),
@@ -152,7 +221,12 @@ pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, aws_sdk_s
         .queue_name(name)
         .queue_owner_aws_account_id(account)
         .send()
-        .await?
+        .await
+        .map_err(|e| QueueLookupError::Resolve {
+            name: arn.to_owned(),
+            transient: is_transient(&e),
+            source: e.into(),
+        })?
         .queue_url
         .unwrap_or_default())
 }

@@ -96,6 +96,7 @@ pub const LLM_ITEMS_DROPPED: &str = "conveyor_llm_items_dropped_total";
 pub const EXTRACTIONS: &str = "conveyor_extractions_total";
 pub const GRAPH_WRITE_DURATION: &str = "conveyor_graph_write_duration_seconds";
 pub const PROJECTION_WRITE_DURATION: &str = "conveyor_projection_write_duration_seconds";
+pub const DEADLINES_EXCEEDED: &str = "conveyor_deadlines_exceeded_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +134,11 @@ pub fn messages_received(queue: &str, count: usize) {
 
 pub fn message_deleted(queue: &str) {
     metrics::counter!(MESSAGES_DELETED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// A message's handling ran past `queues.<key>.deadline_secs` and was given up.
+pub fn deadline_exceeded(queue: &str) {
+    metrics::counter!(DEADLINES_EXCEEDED, "queue" => queue.to_owned()).increment(1);
 }
 
 pub fn message_retried(queue: &str) {

@@ -39,6 +39,18 @@ struct Lease {
     lost: CancellationToken,
     /// An extension call for this lease is in flight.
     renewing: bool,
+    /// The outcome is about to be applied: extend no more.
+    settling: bool,
+    /// Told when an extension in flight for a settling lease has landed (or failed).
+    settled: Arc<tokio::sync::Notify>,
+}
+
+impl Lease {
+    fn notify_if_settling(&self) {
+        if self.settling {
+            self.settled.notify_one();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +77,25 @@ pub struct LeaseGuard {
 }
 
 impl LeaseGuard {
+    /// Stops extending the lease and waits for an extension already sent to land, so that no
+    /// extension can reach SQS after the outcome's own visibility change or delete.
+    pub async fn settle(&self) {
+        let settled = {
+            let mut table = lock(&self.table);
+            let Some(lease) = table.leases.get_mut(&self.id) else {
+                return;
+            };
+            lease.settling = true;
+            if !lease.renewing {
+                return;
+            }
+            lease.settled.clone()
+        };
+        // The keeper's call is bounded by the SQS call timeout; its result (landed, failed,
+        // refused) notifies. A permit stored before this wait begins is not missed.
+        settled.notified().await;
+    }
+
     /// Resolves when the lease is lost.
     pub fn lost(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.lost.cancelled()
@@ -119,6 +150,8 @@ impl Leases {
                 expires_at: received_at + self.visibility,
                 lost: lost.clone(),
                 renewing: false,
+                settling: false,
+                settled: Arc::default(),
             },
         );
         LeaseGuard {
@@ -142,7 +175,9 @@ impl Leases {
                 plan.expired.push(*id);
                 continue;
             }
-            if lease.renewing || lease.expires_at.saturating_duration_since(now) > self.renew_before
+            if lease.renewing
+                || lease.settling
+                || lease.expires_at.saturating_duration_since(now) > self.renew_before
             {
                 continue;
             }
@@ -160,6 +195,7 @@ impl Leases {
         for id in &plan.expired {
             if let Some(lease) = table.leases.remove(id) {
                 lease.lost.cancel();
+                lease.notify_if_settling();
             }
         }
         plan.renew.sort_by_key(|(id, ..)| *id);
@@ -171,6 +207,7 @@ impl Leases {
         if let Some(lease) = lock(&self.table).leases.get_mut(&id) {
             lease.renewing = false;
             lease.expires_at = sent_at + Duration::from_secs(secs.into());
+            lease.notify_if_settling();
         }
     }
 
@@ -178,6 +215,7 @@ impl Leases {
     fn renewal_failed(&self, id: u64) {
         if let Some(lease) = lock(&self.table).leases.get_mut(&id) {
             lease.renewing = false;
+            lease.notify_if_settling();
         }
     }
 
@@ -185,6 +223,7 @@ impl Leases {
     fn lose(&self, id: u64) {
         if let Some(lease) = lock(&self.table).leases.remove(&id) {
             lease.lost.cancel();
+            lease.notify_if_settling();
         }
     }
 }
@@ -339,6 +378,36 @@ mod tests {
         let plan = leases.plan(Instant::now());
         assert_eq!(plan.expired, vec![0]);
         assert!(guard.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settling_lease_is_not_extended_and_settle_waits_for_an_extension_in_flight() {
+        let leases = Leases::new(secs(10), secs(5));
+        let a = leases.register("a".into(), Instant::now());
+        let b = leases.register("b".into(), Instant::now());
+        tokio::time::advance(secs(6)).await;
+        let plan = leases.plan(Instant::now());
+        assert_eq!(plan.renew.len(), 2, "both due and sent");
+
+        // b's outcome is ready while its extension is on its way: settle waits for it.
+        let settling = tokio::spawn(async move {
+            b.settle().await;
+            b
+        });
+        tokio::task::yield_now().await;
+        assert!(!settling.is_finished(), "waits for the extension in flight");
+        leases.renewed(1, Instant::now(), 10);
+        let b = settling.await.unwrap();
+
+        // a settles with nothing in flight: at once; neither is planned again.
+        leases.renewed(0, Instant::now(), 10);
+        a.settle().await;
+        tokio::time::advance(secs(6)).await;
+        assert!(
+            leases.plan(Instant::now()).renew.is_empty(),
+            "settled leases are left alone"
+        );
+        drop((a, b));
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,11 +139,27 @@ pub(super) async fn process(
         Err(outcome) => Verdict::Decided(outcome),
         Ok(delivery) => {
             ids = LogIds::of(&delivery);
+            let deadline = queue.config.deadline();
             tokio::select! {
                 biased;
                 () = lease.lost() => Verdict::LeaseLost,
                 () = queue.abandon.cancelled() => Verdict::Release,
-                outcome = queue.handler.handle(Arc::new(delivery)) => Verdict::Decided(outcome),
+                // Dropping the handler's future on the deadline aborts its pipelines (and
+                // releases their ledger claims): nothing of this delivery runs on.
+                outcome = tokio::time::timeout(deadline, queue.handler.handle(Arc::new(delivery))) => {
+                    Verdict::Decided(outcome.unwrap_or_else(|_| {
+                        telemetry::deadline_exceeded(&queue.name);
+                        Outcome::Retry {
+                            reason: format!(
+                                "deadline: handling took longer than queues.{}.deadline_secs ({} s)",
+                                queue.name,
+                                deadline.as_secs()
+                            ),
+                            pipeline: None,
+                            after: None,
+                        }
+                    }))
+                }
             }
         }
     };
@@ -167,7 +183,9 @@ pub(super) async fn process(
         other => other,
     };
 
-    // Apply.
+    // Apply. No extension may land after the outcome (it would hide a released or retried
+    // message again), so extending stops first, waiting for one already on its way.
+    lease.settle().await;
     let (applied, reason) = match verdict {
         Verdict::LeaseLost => (Applied::LeaseLost, None),
         Verdict::Release => (release(&queue, &receipt).await, None),
@@ -356,7 +374,8 @@ fn dead_letter_attributes(
     .and_then(chrono::DateTime::from_timestamp_millis)
     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     .unwrap_or_else(|| "unknown".to_owned());
-    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    // One line of characters SQS accepts: a reason it refused would fail the DLQ send.
+    let reason = crate::safe::one_line(reason, MAX_REASON_CHARS);
     let ours = [
         ("conveyor.error", string(&reason)),
         // SQS rejects empty attribute values.

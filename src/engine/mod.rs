@@ -2,8 +2,8 @@
 //! lease keeper, a batcher for deletes and visibility changes, and the shutdown sequence.
 //! A message's own life — lease, decide, apply — reads top to bottom in [`message`].
 //!
-//! Shutdown, in order: stop receiving (a receive already in flight completes and its messages
-//! are released at once rather than left invisible); let in-flight work finish until the grace
+//! Shutdown, in order: stop receiving (a long poll in flight is aborted, so an idle daemon
+//! exits at once); let in-flight work finish until the grace
 //! period ends; release what is still unfinished (visibility 0, so another instance takes it
 //! now); flush pending deletes; stop the lease keeper.
 
@@ -128,6 +128,11 @@ pub struct Consumer {
 impl Consumer {
     /// Resolves the queue, reads its redrive policy and starts consuming. Stops on `shutdown`,
     /// finishing or releasing in-flight work within `grace`.
+    ///
+    /// SQS unreachable at startup (network errors, timeouts, throttling, 5xx) is waited out
+    /// with the same backoff as a failing receive, `/readyz` naming the queue meanwhile, so an
+    /// SQS or network blip during a deploy is not a crash loop. Only answers no retry changes
+    /// (no such queue, access denied) are errors — and shutdown while waiting.
     pub async fn start(
         name: &str,
         config: QueueConfig,
@@ -135,34 +140,27 @@ impl Consumer {
         context: &Context,
     ) -> Result<Consumer, QueueLookupError> {
         let client = context.client.clone();
-        let info = sqs::describe_queue(&client, &config).await?;
-        let dlq_url = match (&config.dlq_url, &info.redrive) {
-            (Some(url), _) => Some(url.clone()),
-            (None, Some(redrive)) => Some(
-                sqs::url_for_arn(&client, &redrive.dead_letter_target_arn)
-                    .await
-                    .map_err(|source| QueueLookupError::Resolve {
-                        name: redrive.dead_letter_target_arn.clone(),
-                        source,
-                    })?,
-            ),
-            (None, None) => None,
-        };
-        let dlq = match dlq_url {
-            Some(url) => Some(DeadLetterQueue {
-                max_message_bytes: sqs::max_message_bytes(&client, &url).await?,
-                url,
-            }),
-            None => {
-                tracing::error!(
-                    queue = name,
-                    url = %info.url,
-                    "NO DEAD-LETTER QUEUE: the queue has no RedrivePolicy and queues.{name}.dlq_url is unset; \
-                     failing messages will be retried with backoff forever"
-                );
-                None
+        let readiness_key = format!("sqs:{name}:startup");
+        let mut backoff = CallBackoff::default();
+        let (info, dlq) = loop {
+            match lookup(&client, name, &config).await {
+                Ok(found) => break found,
+                Err(e) if e.is_transient() => {
+                    context.readiness.set(readiness_key.clone(), false);
+                    let delay = backoff.next_delay(&mut rand::rng());
+                    tracing::warn!(queue = name, error = %crate::error_chain(&e), failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "SQS unreachable at startup; retrying");
+                    tokio::select! {
+                        () = context.shutdown.graceful.cancelled() => return Err(QueueLookupError::Stopped),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
             }
         };
+        if backoff.failures() > 0 {
+            tracing::info!(queue = name, "SQS reachable");
+        }
+        context.readiness.set(readiness_key, true);
         let max_receive_count = info
             .redrive
             .as_ref()
@@ -245,6 +243,53 @@ impl Consumer {
     }
 }
 
+/// The queue's facts and its dead-letter queue, read once at startup.
+async fn lookup(
+    client: &Client,
+    name: &str,
+    config: &QueueConfig,
+) -> Result<(sqs::QueueInfo, Option<DeadLetterQueue>), QueueLookupError> {
+    let info = sqs::describe_queue(client, config).await?;
+    let dlq_url = match (&config.dlq_url, &info.redrive) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(redrive)) => {
+            Some(sqs::url_for_arn(client, &redrive.dead_letter_target_arn).await?)
+        }
+        (None, None) => None,
+    };
+    let dlq = match dlq_url {
+        Some(url) => {
+            let max_message_bytes = sqs::max_message_bytes(client, &url).await?;
+            if max_message_bytes < info.max_message_bytes {
+                tracing::error!(
+                    queue = name,
+                    url = %info.url,
+                    dlq = %url,
+                    queue_max_message_bytes = info.max_message_bytes,
+                    dlq_max_message_bytes = max_message_bytes,
+                    "the DLQ's MaximumMessageSize is smaller than its queue's: the largest messages \
+                     cannot be dead-lettered and stay in the queue until its native redrive; set \
+                     the DLQ's MaximumMessageSize to at least the queue's"
+                );
+            }
+            Some(DeadLetterQueue {
+                max_message_bytes,
+                url,
+            })
+        }
+        None => {
+            tracing::error!(
+                queue = name,
+                url = %info.url,
+                "NO DEAD-LETTER QUEUE: the queue has no RedrivePolicy and queues.{name}.dlq_url is unset; \
+                 failing messages will be retried with backoff forever"
+            );
+            None
+        }
+    };
+    Ok((info, dlq))
+}
+
 /// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
 /// its own task at once (a message never waits for its batch-mates), repeat.
 async fn poll(
@@ -275,11 +320,12 @@ async fn poll(
         }
         let sent_at = Instant::now();
         let call = queue.endpoint.call(answer_within);
-        // A receive in flight at SIGTERM completes, so its messages can be released at once
-        // instead of staying invisible; only the end of the grace period (or a second signal)
-        // abandons it.
+        // A receive in flight at SIGTERM is aborted: an idle long poll would otherwise hold
+        // the shutdown for up to 20 s, and rolling deploys wait for it. Only if the abort
+        // lands while SQS is already answering with messages do those come back after their
+        // visibility timeout instead of at once (see the README's Shutdown section).
         let received = tokio::select! {
-            () = queue.abandon.cancelled() => return,
+            () = shutdown.graceful.cancelled() => return,
             received = receive(&queue, held.num_permits()) => received,
         };
         drop(call);

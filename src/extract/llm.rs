@@ -298,10 +298,10 @@ impl Llm {
             Ok(reply) => reply,
             Err(e) => {
                 telemetry::llm_request("malformed", seconds);
-                // serde_json's message names the position, never the text.
                 return Ok(Completion::Malformed(format!(
-                    "reply of {} bytes is not the schema's JSON: {e}",
-                    content.len()
+                    "reply of {} bytes is not the schema's JSON: {}",
+                    content.len(),
+                    crate::safe::json_error(&e)
                 )));
             }
         };
@@ -398,8 +398,9 @@ fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
         OpenAIError::JSONDeserialize(e, body) => (
             "malformed",
             ExtractError::retryable(format!(
-                "the endpoint's reply ({} bytes) is not a chat completion: {e}",
-                body.len()
+                "the endpoint's reply ({} bytes) is not a chat completion: {}",
+                body.len(),
+                crate::safe::json_error(&e)
             )),
         ),
         OpenAIError::ApiError(e) => (

@@ -1,7 +1,12 @@
 //! `announce`: publishes a result event to EventBridge after a route's other pipelines have
 //! succeeded, so downstream consumers can react. It carries ids, the tenant, the interaction
 //! type and the content's length and hash — never the content. Failures are retryable and,
-//! like any pipeline's, isolated; the ledger makes the announcement happen once per key.
+//! like any pipeline's, isolated.
+//!
+//! Delivery is **at least once**: PutEvents cannot be made atomic with the ledger's record
+//! of it, so a daemon killed between the two announces again on redelivery. Every
+//! announcement therefore carries `announcement_id`, derived from tenant and interaction key
+//! alone — the same on every repeat — for consumers to deduplicate on.
 
 use std::sync::Arc;
 
@@ -33,6 +38,7 @@ impl Pipeline for Announce {
         Box::pin(async move {
             let interaction = d.interaction.as_ref();
             let detail = json!({
+                "announcement_id": announcement_id(&d.tenant, &d.key),
                 "interaction_key": d.key,
                 "source_event_id": d.event.id,
                 "source_detail_type": d.event.detail_type,
@@ -66,5 +72,27 @@ impl Pipeline for Announce {
             }
             Ok(())
         })
+    }
+}
+
+/// The announcement's stable id: 32 hex digits of SHA-256 over tenant and interaction key,
+/// so every repeat of one interaction's announcement carries the same id.
+pub fn announcement_id(tenant: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("conveyor.announce\u{0}{tenant}\u{0}{key}"));
+    hex::encode(&digest[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_ids_are_stable_per_tenant_and_key() {
+        let id = announcement_id("t1", "k1");
+        assert_eq!(id.len(), 32);
+        assert_eq!(id, announcement_id("t1", "k1"));
+        assert_ne!(id, announcement_id("t2", "k1"));
+        assert_ne!(id, announcement_id("t1", "k2"));
     }
 }

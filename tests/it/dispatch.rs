@@ -391,4 +391,9 @@ async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fai
         "550e8400-e29b-41d4-a716-446655440000"
     );
     assert_eq!(event["detail"]["content_length"], 42);
+    assert_eq!(
+        event["detail"]["announcement_id"],
+        conveyor::pipeline::announcement_id("550e8400-e29b-41d4-a716-446655440000", &good),
+        "a stable id consumers deduplicate on"
+    );
 }

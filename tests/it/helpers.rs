@@ -138,8 +138,14 @@ impl Conveyor {
         }
     }
 
-    /// Starts `conveyor run` and waits until it reports its ops address.
-    pub fn spawn_daemon(mut self) -> Daemon {
+    /// Starts `conveyor run` and waits until it has started consuming.
+    pub fn spawn_daemon(self) -> Daemon {
+        self.spawn_daemon_until("conveyor started")
+    }
+
+    /// Starts `conveyor run` and waits for a log line containing `needle` (its ops address is
+    /// read from the earlier "ops listener up" line).
+    pub fn spawn_daemon_until(mut self, needle: &str) -> Daemon {
         let mut child = self
             .command
             .arg("run")
@@ -165,7 +171,8 @@ impl Conveyor {
             ops_addr: None,
             _config_file: self._config_file,
         };
-        let line = daemon.wait_for_log("conveyor started", Duration::from_secs(30));
+        daemon.wait_for_log(needle, Duration::from_secs(30));
+        let line = daemon.wait_for_log("ops listener up", Duration::from_secs(1));
         // Text (`ops_addr=…`) or JSON (`"ops_addr":"…"`) logs.
         let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
         let addr = json
@@ -663,4 +670,31 @@ impl conveyor::pipeline::Pipeline for Capture {
             .push((d.key.clone(), d.interaction.clone()));
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A database of the test's own on the stack's server (migrated): a test that locks or
+/// breaks it disturbs no other test. Returns its URL and a pool on it.
+pub async fn private_database(prefix: &str) -> (String, sqlx::PgPool) {
+    let s = stack();
+    let name = unique(prefix).replace('-', "_").to_lowercase();
+    let admin = sqlx::PgPool::connect(&s.pg_admin_url).await.unwrap();
+    // `name` is made here of [a-z0-9_] only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = match s.database_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("DATABASE_URL has no database name"),
+    };
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    conveyor::postgres::migrate(&pool).await.unwrap();
+    (url, pool)
+}
+
+/// GET on the in-process daemon's ops listener: (status, body).
+pub async fn ops_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }

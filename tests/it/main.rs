@@ -7,6 +7,7 @@ mod dlq;
 mod engine;
 mod fake_llm;
 mod foundation;
+mod hardening;
 mod helpers;
 mod infra;
 mod logs;
