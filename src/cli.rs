@@ -65,9 +65,14 @@ pub enum Command {
     /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
     /// consumer's own parser first. Prints one JSON line per event (ids, never content).
     Publish(crate::publish::PublishArgs),
-    /// Print the least-privilege IAM policy (JSON) for this configuration: what `run`,
-    /// `publish` and `infra` each need, as separate statements.
-    Policy,
+    /// Print the least-privilege IAM policy (JSON) of one role for this configuration: `run`
+    /// (the daemon's task role), `publish` or `infra` (operators, CI). One document per role:
+    /// the daemon never holds what provisioning needs.
+    Policy {
+        /// Whose policy: run (default), publish or infra.
+        #[arg(long, value_enum, default_value_t = crate::policy::Role::Run)]
+        role: crate::policy::Role,
+    },
     /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
     Dlq(crate::dlq::DlqArgs),
     /// Ask the running daemon's ops listener (ops.listen_addr) whether it is alive (/healthz)

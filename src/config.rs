@@ -60,6 +60,8 @@ pub struct Config {
     pub announce: AnnounceConfig,
     /// Action-item extraction for the `graph` and `projection` pipelines.
     pub extraction: ExtractionConfig,
+    /// When a dependency counts as down and its queues pause (see `src/breaker.rs`).
+    pub breaker: BreakerConfig,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -411,6 +413,26 @@ impl InfraConfig {
         self.dlq_name
             .clone()
             .unwrap_or_else(|| format!("{}-dlq", self.queue_name))
+    }
+}
+
+/// Per-dependency circuit breakers: when a dependency counts as down, pausing the queues that
+/// need it instead of spending their messages' retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures attributed to a dependency that open its breaker.
+    pub failures_to_open: u32,
+    /// Seconds an open breaker waits before letting one trial message through.
+    pub cooldown_secs: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures_to_open: 3,
+            cooldown_secs: 15,
+        }
     }
 }
 
@@ -1015,6 +1037,16 @@ impl Config {
         }
         if self.graph.max_connections == 0 {
             bad("graph.max_connections", &0, "must be at least 1");
+        }
+        if self.breaker.failures_to_open == 0 {
+            bad("breaker.failures_to_open", &0, "must be at least 1");
+        }
+        if self.breaker.cooldown_secs == 0 {
+            bad(
+                "breaker.cooldown_secs",
+                &0,
+                "must be at least 1, or a down dependency would be tried in a tight loop",
+            );
         }
 
         if problems.is_empty() {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::breaker::{Breakers, Dependency};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
@@ -68,17 +69,20 @@ pub async fn start_with(
         ops_stop.clone(),
     ));
 
+    let breakers = Breakers::new(config.breaker.clone(), readiness.clone());
     let pool = open_postgres(&config, &readiness).await?;
     let ledger = match &pool {
         Some(pool) => Ledger::Postgres(pool.clone()),
         None => Ledger::in_memory(),
     };
     tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
-    let clients = add_pipelines(&config, &mut registry, pool.clone(), &readiness).await?;
+    let clients =
+        add_pipelines(&config, &mut registry, pool.clone(), &readiness, &breakers).await?;
     tasks.spawn(watch_health(
         clients.clone(),
         config.clone(),
         readiness.clone(),
+        breakers.clone(),
         shutdown.graceful.clone(),
     ));
 
@@ -94,6 +98,7 @@ pub async fn start_with(
             registry.add(Arc::new(Announce::new(
                 aws_sdk_eventbridge::Client::new(&sdk),
                 config.announce.clone(),
+                breakers.clone(),
             )));
         }
         let context = engine::Context {
@@ -104,8 +109,15 @@ pub async fn start_with(
             readiness: readiness.clone(),
         };
         for (name, queue) in &config.queues {
-            let dispatcher = Dispatcher::new(name, queue, &config, &registry, ledger.clone())
-                .map_err(anyhow::Error::msg)?;
+            let dispatcher = Dispatcher::new(
+                name,
+                queue,
+                &config,
+                &registry,
+                ledger.clone(),
+                breakers.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
             match Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context).await {
                 Ok(consumer) => consumers.push(consumer),
                 // Shut down while SQS was still unreachable: nothing was received, so there
@@ -170,6 +182,7 @@ async fn add_pipelines(
     registry: &mut Registry,
     postgres: Option<PgPool>,
     readiness: &Readiness,
+    breakers: &Breakers,
 ) -> anyhow::Result<Clients> {
     let wants = |name: &str| config.routes_to(name) && registry.get(name).is_none();
     let (wants_graph, wants_projection) = (wants("graph"), wants("projection"));
@@ -181,7 +194,7 @@ async fn add_pipelines(
         return Ok(clients);
     }
     let extractor = Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref())?;
-    let extractions = Extractions::new(extractor, postgres.clone());
+    let extractions = Extractions::new(extractor, postgres.clone(), Some(breakers.clone()));
     clients.extractions = Some(extractions.clone());
     if wants_graph {
         let (Some(uri), Some(password)) = (&config.graph.uri, &config.secrets.neo4j_password)
@@ -211,12 +224,17 @@ async fn add_pipelines(
             graph.clone(),
             extractions.clone(),
             schema_ready,
+            breakers.clone(),
         )));
         clients.graph = Some(graph);
     }
     if wants_projection {
         let pool = postgres.context("the projection pipeline needs DATABASE_URL")?;
-        registry.add(Arc::new(Projection::new(pool, extractions)));
+        registry.add(Arc::new(Projection::new(
+            pool,
+            extractions,
+            breakers.clone(),
+        )));
     }
     Ok(clients)
 }
@@ -261,11 +279,12 @@ impl Schema {
 }
 
 /// Probes PostgreSQL and the graph every few seconds and the model endpoint every minute,
-/// and reports each in `/readyz`.
+/// and reports each in `/readyz` and to its circuit breaker (a failing probe opens it).
 async fn watch_health(
     clients: Clients,
     config: Config,
     readiness: Readiness,
+    breakers: Breakers,
     stop: CancellationToken,
 ) {
     const EVERY: Duration = Duration::from_secs(5);
@@ -282,6 +301,18 @@ async fn watch_health(
         }
         let mut report = |component: &'static str, result: Result<(), String>| {
             readiness.set(component, result.is_ok());
+            let dependency = match component {
+                "postgres" => Some(Dependency::Postgres),
+                "graph" => Some(Dependency::Graph),
+                "model" => Some(Dependency::Model),
+                _ => None,
+            };
+            if let Some(dependency) = dependency {
+                breakers.probed(
+                    dependency,
+                    result.as_ref().map(|_| ()).map_err(String::as_str),
+                );
+            }
             let ok = result.is_ok();
             if last.insert(component, ok) != Some(ok) {
                 match result {

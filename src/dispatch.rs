@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::breaker::{Admission, Breakers, Dependency};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
 use crate::engine::{Handler, Outcome};
 use crate::ledger::{Claim, Ledger};
@@ -63,6 +64,11 @@ pub struct Dispatcher {
     routes: Vec<Route>,
     on_unrouted: Unrouted,
     ledger: Ledger,
+    breakers: Breakers,
+    /// Every dependency of every pipeline the routes name: while one is down, the queue
+    /// pauses (a queue mixing routes pauses for any of them — give routes that must not wait
+    /// for each other queues of their own).
+    needs: Vec<Dependency>,
 }
 
 /// A claim outlives its pipeline's timeout by this much, covering the ledger write after it.
@@ -112,6 +118,7 @@ impl Dispatcher {
         config: &Config,
         registry: &Registry,
         ledger: Ledger,
+        breakers: Breakers,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for (i, route) in queue_config.routes.iter().enumerate() {
@@ -137,11 +144,20 @@ impl Dispatcher {
                 ack: route.ack,
             });
         }
+        let mut needs: Vec<Dependency> = routes
+            .iter()
+            .flat_map(|r| r.pipelines.iter().chain(&r.after))
+            .flat_map(|(pipeline, _)| pipeline.dependencies().iter().copied())
+            .collect();
+        needs.sort();
+        needs.dedup();
         Ok(Self {
             queue: queue.to_owned(),
             routes,
             on_unrouted: queue_config.on_unrouted,
             ledger,
+            breakers,
+            needs,
         })
     }
 
@@ -154,6 +170,10 @@ impl Dispatcher {
 }
 
 impl Handler for Dispatcher {
+    fn admission(&self) -> Admission {
+        self.breakers.admission(&self.needs)
+    }
+
     fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome> {
         let Some(route) = self.route(&delivery) else {
             return Box::pin(std::future::ready(self.unrouted(&delivery)));
@@ -362,6 +382,7 @@ fn record(
             "retryable_error"
         }
         Err(Failure::Pipeline(PipelineError::Permanent(_))) => "permanent_error",
+        Err(Failure::Pipeline(PipelineError::Unavailable(..))) => "unavailable",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     telemetry::pipeline_finished(name, outcome, started.elapsed().as_secs_f64());
@@ -417,10 +438,18 @@ fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
             _ => None,
         })
         .max();
+    // Only dependency outages: nothing is wrong with the message.
+    let outage = failed.iter().all(|r| {
+        matches!(
+            r.result,
+            Err(Failure::Pipeline(PipelineError::Unavailable(..)))
+        )
+    });
     Outcome::Retry {
         reason: reasons,
         pipeline: Some(names),
         after,
+        outage,
     }
 }
 
@@ -489,6 +518,30 @@ mod tests {
         assert!(matches!(
             fold(&[r("a", perm()), r("b", perm())], Ack::Any),
             Outcome::DeadLetter { .. }
+        ));
+        let down = |d| {
+            Err(Failure::Pipeline(PipelineError::Unavailable(
+                d,
+                "down".into(),
+            )))
+        };
+        assert!(matches!(
+            fold(&[r("a", down(Dependency::Graph)), r("b", ok())], Ack::All),
+            Outcome::Retry { outage: true, .. }
+        ));
+        assert!(
+            matches!(
+                fold(
+                    &[r("a", down(Dependency::Graph)), r("b", retry())],
+                    Ack::All
+                ),
+                Outcome::Retry { outage: false, .. }
+            ),
+            "a failure that is not an outage spends the retry budget as usual"
+        );
+        assert!(matches!(
+            fold(&[r("a", down(Dependency::Graph)), r("b", perm())], Ack::All),
+            Outcome::Retry { outage: false, .. }
         ));
     }
 }

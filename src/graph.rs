@@ -110,6 +110,24 @@ pub fn is_permanent(error: &neo4rs::Error) -> bool {
     }
 }
 
+/// Is the server down or refusing conveyor (no connection, the connection lost, credentials
+/// refused, the database unavailable)? An outage of the graph, not a property of the data:
+/// it counts toward the graph's circuit breaker.
+pub fn is_unavailable(error: &neo4rs::Error) -> bool {
+    match error {
+        neo4rs::Error::IOError { .. }
+        | neo4rs::Error::ConnectionError
+        | neo4rs::Error::IncompleteBoltExchange
+        | neo4rs::Error::AuthenticationError(_)
+        | neo4rs::Error::RoutingTableError(_) => true,
+        neo4rs::Error::Neo4j(e) => {
+            e.code().starts_with("Neo.ClientError.Security.")
+                || e.code() == "Neo.TransientError.General.DatabaseUnavailable"
+        }
+        _ => false,
+    }
+}
+
 /// Should the same transaction simply be tried again at once? Transient server errors
 /// (deadlocks, concurrent modification — ArcadeDB reports concurrent appends to one node's
 /// edges this way), uniqueness races and vanished entities.

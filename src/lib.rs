@@ -3,6 +3,7 @@
 //! reason — never lost.
 
 pub mod aws;
+pub mod breaker;
 pub mod check;
 pub mod cli;
 pub mod config;

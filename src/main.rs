@@ -61,12 +61,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             publish::run(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy => {
+        Command::Policy { role } => {
             telemetry::init_logging(&config.telemetry)?;
             let resources = policy::resources(&config).await?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&policy::document(&resources))?
+                serde_json::to_string_pretty(&policy::document(&resources, role))?
             );
             Ok(ExitCode::SUCCESS)
         }

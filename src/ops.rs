@@ -26,6 +26,8 @@ pub struct Readiness {
 enum ComponentState {
     Ready,
     Unready,
+    /// Unready, with what an operator should know (which dependency, since when).
+    UnreadyBecause(String),
     /// Calls in flight, by id, with the time each should have answered by. Ready while none is
     /// overdue: a call that hangs is as bad as one that fails, and is noticed long before the
     /// client gives up on it.
@@ -39,7 +41,7 @@ impl ComponentState {
     fn is_ready(&self, now: Instant) -> bool {
         match self {
             ComponentState::Ready => true,
-            ComponentState::Unready => false,
+            ComponentState::Unready | ComponentState::UnreadyBecause(_) => false,
             ComponentState::Calls { deadlines, .. } => deadlines.values().all(|d| now < *d),
         }
     }
@@ -73,6 +75,16 @@ impl Readiness {
         self.lock().insert(component.into(), state);
     }
 
+    /// As [`Readiness::set`], with a detail shown beside an unready component in `/readyz`.
+    pub fn set_detail(&self, component: impl Into<String>, ready: bool, detail: Option<String>) {
+        let state = match (ready, detail) {
+            (true, _) => ComponentState::Ready,
+            (false, Some(detail)) => ComponentState::UnreadyBecause(detail),
+            (false, None) => ComponentState::Unready,
+        };
+        self.lock().insert(component.into(), state);
+    }
+
     /// Tracks a call to `component` that should answer within `answer_within`: the component
     /// is unready while any such call is overdue.
     pub fn call(&self, component: &Arc<str>, answer_within: std::time::Duration) -> CallGuard {
@@ -102,11 +114,18 @@ impl Readiness {
         self.lock().values().all(|state| state.is_ready(now))
     }
 
-    fn snapshot(&self) -> BTreeMap<String, bool> {
+    /// Each component: ready, and the detail of an unready one.
+    fn snapshot(&self) -> BTreeMap<String, (bool, Option<String>)> {
         let now = Instant::now();
         self.lock()
             .iter()
-            .map(|(name, state)| (name.clone(), state.is_ready(now)))
+            .map(|(name, state)| {
+                let detail = match state {
+                    ComponentState::UnreadyBecause(detail) => Some(detail.clone()),
+                    _ => None,
+                };
+                (name.clone(), (state.is_ready(now), detail))
+            })
             .collect()
     }
 
@@ -146,14 +165,18 @@ pub async fn serve(
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     let components = state.readiness.snapshot();
-    let status = if components.values().all(|r| *r) {
+    let status = if components.values().all(|(ready, _)| *ready) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body: String = components
         .iter()
-        .map(|(name, ready)| format!("{name} {}\n", if *ready { "ready" } else { "unready" }))
+        .map(|(name, (ready, detail))| match (ready, detail) {
+            (true, _) => format!("{name} ready\n"),
+            (false, Some(detail)) => format!("{name} unready ({detail})\n"),
+            (false, None) => format!("{name} unready\n"),
+        })
         .collect();
     (status, body)
 }

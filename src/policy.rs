@@ -1,33 +1,62 @@
-//! `conveyor policy`: the least-privilege IAM policy for this configuration — separate
-//! statements for what `run`, `publish` and `infra` each need, on the exact queues, DLQs, bus
-//! and rule. The account id is read from the queues' own ARNs when they exist.
+//! `conveyor policy`: the least-privilege IAM policy for one role of this configuration —
+//! `run` (the daemon's task role), `publish` or `infra` (an operator or CI) — each naming the
+//! exact queues, DLQs, bus, rule and KMS keys it touches and nothing more. The daemon never
+//! holds what provisioning needs (`SetQueueAttributes`, `DeleteQueue`, `PutRule`, …). The
+//! account id is read from the queues' own ARNs when they exist.
 
 use serde_json::{Value, json};
 
 use crate::config::Config;
+
+/// Whose policy to print.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The daemon (`conveyor run`): consume, dead-letter, requeue, announce.
+    #[default]
+    Run,
+    /// `conveyor publish`: PutEvents on the configured bus.
+    Publish,
+    /// `conveyor infra up|down|verify`: create, change and remove the queue, DLQ and rule.
+    Infra,
+}
+
+/// A queue the daemon consumes.
+#[derive(Debug, Clone, Default)]
+pub struct Consumed {
+    pub name: String,
+    pub dlq: Option<String>,
+    /// `KmsMasterKeyId` of the queue and of its DLQ (SSE-KMS), as SQS reports them.
+    pub kms_keys: Vec<String>,
+}
 
 /// The resources the policy names.
 #[derive(Debug, Clone)]
 pub struct Resources {
     pub region: String,
     pub account: String,
-    /// (queue name, DLQ name) of each consumed queue.
-    pub consumed: Vec<(String, Option<String>)>,
+    pub consumed: Vec<Consumed>,
+    /// `eventbridge.bus_name`: where `publish` puts events and `infra` puts the rule.
     pub bus: String,
+    /// `announce.bus_name`, when a route runs the `announce` pipeline.
+    pub announce_bus: Option<String>,
     pub infra_queue: String,
     pub infra_dlq: String,
     pub infra_rule: String,
 }
+
+/// SQS's AWS managed key: its key policy already lets every principal of the account use it
+/// through SQS, so it needs no statement.
+const AWS_MANAGED_SQS_KEY: &str = "alias/aws/sqs";
 
 impl Resources {
     fn queue(&self, name: &str) -> String {
         format!("arn:aws:sqs:{}:{}:{name}", self.region, self.account)
     }
 
-    fn bus_arn(&self) -> String {
+    fn bus_arn(&self, bus: &str) -> String {
         format!(
-            "arn:aws:events:{}:{}:event-bus/{}",
-            self.region, self.account, self.bus
+            "arn:aws:events:{}:{}:event-bus/{bus}",
+            self.region, self.account
         )
     }
 
@@ -43,21 +72,62 @@ impl Resources {
             self.region, self.account, self.infra_rule
         )
     }
+
+    /// Key ARNs of the consumed queues' customer managed keys, and whether any key is named
+    /// by a custom alias (IAM cannot name a key by alias for Decrypt).
+    fn kms(&self) -> (Vec<String>, bool) {
+        let mut arns = Vec::new();
+        let mut by_alias = false;
+        for key in self.consumed.iter().flat_map(|c| &c.kms_keys) {
+            if key == AWS_MANAGED_SQS_KEY || key.ends_with(":alias/aws/sqs") {
+                continue;
+            }
+            if key.starts_with("alias/") || key.contains(":alias/") {
+                by_alias = true;
+            } else if key.starts_with("arn:") {
+                arns.push(key.clone());
+            } else {
+                arns.push(format!(
+                    "arn:aws:kms:{}:{}:key/{key}",
+                    self.region, self.account
+                ));
+            }
+        }
+        arns.sort();
+        arns.dedup();
+        (arns, by_alias)
+    }
 }
 
-/// The policy document.
-pub fn document(r: &Resources) -> Value {
-    let consumed: Vec<String> = r.consumed.iter().map(|(q, _)| r.queue(q)).collect();
+/// The policy document for `role`.
+pub fn document(r: &Resources, role: Role) -> Value {
+    let statements = match role {
+        Role::Run => run_statements(r),
+        Role::Publish => vec![json!({
+            "Sid": "Publish",
+            "Effect": "Allow",
+            "Action": ["events:PutEvents"],
+            "Resource": [r.bus_arn(&r.bus)],
+        })],
+        Role::Infra => infra_statements(r),
+    };
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+fn run_statements(r: &Resources) -> Vec<Value> {
+    let consumed: Vec<String> = r.consumed.iter().map(|c| r.queue(&c.name)).collect();
     let dlqs: Vec<String> = r
         .consumed
         .iter()
-        .filter_map(|(_, d)| d.as_deref().map(|d| r.queue(d)))
+        .filter_map(|c| c.dlq.as_deref().map(|d| r.queue(d)))
         .collect();
     let mut statements = vec![json!({
         "Sid": "RunConsume",
         "Effect": "Allow",
-        "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteMessageBatch", "sqs:ChangeMessageVisibility",
-                   "sqs:ChangeMessageVisibilityBatch", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+        // SendMessage: a message failed only by a dependency outage at maxReceiveCount is sent
+        // back to its own queue as a fresh copy instead of being dead-lettered.
+        "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                   "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"],
         "Resource": consumed,
     })];
     if !dlqs.is_empty() {
@@ -68,36 +138,65 @@ pub fn document(r: &Resources) -> Value {
             "Resource": dlqs,
         }));
     }
-    statements.push(json!({
-        "Sid": "Publish",
-        "Effect": "Allow",
-        "Action": ["events:PutEvents"],
-        "Resource": [r.bus_arn()],
-    }));
-    statements.push(json!({
-        "Sid": "InfraQueues",
-        "Effect": "Allow",
-        "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
-                   "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage"],
-        // The verification queues are created and removed by `infra verify`.
-        "Resource": [r.queue(&r.infra_queue), r.queue(&r.infra_dlq), r.queue("conveyor-verify-*")],
-    }));
-    statements.push(json!({
-        "Sid": "InfraRule",
-        "Effect": "Allow",
-        "Action": ["events:PutRule", "events:DescribeRule", "events:DeleteRule", "events:PutTargets",
-                   "events:RemoveTargets", "events:ListTargetsByRule", "events:PutEvents"],
-        "Resource": [r.rule_arn(), r.bus_arn()],
-    }));
+    if let Some(bus) = &r.announce_bus {
+        statements.push(json!({
+            "Sid": "RunAnnounce",
+            "Effect": "Allow",
+            "Action": ["events:PutEvents"],
+            "Resource": [r.bus_arn(bus)],
+        }));
+    }
+    let (keys, by_alias) = r.kms();
+    if !keys.is_empty() {
+        statements.push(json!({
+            "Sid": "RunQueueKeys",
+            "Effect": "Allow",
+            // Decrypt to receive from an SSE-KMS queue; GenerateDataKey to send to one (DLQ,
+            // requeue).
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": keys,
+        }));
+    }
+    if by_alias {
+        statements.push(json!({
+            "Sid": "RunQueueKeysByAlias",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": [format!("arn:aws:kms:{}:{}:key/*", r.region, r.account)],
+            // A queue names its key by alias: allow the account's keys, only as used by SQS.
+            "Condition": {"StringEquals": {"kms:ViaService": format!("sqs.{}.amazonaws.com", r.region)}},
+        }));
+    }
+    statements
+}
+
+fn infra_statements(r: &Resources) -> Vec<Value> {
+    let mut statements = vec![
+        json!({
+            "Sid": "InfraQueues",
+            "Effect": "Allow",
+            "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
+                       "sqs:SetQueueAttributes", "sqs:ReceiveMessage", "sqs:DeleteMessage"],
+            // The verification queues are created and removed by `infra verify`.
+            "Resource": [r.queue(&r.infra_queue), r.queue(&r.infra_dlq), r.queue("conveyor-verify-*")],
+        }),
+        json!({
+            "Sid": "InfraRule",
+            "Effect": "Allow",
+            "Action": ["events:PutRule", "events:DescribeRule", "events:DeleteRule", "events:PutTargets",
+                       "events:RemoveTargets", "events:ListTargetsByRule", "events:PutEvents"],
+            "Resource": [r.rule_arn(), r.bus_arn(&r.bus)],
+        }),
+    ];
     if r.bus != "default" {
         statements.push(json!({
             "Sid": "InfraBus",
             "Effect": "Allow",
             "Action": ["events:DescribeEventBus", "events:CreateEventBus"],
-            "Resource": [r.bus_arn()],
+            "Resource": [r.bus_arn(&r.bus)],
         }));
     }
-    json!({"Version": "2012-10-17", "Statement": statements})
+    statements
 }
 
 /// Resolves names and the account from the configuration and, where they exist, the queues.
@@ -126,25 +225,42 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
                     .map(str::to_owned)
                     .or(configured_name)
                     .unwrap_or_default();
-                let dlq = queue
-                    .dlq_url
-                    .as_deref()
-                    .and_then(|u| u.rsplit('/').next())
-                    .map(str::to_owned)
-                    .or_else(|| {
-                        info.redrive.map(|r| {
-                            r.dead_letter_target_arn
-                                .rsplit(':')
-                                .next()
-                                .unwrap_or_default()
-                                .to_owned()
-                        })
-                    });
-                consumed.push((name, dlq));
+                let mut kms_keys: Vec<String> = info.kms_key.iter().cloned().collect();
+                let dlq_url = match (&queue.dlq_url, &info.redrive) {
+                    (Some(url), _) => Some(url.clone()),
+                    (None, Some(r)) => crate::sqs::url_for_arn(&client, &r.dead_letter_target_arn)
+                        .await
+                        .ok(),
+                    (None, None) => None,
+                };
+                if let Some(url) = &dlq_url {
+                    match crate::sqs::describe_queue(
+                        &client,
+                        &crate::config::QueueConfig {
+                            url: Some(url.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    {
+                        Ok(dlq) => kms_keys.extend(dlq.kms_key),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error_chain(&e), "DLQ not reachable; its KMS key (if any) is not in the policy")
+                        }
+                    }
+                }
+                consumed.push(Consumed {
+                    name,
+                    dlq: dlq_url.and_then(|u| u.rsplit('/').next().map(str::to_owned)),
+                    kms_keys,
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "queue not reachable; naming it from the config");
-                consumed.push((configured_name.unwrap_or_default(), None));
+                consumed.push(Consumed {
+                    name: configured_name.unwrap_or_default(),
+                    ..Consumed::default()
+                });
             }
         }
     }
@@ -159,6 +275,9 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
         account,
         consumed,
         bus: config.eventbridge.bus_name.clone(),
+        announce_bus: config
+            .routes_to("announce")
+            .then(|| config.announce.bus_name.clone()),
         infra_queue: config.infra.queue_name.clone(),
         infra_dlq: config.infra.dlq_name(),
         infra_rule: config.infra.rule_name.clone(),
@@ -169,53 +288,112 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn statements_name_exact_resources_per_use() {
-        let r = Resources {
+    fn resources() -> Resources {
+        Resources {
             region: "eu-west-1".into(),
             account: "123456789012".into(),
-            consumed: vec![("events".into(), Some("events-dlq".into()))],
+            consumed: vec![Consumed {
+                name: "events".into(),
+                dlq: Some("events-dlq".into()),
+                kms_keys: vec![
+                    "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+                    AWS_MANAGED_SQS_KEY.into(),
+                ],
+            }],
             bus: "default".into(),
+            announce_bus: Some("results".into()),
             infra_queue: "events".into(),
             infra_dlq: "events-dlq".into(),
             infra_rule: "events-rule".into(),
-        };
-        let doc = document(&r);
-        let by_sid = |sid: &str| {
-            doc["Statement"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["Sid"] == sid)
-                .cloned()
-                .unwrap()
-        };
+        }
+    }
+
+    fn statement(doc: &Value, sid: &str) -> Value {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {sid} in {doc}"))
+    }
+
+    fn actions(doc: &Value) -> Vec<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_role_names_exact_resources_and_only_what_it_needs() {
+        let r = resources();
+        let run = document(&r, Role::Run);
         assert_eq!(
-            by_sid("RunConsume")["Resource"][0],
+            statement(&run, "RunConsume")["Resource"][0],
             "arn:aws:sqs:eu-west-1:123456789012:events"
         );
-        assert!(
-            !by_sid("RunConsume")["Action"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("sqs:SendMessage")),
-            "run only sends to DLQs"
-        );
         assert_eq!(
-            by_sid("RunDeadLetter")["Resource"][0],
+            statement(&run, "RunDeadLetter")["Resource"][0],
             "arn:aws:sqs:eu-west-1:123456789012:events-dlq"
         );
         assert_eq!(
-            by_sid("Publish")["Resource"][0],
+            statement(&run, "RunAnnounce")["Resource"][0],
+            "arn:aws:events:eu-west-1:123456789012:event-bus/results"
+        );
+        assert_eq!(
+            statement(&run, "RunQueueKeys")["Resource"],
+            json!(["arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]),
+            "the customer managed key, not the AWS managed one"
+        );
+        let infra = document(&r, Role::Infra);
+        let run_actions = actions(&run);
+        for action in actions(&infra) {
+            let shared = [
+                "sqs:GetQueueUrl",
+                "sqs:GetQueueAttributes",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "events:PutEvents",
+            ];
+            if !shared.contains(&action.as_str()) {
+                assert!(!run_actions.contains(&action), "run holds {action}");
+            }
+        }
+        let publish = document(&r, Role::Publish);
+        assert_eq!(actions(&publish), ["events:PutEvents"]);
+        assert_eq!(
+            statement(&publish, "Publish")["Resource"][0],
             "arn:aws:events:eu-west-1:123456789012:event-bus/default"
         );
         assert_eq!(
-            by_sid("InfraRule")["Resource"][0],
+            statement(&infra, "InfraRule")["Resource"][0],
             "arn:aws:events:eu-west-1:123456789012:rule/events-rule"
         );
-        assert!(
-            doc.to_string().matches("\"*\"").count() == 0,
-            "no wildcard resources"
+        for doc in [run, publish, infra] {
+            assert_eq!(
+                doc.to_string().matches("\"*\"").count(),
+                0,
+                "no wildcard resources"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_named_by_alias_is_allowed_only_through_sqs() {
+        let mut r = resources();
+        r.consumed[0].kms_keys = vec!["alias/orders".into()];
+        r.announce_bus = None;
+        let run = document(&r, Role::Run);
+        let s = statement(&run, "RunQueueKeysByAlias");
+        assert_eq!(
+            s["Condition"]["StringEquals"]["kms:ViaService"],
+            "sqs.eu-west-1.amazonaws.com"
         );
+        assert!(run.to_string().find("RunQueueKeys\"").is_none());
+        assert!(run.to_string().find("RunAnnounce").is_none());
     }
 }

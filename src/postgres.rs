@@ -44,6 +44,28 @@ pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Is PostgreSQL down or refusing conveyor, rather than refusing this statement? No
+/// connection (refused, reset, TLS, pool timeout), the server shutting down or not accepting
+/// connections (SQLSTATE class 08, 57P01–57P03), credentials refused (class 28), out of
+/// resources (class 53). An outage of the database: it counts toward its circuit breaker.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("28")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Proves the idempotency ledger can be written: takes the lock an INSERT or UPDATE takes on
 /// `pipeline_ledger`, waiting at most `wait`, and rolls back. A database that answers
 /// `SELECT 1` while the ledger is locked (a migration, an idle-in-transaction session) fails

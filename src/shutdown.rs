@@ -1,6 +1,7 @@
 //! Signals become cancellation: the first SIGTERM/SIGINT cancels `graceful` (stop receiving,
 //! finish in-flight work within the grace period), a second one cancels `immediate` (release
-//! what is unfinished and exit now).
+//! what is unfinished and exit within a few seconds), a third exits the process at once
+//! (unfinished messages then reappear after their visibility timeout).
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,16 @@ pub fn spawn_signal_listener(shutdown: Shutdown) -> std::io::Result<()> {
             "second signal: releasing unfinished messages and exiting"
         );
         shutdown.force();
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::error!(
+            signal = name,
+            "third signal: exiting now; unfinished messages reappear after their visibility timeout"
+        );
+        // 128 + SIGTERM, as a shell reports a process killed by it.
+        std::process::exit(143);
     });
     Ok(())
 }

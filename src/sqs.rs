@@ -17,6 +17,8 @@ pub struct QueueInfo {
     pub approximate_in_flight: u64,
     /// MaximumMessageSize: the largest body plus attributes the queue accepts.
     pub max_message_bytes: usize,
+    /// KmsMasterKeyId: the KMS key of an SSE-KMS queue (a key id, ARN or alias).
+    pub kms_key: Option<String>,
 }
 
 /// The queue's native redrive policy (a JSON string attribute).
@@ -180,6 +182,10 @@ pub async fn describe_queue(
         redrive,
         approximate_visible: number(QueueAttributeName::ApproximateNumberOfMessages),
         approximate_in_flight: number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        kms_key: attributes
+            .get(&QueueAttributeName::KmsMasterKeyId)
+            .filter(|k| !k.is_empty())
+            .cloned(),
         max_message_bytes: attributes
             .get(&QueueAttributeName::MaximumMessageSize)
             .and_then(|v| v.parse().ok())

@@ -97,6 +97,10 @@ pub const EXTRACTIONS: &str = "conveyor_extractions_total";
 pub const GRAPH_WRITE_DURATION: &str = "conveyor_graph_write_duration_seconds";
 pub const PROJECTION_WRITE_DURATION: &str = "conveyor_projection_write_duration_seconds";
 pub const DEADLINES_EXCEEDED: &str = "conveyor_deadlines_exceeded_total";
+pub const BREAKER_STATE: &str = "conveyor_breaker_state";
+pub const QUEUE_PAUSED: &str = "conveyor_queue_paused";
+pub const MESSAGES_REQUEUED: &str = "conveyor_messages_requeued_total";
+pub const DEAD_LETTERS_REFUSED: &str = "conveyor_dead_letters_refused_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +138,32 @@ pub fn messages_received(queue: &str, count: usize) {
 
 pub fn message_deleted(queue: &str) {
     metrics::counter!(MESSAGES_DELETED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// A dependency's circuit breaker changed state: the gauge is 0 closed, 1 half-open, 2 open.
+pub fn breaker_state(dependency: crate::breaker::Dependency, state: &'static str) {
+    let value = match state {
+        "closed" => 0.0,
+        "half_open" => 1.0,
+        _ => 2.0,
+    };
+    metrics::gauge!(BREAKER_STATE, "dependency" => dependency.as_str()).set(value);
+}
+
+/// A queue stopped (true) or resumed (false) receiving because a dependency it needs is down.
+pub fn queue_paused(queue: &str, paused: bool) {
+    metrics::gauge!(QUEUE_PAUSED, "queue" => queue.to_owned()).set(if paused { 1.0 } else { 0.0 });
+}
+
+/// A message that failed only because a dependency was down, at its queue's maxReceiveCount,
+/// was sent back to its queue as a fresh copy instead of being dead-lettered.
+pub fn message_requeued(queue: &str) {
+    metrics::counter!(MESSAGES_REQUEUED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// A message could not be dead-lettered: its body alone is larger than the DLQ accepts.
+pub fn dead_letter_refused(queue: &str) {
+    metrics::counter!(DEAD_LETTERS_REFUSED, "queue" => queue.to_owned()).increment(1);
 }
 
 /// A message's handling ran past `queues.<key>.deadline_secs` and was given up.

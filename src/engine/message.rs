@@ -21,6 +21,8 @@ use crate::{envelope, event};
 
 /// SQS allows at most 10 message attributes per message.
 const MAX_ATTRIBUTES: usize = 10;
+/// How often a message was sent back to its queue by [`requeue`].
+const REQUEUES_ATTRIBUTE: &str = "conveyor.requeues";
 /// Longest `conveyor.error` written to the DLQ; reasons are one line, but a pipeline may
 /// produce a long one.
 const MAX_REASON_CHARS: usize = 1024;
@@ -33,6 +35,12 @@ enum Verdict {
     Release,
     /// The lease could not be kept; another consumer may own the message now.
     LeaseLost,
+    /// Failed only by a dependency outage, with its receives spent: send it back as a fresh
+    /// copy (see [`requeue`]).
+    Requeue {
+        reason: String,
+        after: Option<Duration>,
+    },
 }
 
 /// Parses the body into a delivery, or the dead-letter outcome that says why it never will be
@@ -104,6 +112,9 @@ enum Applied {
     },
     DeadLettered,
     Released,
+    Requeued {
+        delay_secs: u32,
+    },
     LeaseLost,
     /// The action did not get through; the message reappears when its visibility runs out.
     Failed,
@@ -157,6 +168,7 @@ pub(super) async fn process(
                             ),
                             pipeline: None,
                             after: None,
+                            outage: false,
                         }
                     }))
                 }
@@ -166,8 +178,15 @@ pub(super) async fn process(
     telemetry::handler_finished(&queue.name, received_at.elapsed().as_secs_f64());
 
     // A retry at the queue's maxReceiveCount is dead-lettered here, with the reason, rather
-    // than left to SQS's native redrive, which would move it without one.
+    // than left to SQS's native redrive, which would move it without one — unless only a
+    // dependency outage failed it: then it goes back to the queue as a fresh copy.
     let verdict = match verdict {
+        Verdict::Decided(Outcome::Retry {
+            reason,
+            after,
+            outage: true,
+            ..
+        }) if receive_count >= queue.max_receive_count => Verdict::Requeue { reason, after },
         Verdict::Decided(Outcome::Retry {
             reason, pipeline, ..
         }) if receive_count >= queue.max_receive_count && queue.dlq.is_some() => {
@@ -192,6 +211,10 @@ pub(super) async fn process(
         Verdict::Decided(Outcome::Success) => (delete(&queue, &receipt).await, None),
         Verdict::Decided(Outcome::Retry { reason, after, .. }) => (
             retry(&queue, &receipt, receive_count, after).await,
+            Some(reason),
+        ),
+        Verdict::Requeue { reason, after } => (
+            requeue(&queue, &message, &receipt, receive_count, after).await,
             Some(reason),
         ),
         Verdict::Decided(Outcome::DeadLetter {
@@ -230,6 +253,9 @@ pub(super) async fn process(
         Applied::DeadLettered => {
             tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
         }
+        Applied::Requeued { delay_secs } => {
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "requeued", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "a dependency outage spent the message's receives: sent back to the queue as a fresh copy, not dead-lettered")
+        }
         Applied::Released => {
             tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "released", latency_ms, "message released at shutdown")
         }
@@ -267,6 +293,68 @@ async fn retry(
         Applied::Retried { delay_secs },
     )
     .await
+}
+
+/// SQS counts every receive toward the queue's maxReceiveCount, outage or not; a message that
+/// failed only because a dependency was down would be moved to the DLQ by native redrive on
+/// its next receive although nothing is wrong with it. So it is sent to its own queue again —
+/// same body and attributes, `conveyor.requeues` counting how often, delayed by the backoff
+/// (at most SQS's 900 s DelaySeconds) — and the original deleted. If the send fails, it is
+/// retried as usual (and native redrive may then move it: nothing is lost either way).
+async fn requeue(
+    queue: &Queue,
+    message: &Message,
+    receipt: &str,
+    receive_count: u32,
+    after: Option<Duration>,
+) -> Applied {
+    /// SQS's DelaySeconds maximum.
+    const MAX_DELAY_SECS: u32 = 900;
+    let backoff = backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng());
+    let delay_secs = after
+        .map_or(backoff, |a| (a.as_secs() as u32).max(backoff))
+        .min(MAX_DELAY_SECS);
+    let mut attributes = message.message_attributes.clone().unwrap_or_default();
+    let requeues = attributes
+        .remove(REQUEUES_ATTRIBUTE)
+        .and_then(|v| v.string_value.and_then(|s| s.parse::<u64>().ok()))
+        .unwrap_or(0)
+        + 1;
+    if attributes.len() < MAX_ATTRIBUTES {
+        attributes.insert(
+            REQUEUES_ATTRIBUTE.to_owned(),
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(requeues.to_string())
+                .build()
+                .expect("data type is set"),
+        );
+    }
+    telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
+    let send = queue
+        .client
+        .send_message()
+        .queue_url(&queue.url)
+        .message_body(message.body.clone().unwrap_or_default())
+        .set_message_attributes(Some(attributes))
+        .delay_seconds(delay_secs as i32)
+        .send();
+    let sent = tokio::select! {
+        () = queue.abandon.cancelled() => return release(queue, receipt).await,
+        sent = send => sent,
+    };
+    if let Err(e) = sent {
+        telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
+        tracing::error!(queue = %queue.name, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "sending the fresh copy failed; retrying the original instead");
+        return retry(queue, receipt, receive_count, after).await;
+    }
+    telemetry::message_requeued(&queue.name);
+    match delete(queue, receipt).await {
+        Applied::Deleted => Applied::Requeued { delay_secs },
+        // The copy is in the queue; the original comes back too and is deduplicated by the
+        // ledger like any redelivery.
+        other => other,
+    }
 }
 
 /// A message received after shutdown began: hand it straight back, unprocessed.
@@ -317,28 +405,56 @@ async fn dead_letter(
         return retry(queue, receipt, receive_count, None).await;
     };
     let body = message.body.clone().unwrap_or_default();
-    let mut attributes =
-        dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
-    if body.len() + attributes_size(&attributes) > dlq.max_message_bytes {
-        // Too big with everything attached: keep the reason, drop the rest.
-        attributes.retain(|name, _| name == "conveyor.error");
-        if body.len() + attributes_size(&attributes) > dlq.max_message_bytes {
-            tracing::error!(queue = %queue.name, body_bytes = body.len(), "too large to dead-letter with a reason; leaving it to the queue's native redrive");
-            return retry(queue, receipt, receive_count, None).await;
+    let full = dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
+    let Some(minimal) = minimal_dead_letter_attributes(reason, body.len(), dlq.max_message_bytes)
+    else {
+        // Only when the DLQ's MaximumMessageSize is below its queue's (flagged at startup).
+        telemetry::dead_letter_refused(&queue.name);
+        tracing::error!(queue = %queue.name, body_bytes = body.len(), dlq_max_message_bytes = dlq.max_message_bytes, "CANNOT DEAD-LETTER: the body alone is larger than the DLQ accepts; the message stays on the queue's redrive path (native redrive, else retried with backoff). Raise the DLQ's MaximumMessageSize to the queue's");
+        return retry(queue, receipt, receive_count, None).await;
+    };
+    // Everything attached if it fits; else only the reason, shortened to fit. If SQS refuses
+    // the full copy's attributes as invalid, the minimal one is tried too.
+    let mut copies = Vec::new();
+    if body.len() + attributes_size(&full) <= dlq.max_message_bytes {
+        copies.push(full);
+    }
+    copies.push(minimal);
+    let mut last_error = String::new();
+    let mut sent = false;
+    for attributes in copies {
+        telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
+        let send = queue
+            .client
+            .send_message()
+            .queue_url(&dlq.url)
+            .message_body(body.clone())
+            .set_message_attributes(Some(attributes))
+            .send();
+        // Past shutdown's grace period the send is cancelled and the message released: it
+        // is dead-lettered again by whoever receives it next (the DLQ may then hold two
+        // copies; nothing is lost).
+        let result = tokio::select! {
+            () = queue.abandon.cancelled() => return release(queue, receipt).await,
+            result = send => result,
+        };
+        match result {
+            Ok(_) => {
+                sent = true;
+                break;
+            }
+            Err(e) => {
+                telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
+                let transient = crate::sqs::is_transient(&e);
+                last_error = crate::error_chain(&aws_sdk_sqs::Error::from(e));
+                if transient {
+                    break;
+                }
+            }
         }
     }
-    telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
-    let sent = queue
-        .client
-        .send_message()
-        .queue_url(&dlq.url)
-        .message_body(body)
-        .set_message_attributes(Some(attributes))
-        .send()
-        .await;
-    if let Err(e) = sent {
-        telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
-        tracing::error!(queue = %queue.name, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "sending to the DLQ failed; the message will come back");
+    if !sent {
+        tracing::error!(queue = %queue.name, error = %last_error, "sending to the DLQ failed; the message will come back");
         return retry(queue, receipt, receive_count, None).await;
     }
     telemetry::message_dead_lettered(&queue.name, label);
@@ -348,6 +464,38 @@ async fn dead_letter(
         // the DLQ may hold a duplicate but nothing is lost.
         other => other,
     }
+}
+
+/// Only `conveyor.error`, its reason shortened so that body and attribute fit in `max_bytes`;
+/// `None` when not even a short reason fits beside the body.
+fn minimal_dead_letter_attributes(
+    reason: &str,
+    body_bytes: usize,
+    max_bytes: usize,
+) -> Option<HashMap<String, MessageAttributeValue>> {
+    /// A reason shorter than this says too little to be worth a dead letter without one.
+    const MIN_REASON_BYTES: usize = 32;
+    const NAME: &str = "conveyor.error";
+    let overhead = NAME.len() + "String".len();
+    let room = max_bytes.checked_sub(body_bytes + overhead)?;
+    if room < MIN_REASON_BYTES {
+        return None;
+    }
+    let mut reason = crate::safe::one_line(reason, MAX_REASON_CHARS);
+    if reason.len() > room {
+        let mut cut = room.saturating_sub('…'.len_utf8());
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    let value = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(reason)
+        .build()
+        .expect("data type is set");
+    Some(HashMap::from([(NAME.to_owned(), value)]))
 }
 
 /// The original message attributes plus conveyor's. If they would pass SQS's limit of 10, the
@@ -487,6 +635,22 @@ mod tests {
         assert_eq!(folded.as_object().unwrap().len(), 8);
         assert_eq!(folded["orig7"]["StringValue"], "v7");
         assert_eq!(a["conveyor.pipeline"].string_value(), Some("none"));
+    }
+
+    #[test]
+    fn a_dead_letter_near_the_size_limit_keeps_a_shortened_reason() {
+        let reason = "x".repeat(900);
+        let fits = minimal_dead_letter_attributes(&reason, 1000, 1000 + 20 + 200).unwrap();
+        let kept = fits["conveyor.error"].string_value().unwrap();
+        assert!(1000 + attributes_size(&fits) <= 1220, "fits");
+        assert!(kept.ends_with('…') && kept.len() > 100);
+        assert!(
+            minimal_dead_letter_attributes(&reason, 1000, 1000 + 20 + 10).is_none(),
+            "no room for a useful reason"
+        );
+        assert!(minimal_dead_letter_attributes(&reason, 2000, 1000).is_none());
+        let short = minimal_dead_letter_attributes("boom", 10, 1000).unwrap();
+        assert_eq!(short["conveyor.error"].string_value(), Some("boom"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::breaker::Admission;
 use crate::config::QueueConfig;
 use crate::ops::Readiness;
 use crate::pipeline::Delivery;
@@ -47,6 +48,10 @@ pub enum Outcome {
         /// Come back no sooner than this, even if the backoff is shorter (another delivery
         /// holds the work until then, or a dependency asked with `Retry-After`).
         after: Option<Duration>,
+        /// Failed only because a dependency is down: nothing is wrong with the message, so
+        /// at the queue's maxReceiveCount it is sent back to the queue as a fresh copy
+        /// instead of being dead-lettered (its queue pauses meanwhile; see `breaker`).
+        outage: bool,
     },
     /// Can never succeed: dead-letter now with the reason.
     DeadLetter {
@@ -61,6 +66,11 @@ pub enum Outcome {
 /// or shutdown's grace period ends first.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome>;
+    /// Whether the queue may receive now: a handler whose dependencies are down pauses its
+    /// queue instead of receiving messages it can only fail.
+    fn admission(&self) -> Admission {
+        Admission::Go
+    }
 }
 
 /// What every consumer of a daemon shares.
@@ -116,6 +126,8 @@ struct Queue {
     leases: Leases,
     /// Cancelled when the grace period is over: unfinished work is released.
     abandon: CancellationToken,
+    /// Receiving is paused because a dependency the handler needs is down.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 /// A running consumer of one queue.
@@ -203,6 +215,7 @@ impl Consumer {
             batcher,
             leases,
             abandon: CancellationToken::new(),
+            paused: std::sync::atomic::AtomicBool::new(false),
             endpoint,
             config,
         });
@@ -312,7 +325,11 @@ async fn poll(
             () = shutdown.graceful.cancelled() => return,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        while held.num_permits() < queue.config.receive_batch_size as usize {
+        // Nor does one whose handler's dependencies are down.
+        let Some(limit) = admitted(&queue, &shutdown).await else {
+            return;
+        };
+        while held.num_permits() < limit {
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => held.merge(permit),
                 Err(_) => break,
@@ -353,6 +370,35 @@ async fn poll(
                     () = tokio::time::sleep(delay) => {}
                 }
             }
+        }
+    }
+}
+
+/// Waits while the handler pauses the queue (a dependency it needs is down); returns how
+/// many messages to ask for — one while a dependency is on trial — or `None` on shutdown.
+async fn admitted(queue: &Queue, shutdown: &Shutdown) -> Option<usize> {
+    use std::sync::atomic::Ordering;
+    loop {
+        let (limit, dependency, wake) = match queue.handler.admission() {
+            Admission::Go => (queue.config.receive_batch_size as usize, None, None),
+            // Still paused: one message goes out as the trial.
+            Admission::Trial => return Some(1),
+            Admission::Wait { dependency, wake } => (0, Some(dependency), Some(wake)),
+        };
+        let Some(wake) = wake else {
+            if queue.paused.swap(false, Ordering::Relaxed) {
+                telemetry::queue_paused(&queue.name, false);
+                tracing::info!(queue = %queue.name, "receiving again");
+            }
+            return Some(limit);
+        };
+        if !queue.paused.swap(true, Ordering::Relaxed) {
+            telemetry::queue_paused(&queue.name, true);
+            tracing::warn!(queue = %queue.name, dependency = %dependency.map_or("-", |d| d.as_str()), "receiving paused: a dependency this queue needs is unavailable");
+        }
+        tokio::select! {
+            () = shutdown.graceful.cancelled() => return None,
+            () = wake => {}
         }
     }
 }
@@ -425,17 +471,36 @@ async fn drain_on_shutdown(
         () = tokio::time::sleep_until(deadline) => {}
         () = shutdown.immediate.cancelled() => {}
     }
-    if !(pollers.is_empty() && work.is_empty()) {
-        tracing::warn!(queue = %queue.name, unfinished = work.len(), "grace period over: releasing unfinished messages");
-        // Stops receives still in flight and releases every unfinished message.
-        queue.abandon.cancel();
-        pollers.wait().await;
-        work.close();
-        work.wait().await;
+    let name = queue.name.clone();
+    let unfinished = !(pollers.is_empty() && work.is_empty());
+    let release_and_flush = async {
+        if unfinished {
+            tracing::warn!(queue = %queue.name, unfinished = work.len(), "grace period over: releasing unfinished messages");
+            // Stops receives still in flight, cancels DLQ and requeue sends under way, and
+            // releases every unfinished message.
+            queue.abandon.cancel();
+            pollers.wait().await;
+            work.close();
+            work.wait().await;
+        }
+        // The last handle on the batcher goes with the queue: it sends what is pending and stops.
+        drop(queue);
+        let _ = batcher_task.await;
+    };
+    // Releasing and flushing after the grace period must not outlast the platform's stop
+    // timeout either (SQS down at that moment would otherwise retry each batch for ~30 s).
+    // What is cut off is not lost: unflushed deletes and releases leave their messages to
+    // reappear when their visibility runs out, and nothing was deleted without its effect.
+    if tokio::time::timeout(FLUSH_BOUND, release_and_flush)
+        .await
+        .is_err()
+    {
+        tracing::error!(queue = %name, bound_secs = FLUSH_BOUND.as_secs(), "releasing and flushing did not finish in time; the messages concerned reappear after their visibility timeout");
     }
-    // The last handle on the batcher goes with the queue: it sends what is pending and stops.
-    drop(queue);
-    let _ = batcher_task.await;
     keeper_stop.cancel();
     let _ = keeper.await;
 }
+
+/// How long releasing unfinished messages and flushing pending deletes may take after the
+/// grace period (or a second signal).
+const FLUSH_BOUND: Duration = Duration::from_secs(5);

@@ -269,10 +269,7 @@ impl Llm {
         let response = match sent {
             Err(_) => {
                 telemetry::llm_request("timeout", seconds);
-                return Err(ExtractError::retryable(format!(
-                    "no answer within {:?}",
-                    self.timeout
-                )));
+                return Err(unavailable(format!("no answer within {:?}", self.timeout)));
             }
             Ok(Err(e)) => {
                 let (label, error) = classify(e);
@@ -357,21 +354,38 @@ fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
                     status,
                     retry_after,
                 } = *failure;
+                let reason = format!("chat endpoint answered {status}");
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    // A rotated or revoked key fails every message alike: an outage of the
+                    // model, to be fixed by an operator, not a reason to dead-letter.
+                    return (
+                        "refused",
+                        ExtractError::Unavailable {
+                            reason: format!("{reason}: the API key (OPENAI_API_KEY) was refused"),
+                            retry_after,
+                        },
+                    );
+                }
+                if status.is_server_error() {
+                    return (
+                        "server_error",
+                        ExtractError::Unavailable {
+                            reason,
+                            retry_after,
+                        },
+                    );
+                }
                 let retryable = status == StatusCode::TOO_MANY_REQUESTS
                     || status == StatusCode::REQUEST_TIMEOUT
                     || status == StatusCode::CONFLICT
-                    || status.as_u16() == 425
-                    || status.is_server_error();
+                    || status.as_u16() == 425;
                 let label = if status == StatusCode::TOO_MANY_REQUESTS {
                     "rate_limited"
-                } else if status.is_server_error() {
-                    "server_error"
                 } else if retryable {
                     "retryable_status"
                 } else {
                     "refused"
                 };
-                let reason = format!("chat endpoint answered {status}");
                 if retryable {
                     (
                         label,
@@ -384,7 +398,7 @@ fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
                     (label, ExtractError::Permanent(reason))
                 }
             }
-            Err(other) => ("transport", ExtractError::retryable(other.to_string())),
+            Err(other) => ("transport", unavailable(other.to_string())),
         },
         OpenAIError::Reqwest(e) => (
             if e.is_timeout() {
@@ -393,7 +407,7 @@ fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
                 "transport"
             },
             // Without the URL's query; reqwest's message names the host, not the body.
-            ExtractError::retryable(format!("chat endpoint unreachable: {}", e.without_url())),
+            unavailable(format!("chat endpoint unreachable: {}", e.without_url())),
         ),
         OpenAIError::JSONDeserialize(e, body) => (
             "malformed",
@@ -407,7 +421,14 @@ fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
             "refused",
             ExtractError::Permanent(format!("chat endpoint answered {}", e.status_code)),
         ),
-        other => ("transport", ExtractError::retryable(other.to_string())),
+        other => ("transport", unavailable(other.to_string())),
+    }
+}
+
+fn unavailable(reason: String) -> ExtractError {
+    ExtractError::Unavailable {
+        reason,
+        retry_after: None,
     }
 }
 
@@ -464,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn statuses_split_into_retryable_and_permanent() {
+    fn statuses_split_into_retryable_unavailable_and_permanent() {
         let fail = |status: u16, retry_after| {
             classify(OpenAIError::Boxed(Box::new(HttpFailure {
                 status: StatusCode::from_u16(status).unwrap(),
@@ -480,10 +501,16 @@ mod tests {
                 retry_after: Some(Duration::from_secs(3))
             }
         );
-        assert!(matches!(fail(503, None).1, ExtractError::Retryable { .. }));
         assert!(matches!(fail(408, None).1, ExtractError::Retryable { .. }));
         assert!(matches!(fail(400, None).1, ExtractError::Permanent(_)));
-        assert!(matches!(fail(401, None).1, ExtractError::Permanent(_)));
+        assert!(matches!(fail(422, None).1, ExtractError::Permanent(_)));
+        // The model being down, or refusing the key, is an outage: never the message's fault.
+        for status in [500, 503, 401, 403] {
+            assert!(
+                matches!(fail(status, None).1, ExtractError::Unavailable { .. }),
+                "{status}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::breaker::Dependency;
 use crate::config::{ExtractionConfig, Extractor as ExtractorKind, Secret};
 use crate::envelope::Interaction;
 use crate::pipeline::PipelineError;
@@ -286,6 +287,13 @@ pub enum ExtractError {
     /// Will fail the same way every time (the endpoint refused this request).
     #[error("{0}")]
     Permanent(String),
+    /// The model endpoint is down or refuses conveyor (unreachable, timed out, 5xx, the key
+    /// rejected): an outage of the model, not a property of the content.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ExtractError {
@@ -309,6 +317,9 @@ impl From<ExtractError> for PipelineError {
             }
             ExtractError::Permanent(reason) => {
                 PipelineError::Permanent(format!("extraction: {reason}"))
+            }
+            ExtractError::Unavailable { reason, .. } => {
+                PipelineError::Unavailable(Dependency::Model, format!("extraction: {reason}"))
             }
         }
     }

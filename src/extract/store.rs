@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ExtractError, Extraction, Extractor};
+use crate::breaker::{Breakers, Dependency};
 use crate::envelope::Interaction;
 use crate::telemetry;
 
@@ -35,6 +36,8 @@ pub struct Extractions {
 
 struct Inner {
     extractor: Extractor,
+    /// Told whether the model answered (its circuit breaker), when the daemon has one.
+    breakers: Option<Breakers>,
     store: Store,
     pending: Mutex<HashMap<String, WeakShared<Computation>>>,
 }
@@ -52,8 +55,9 @@ struct Memory {
 }
 
 impl Extractions {
-    /// Results stored in `pool` when given, else in memory.
-    pub fn new(extractor: Extractor, pool: Option<PgPool>) -> Self {
+    /// Results stored in `pool` when given, else in memory. Model outages and recoveries are
+    /// reported to `breakers`.
+    pub fn new(extractor: Extractor, pool: Option<PgPool>, breakers: Option<Breakers>) -> Self {
         let store = match pool {
             Some(pool) => Store::Postgres(pool),
             None => Store::Memory(Mutex::default()),
@@ -61,6 +65,7 @@ impl Extractions {
         Self {
             inner: Arc::new(Inner {
                 extractor,
+                breakers,
                 store,
                 pending: Mutex::default(),
             }),
@@ -143,9 +148,19 @@ impl Inner {
         }
         let started = std::time::Instant::now();
         let extraction = match self.extractor.extract(interaction).await {
-            Ok(extraction) => extraction,
+            Ok(extraction) => {
+                if let Some(breakers) = &self.breakers {
+                    breakers.success(Dependency::Model);
+                }
+                extraction
+            }
             Err(e) => {
                 telemetry::extraction("failed");
+                if let (Some(breakers), ExtractError::Unavailable { reason, .. }) =
+                    (&self.breakers, &e)
+                {
+                    breakers.failure(Dependency::Model, reason);
+                }
                 return Err(e);
             }
         };
@@ -329,7 +344,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_result_and_later_callers_reuse_it() {
-        let x = Extractions::new(Extractor::Patterns, None);
+        let x = Extractions::new(Extractor::Patterns, None, None);
         let i = interaction("Ann: I'll send the deck by Friday.");
         let (a, b) = tokio::join!(x.get("k1", &i), x.get("k1", &i));
         let (a, b) = (a.unwrap(), b.unwrap());
@@ -342,7 +357,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn another_tenants_interaction_with_the_same_key_is_extracted_for_itself() {
-        let x = Extractions::new(Extractor::Patterns, None);
+        let x = Extractions::new(Extractor::Patterns, None, None);
         let mine = interaction("Ann: I'll send the deck by Friday.");
         let mut theirs = interaction("Bo: I'll renew the contract by Friday.");
         theirs.tenant_id = Uuid::from_u128(8);
@@ -368,7 +383,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let llm = Extractor::new(&config, Some(&crate::config::Secret::new("k"))).unwrap();
-        let x = Extractions::new(llm, None);
+        let x = Extractions::new(llm, None, None);
         let i = interaction("Ann: ACTION: send the deck");
         let gave_up =
             tokio::time::timeout(std::time::Duration::from_millis(200), x.get("k2", &i)).await;

@@ -15,16 +15,27 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::{Delivery, Pipeline, PipelineError};
+use crate::breaker::{Breakers, Dependency};
 use crate::config::AnnounceConfig;
 
 pub struct Announce {
     client: aws_sdk_eventbridge::Client,
     config: AnnounceConfig,
+    /// Told whether EventBridge answered.
+    breakers: Breakers,
 }
 
 impl Announce {
-    pub fn new(client: aws_sdk_eventbridge::Client, config: AnnounceConfig) -> Self {
-        Self { client, config }
+    pub fn new(
+        client: aws_sdk_eventbridge::Client,
+        config: AnnounceConfig,
+        breakers: Breakers,
+    ) -> Self {
+        Self {
+            client,
+            config,
+            breakers,
+        }
     }
 }
 
@@ -33,8 +44,13 @@ impl Pipeline for Announce {
         "announce"
     }
 
+    fn dependencies(&self) -> &'static [Dependency] {
+        &[Dependency::EventBridge]
+    }
+
     fn run(&self, d: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         let (client, config) = (self.client.clone(), self.config.clone());
+        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = d.interaction.as_ref();
             let detail = json!({
@@ -61,8 +77,15 @@ impl Pipeline for Announce {
                 .send()
                 .await
                 .map_err(|e| {
-                    PipelineError::Retryable(format!("PutEvents: {}", crate::error_chain(&e)))
+                    let reason = format!("PutEvents: {}", crate::error_chain(&e));
+                    if is_unavailable(&e) {
+                        breakers.failure(Dependency::EventBridge, &reason);
+                        PipelineError::Unavailable(Dependency::EventBridge, reason)
+                    } else {
+                        PipelineError::Retryable(reason)
+                    }
                 })?;
+            breakers.success(Dependency::EventBridge);
             if out.failed_entry_count > 0 {
                 let entry = out.entries.unwrap_or_default().into_iter().next();
                 return Err(PipelineError::Retryable(format!(
@@ -72,6 +95,37 @@ impl Pipeline for Announce {
             }
             Ok(())
         })
+    }
+}
+
+/// EventBridge unreachable, timing out, failing (5xx, throttling) or refusing the
+/// credentials: an outage, not a property of the message.
+fn is_unavailable<E: aws_sdk_eventbridge::error::ProvideErrorMetadata>(
+    error: &aws_sdk_eventbridge::error::SdkError<
+        E,
+        aws_sdk_eventbridge::config::http::HttpResponse,
+    >,
+) -> bool {
+    use aws_sdk_eventbridge::error::SdkError;
+    match error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            let status = e.raw().status();
+            status.is_server_error()
+                || status.as_u16() == 401
+                || status.as_u16() == 403
+                || matches!(
+                    e.err().code(),
+                    Some(
+                        "ThrottlingException"
+                            | "AccessDeniedException"
+                            | "UnrecognizedClientException"
+                    )
+                )
+        }
+        _ => false,
     }
 }
 

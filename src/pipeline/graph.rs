@@ -24,6 +24,7 @@ use neo4rs::{BoltType, Graph, Query, query};
 use serde_json::Value;
 
 use super::{Delivery, Pipeline, PipelineError};
+use crate::breaker::{Breakers, Dependency};
 use crate::envelope::{Interaction, kind};
 use crate::extract::{Extraction, Extractions};
 use crate::{graph, telemetry};
@@ -37,14 +38,22 @@ pub struct GraphPipeline {
     extractions: Extractions,
     /// Set once the constraints exist: writing before would let concurrent MERGEs duplicate.
     schema_ready: Arc<AtomicBool>,
+    /// Told whether the Bolt server answered.
+    breakers: Breakers,
 }
 
 impl GraphPipeline {
-    pub fn new(graph: Graph, extractions: Extractions, schema_ready: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        graph: Graph,
+        extractions: Extractions,
+        schema_ready: Arc<AtomicBool>,
+        breakers: Breakers,
+    ) -> Self {
         Self {
             graph,
             extractions,
             schema_ready,
+            breakers,
         }
     }
 }
@@ -54,19 +63,24 @@ impl Pipeline for GraphPipeline {
         "graph"
     }
 
+    fn dependencies(&self) -> &'static [Dependency] {
+        &[Dependency::Graph, Dependency::Model]
+    }
+
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         let graph = self.graph.clone();
         let extractions = self.extractions.clone();
         let schema_ready = self.schema_ready.clone();
+        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = super::require_interaction(&delivery, "graph")?;
             let references = References::of(interaction)?;
             let extraction = extractions.get(&delivery.key, interaction).await?;
             let statements = statements(&delivery.key, interaction, &references, &extraction);
             if !schema_ready.load(Ordering::Acquire) {
-                return Err(PipelineError::Retryable(
-                    "the graph's constraints are not created yet (is the Bolt server up?)".into(),
-                ));
+                let reason = "the graph's constraints are not created yet (is the Bolt server up?)";
+                breakers.failure(Dependency::Graph, reason);
+                return Err(PipelineError::Unavailable(Dependency::Graph, reason.into()));
             }
             let started = Instant::now();
             let mut attempt = 1;
@@ -82,6 +96,7 @@ impl Pipeline for GraphPipeline {
             };
             match result {
                 Ok(()) => {
+                    breakers.success(Dependency::Graph);
                     telemetry::graph_written(started.elapsed().as_secs_f64());
                     Ok(())
                 }
@@ -89,6 +104,11 @@ impl Pipeline for GraphPipeline {
                     "graph write rejected: {}",
                     crate::error_chain(&e)
                 ))),
+                Err(e) if graph::is_unavailable(&e) => {
+                    let reason = format!("graph write failed: {}", crate::error_chain(&e));
+                    breakers.failure(Dependency::Graph, &reason);
+                    Err(PipelineError::Unavailable(Dependency::Graph, reason))
+                }
                 Err(e) => Err(PipelineError::Retryable(format!(
                     "graph write failed: {}",
                     crate::error_chain(&e)

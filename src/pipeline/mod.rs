@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::breaker::Dependency;
 use crate::envelope::Interaction;
 use crate::event::EventBridgeEvent;
 
@@ -99,6 +100,11 @@ pub enum PipelineError {
     /// Can never succeed for this input (it is invalid for this pipeline).
     #[error("{0}")]
     Permanent(String),
+    /// A dependency is down or refuses conveyor (connection refused, timeouts, 5xx, rejected
+    /// credentials): nothing is wrong with the message. Counts toward the dependency's circuit
+    /// breaker, and never dead-letters the message (see `engine::Outcome::Retry::outage`).
+    #[error("{1}")]
+    Unavailable(Dependency, String),
 }
 
 /// A named unit of work. Implementations must be idempotent per event: delivery is
@@ -109,6 +115,11 @@ pub trait Pipeline: Send + Sync + 'static {
     /// Processes one delivery. The future is dropped if its timeout passes or the message's
     /// lease is lost, so it must not leave partial effects that a retry cannot repair.
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>>;
+    /// What it calls: while any of these is down (its circuit breaker open), the queues whose
+    /// routes name this pipeline stop receiving.
+    fn dependencies(&self) -> &'static [Dependency] {
+        &[]
+    }
 }
 
 /// Succeeds at once. For smoke tests and benchmarks of the engine itself.

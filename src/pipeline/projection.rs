@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use super::{Delivery, Pipeline, PipelineError};
+use crate::breaker::{Breakers, Dependency};
 use crate::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
 use crate::telemetry;
@@ -20,11 +21,17 @@ use crate::telemetry;
 pub struct Projection {
     pool: PgPool,
     extractions: Extractions,
+    /// Told whether PostgreSQL answered.
+    breakers: Breakers,
 }
 
 impl Projection {
-    pub fn new(pool: PgPool, extractions: Extractions) -> Self {
-        Self { pool, extractions }
+    pub fn new(pool: PgPool, extractions: Extractions, breakers: Breakers) -> Self {
+        Self {
+            pool,
+            extractions,
+            breakers,
+        }
     }
 }
 
@@ -33,15 +40,21 @@ impl Pipeline for Projection {
         "projection"
     }
 
+    fn dependencies(&self) -> &'static [Dependency] {
+        &[Dependency::Postgres, Dependency::Model]
+    }
+
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         let pool = self.pool.clone();
         let extractions = self.extractions.clone();
+        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = super::require_interaction(&delivery, "projection")?;
             let extraction = extractions.get(&delivery.key, interaction).await?;
             let started = Instant::now();
             match write(&pool, &delivery.key, interaction, &extraction).await {
                 Ok(()) => {
+                    breakers.success(Dependency::Postgres);
                     telemetry::projection_written(started.elapsed().as_secs_f64());
                     Ok(())
                 }
@@ -49,6 +62,11 @@ impl Pipeline for Projection {
                     "projection rejected: {}",
                     crate::error_chain(&e)
                 ))),
+                Err(e) if crate::postgres::is_unavailable(&e) => {
+                    let reason = format!("projection failed: {}", crate::error_chain(&e));
+                    breakers.failure(Dependency::Postgres, &reason);
+                    Err(PipelineError::Unavailable(Dependency::Postgres, reason))
+                }
                 Err(e) => Err(PipelineError::Retryable(format!(
                     "projection failed: {}",
                     crate::error_chain(&e)

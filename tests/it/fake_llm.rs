@@ -43,6 +43,8 @@ pub struct Call {
 struct Inner {
     script: Mutex<VecDeque<Scripted>>,
     calls: Mutex<Vec<Call>>,
+    /// Every chat request is answered with this status until then (an outage of the model).
+    failing: Mutex<Option<(u16, Instant)>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +77,12 @@ impl FakeLlm {
     /// Queues answers to give before behaving normally.
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
         self.inner.script.lock().unwrap().extend(answers);
+    }
+
+    /// Answers every chat request with `status` for `how_long` (503: the model is down; 401:
+    /// the key was rotated).
+    pub fn fail_for(&self, status: u16, how_long: std::time::Duration) {
+        *self.inner.failing.lock().unwrap() = Some((status, Instant::now() + how_long));
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -116,7 +124,14 @@ async fn chat(
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_start_matches("Bearer ").to_owned()),
     });
-    let scripted = inner.script.lock().unwrap().pop_front();
+    let failing = *inner.failing.lock().unwrap();
+    let scripted = match failing {
+        Some((status, until)) if Instant::now() < until => Some(Scripted::Status {
+            status,
+            retry_after: None,
+        }),
+        _ => inner.script.lock().unwrap().pop_front(),
+    };
     match scripted {
         Some(Scripted::Status {
             status,

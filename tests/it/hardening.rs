@@ -183,28 +183,6 @@ async fn an_idle_daemon_exits_promptly_on_sigterm_mid_poll() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
-/// Forwards TCP connections from `listener` to LocalStack until dropped.
-fn forward_to_localstack(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-    let target = stack()
-        .aws_endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    })
-}
-
 /// An SQS endpoint that is down when the daemon starts (a network blip during a deploy) is
 /// waited for — alive, not ready, naming SQS — and consumed once it answers; no crash loop.
 // Multi-threaded: the forwarder must run while this thread blocks reading the daemon's log.
@@ -255,7 +233,11 @@ async fn sqs_unreachable_at_startup_is_waited_out_not_a_crash() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let _forwarder = forward_to_localstack(listener);
+    let target = stack()
+        .aws_endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+    let _forwarder = Proxy::on(listener, target.trim_end_matches('/'));
     daemon.wait_for_log("conveyor started", Duration::from_secs(30));
     eventually(
         "the waiting message consumed",
@@ -285,4 +267,128 @@ fn a_queue_that_does_not_exist_fails_startup_naming_the_fix() {
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(out.stderr.contains("queues.gone"), "{}", out.stderr);
     assert!(out.stderr.contains("infra up"), "{}", out.stderr);
+}
+
+/// A dead letter always fits its DLQ: a body near the DLQ's limit is copied with a shortened
+/// reason; a body larger than the DLQ accepts is never dropped, and said loudly.
+#[tokio::test]
+async fn dead_letters_fit_their_dlq_or_stay_on_the_redrive_path_loudly() {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let name = unique("it-dlq-size");
+    // A DLQ smaller than its queue: the misconfiguration this guards against.
+    const DLQ_MAX: usize = 2048;
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .attributes(A::MaximumMessageSize, DLQ_MAX.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(A::MaximumMessageSize, "1048576")
+        .attributes(
+            A::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": queue_arn(&sqs, &dlq_url).await, "maxReceiveCount": 3})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let padded = |total: usize| {
+        let id = unique("e");
+        let base = event_body(
+            &id,
+            serde_json::json!({"chaos": {"permanent": true}, "pad": ""}),
+        );
+        event_body(
+            &id,
+            serde_json::json!({"chaos": {"permanent": true}, "pad": "x".repeat(total - base.len())}),
+        )
+    };
+    // Room for 40 bytes of attributes: not conveyor's five, but a shortened reason.
+    let near_limit = padded(DLQ_MAX - 60);
+    let too_big = padded(DLQ_MAX + 500);
+    assert_eq!(near_limit.len(), DLQ_MAX - 60);
+
+    let k = unique("sz").replace('-', "_").to_lowercase();
+    let config = test_config(&queue_toml(
+        &k,
+        &url,
+        &format!("[[queues.{k}.routes]]\npipelines = [\"chaos\"]"),
+    ));
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    send_all(&sqs, &url, std::slice::from_ref(&near_limit)).await;
+    let dead = drain_queue(&sqs, &dlq_url, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some(near_limit.as_str()), "body intact");
+    let reason = string_attribute(&dead[0], "conveyor.error").expect("a reason");
+    assert!(
+        reason.starts_with("chaos") && reason.ends_with('…'),
+        "{reason}"
+    );
+
+    send_all(&sqs, &url, &[too_big]).await;
+    eventually("the refusal counted", Duration::from_secs(30), async || {
+        metric(
+            "conveyor_dead_letters_refused_total",
+            &[&format!("queue=\"{k}\"")],
+        ) >= 1.0
+    })
+    .await;
+    daemon.stop().await;
+    let (visible, in_flight) = queue_depth(&sqs, &url).await;
+    assert_eq!(
+        visible + in_flight,
+        1,
+        "not dropped: still on the queue's redrive path"
+    );
+}
+
+/// The third signal exits the process at once, whatever the second stage is still doing (the
+/// messages it had not released come back after their visibility timeout).
+#[tokio::test]
+async fn a_third_signal_exits_at_once() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-thrice", 3).await;
+    let bodies: Vec<String> = (0..3)
+        .map(|_| {
+            event_body(
+                &unique("thrice"),
+                serde_json::json!({"chaos": {"sleep_ms": 120_000}}),
+            )
+        })
+        .collect();
+    send_all(&sqs, &q.url, &bodies).await;
+    let mut daemon = Conveyor::new(&format!(
+        "[shutdown]\ngrace_secs = 60\n[queues.main]\nurl = \"{}\"\n[[queues.main.routes]]\npipelines = [\"chaos\"]\n",
+        q.url
+    ))
+    .spawn_daemon();
+    eventually("3 in flight", Duration::from_secs(30), async || {
+        queue_depth(&sqs, &q.url).await == (0, 3)
+    })
+    .await;
+    use nix::sys::signal::Signal;
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_log("stopping: no new receives", Duration::from_secs(5));
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_log("second signal", Duration::from_secs(5));
+    daemon.signal(Signal::SIGTERM);
+    let (code, took) = daemon.wait_exit(Duration::from_secs(10));
+    // 143 when the third signal won, 0 when the release had already finished.
+    assert!(
+        matches!(code, Some(143 | 0)),
+        "{code:?}\n{}",
+        daemon.logs().join("\n")
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }

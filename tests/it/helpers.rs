@@ -698,3 +698,196 @@ pub async fn ops_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
+
+// --- private servers ------------------------------------------------------------------
+
+/// A Bolt server of the test's own (ArcadeDB from the stack's installation), so stopping it
+/// disturbs no other test.
+pub struct PrivateBolt {
+    root: tempfile::TempDir,
+    bolt_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBolt {
+    pub async fn start() -> Self {
+        let mut bolt = Self {
+            root: tempfile::tempdir().unwrap(),
+            bolt_port: closed_port(),
+            http_port: closed_port(),
+            child: None,
+        };
+        bolt.restart().await;
+        bolt
+    }
+
+    pub fn uri(&self) -> String {
+        format!("127.0.0.1:{}", self.bolt_port)
+    }
+
+    pub async fn restart(&mut self) {
+        let dir = std::env::var("CONVEYOR_STACK_ARCADEDB_DIR")
+            .expect("CONVEYOR_STACK_ARCADEDB_DIR: run under scripts/test");
+        let root = self.root.path();
+        let child = Command::new(format!("{dir}/jre/bin/java"))
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(format!("{dir}/jars/*"))
+            .arg(format!("-Darcadedb.server.rootPath={}", root.display()))
+            .arg(format!(
+                "-Darcadedb.server.databaseDirectory={}/databases",
+                root.display()
+            ))
+            .arg("-Darcadedb.server.rootPassword=private-bolt-pw")
+            .arg("-Darcadedb.server.defaultDatabases=neo4j[root]")
+            .arg("-Darcadedb.server.httpIncomingHost=127.0.0.1")
+            .arg(format!(
+                "-Darcadedb.server.httpIncomingPort={}",
+                self.http_port
+            ))
+            .arg("-Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin")
+            .arg("-Darcadedb.bolt.host=127.0.0.1")
+            .arg(format!("-Darcadedb.bolt.port={}", self.bolt_port))
+            .arg("-Darcadedb.bolt.defaultDatabase=neo4j")
+            .arg("com.arcadedb.server.ArcadeDBServer")
+            // ArcadeDB writes ./log/ relative to its working directory: keep it in the tempdir.
+            .current_dir(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let config = conveyor::config::GraphConfig {
+            user: "root".into(),
+            connect_timeout_secs: 2,
+            ..Default::default()
+        };
+        let uri = self.uri();
+        eventually(
+            "the private Bolt server",
+            Duration::from_secs(90),
+            async || {
+                conveyor::graph::connect(
+                    &config,
+                    &uri,
+                    &conveyor::config::Secret::new("private-bolt-pw"),
+                )
+                .await
+                .is_ok()
+            },
+        )
+        .await;
+    }
+
+    /// SIGTERM, and wait for the process to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub async fn graph(&self) -> neo4rs::Graph {
+        let config = conveyor::config::GraphConfig {
+            user: "root".into(),
+            ..Default::default()
+        };
+        conveyor::graph::connect(
+            &config,
+            &self.uri(),
+            &conveyor::config::Secret::new("private-bolt-pw"),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for PrivateBolt {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TCP forwarder to a real server that a test can cut (every connection closed, new ones
+/// refused) and restore on the same port: a dependency outage as the daemon sees it, without
+/// stopping a server other tests share.
+pub struct Proxy {
+    pub port: u16,
+    target: String,
+    /// The accept loop; aborting it drops every connection it forwards.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    /// Forwards a fresh loopback port to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            port: listener.local_addr().unwrap().port(),
+            target: target.to_owned(),
+            task: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// Forwards `listener`'s connections to `target` (for a port bound before the proxy).
+    pub fn on(listener: tokio::net::TcpListener, target: &str) -> Self {
+        let proxy = Self {
+            port: listener.local_addr().unwrap().port(),
+            target: target.to_owned(),
+            task: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Closes every forwarded connection and refuses new ones.
+    pub fn cut(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Accepts and forwards again, on the same port.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(listener);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

@@ -254,39 +254,109 @@ async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_acc
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-policy", 3).await;
-    let out = Conveyor::new(&format!(
-        "[queues.main]\nurl = \"{}\"\n[[queues.main.routes]]\npipelines = [\"noop\"]\n",
+    // An SSE-KMS queue: the run role must be able to decrypt what it receives.
+    let key = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    sqs.set_queue_attributes()
+        .queue_url(&q.url)
+        .attributes(Q::KmsMasterKeyId, key)
+        .send()
+        .await
+        .unwrap();
+    let toml = format!(
+        "[announce]\nbus_name = \"results\"\n[queues.main]\nurl = \"{}\"\n\
+         [[queues.main.routes]]\npipelines = [\"noop\"]\nafter = [\"announce\"]\n",
         q.url
-    ))
-    .output(&["policy"]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
-    let sid = |s: &str| {
+    );
+    let policy = |role: &str| -> Value {
+        let out = Conveyor::new(&toml).output(&["policy", "--role", role]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let sid = |doc: &Value, s: &str| {
         doc["Statement"]
             .as_array()
             .unwrap()
             .iter()
             .find(|x| x["Sid"] == s)
             .cloned()
-            .unwrap_or_else(|| panic!("no {s}"))
+            .unwrap_or_else(|| panic!("no {s} in {doc}"))
     };
+    let actions = |doc: &Value| -> Vec<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (run, publish, infra) = (policy("run"), policy("publish"), policy("infra"));
     // LocalStack's account id, read from the queue's ARN rather than assumed.
     assert_eq!(
-        sid("RunConsume")["Resource"][0],
+        sid(&run, "RunConsume")["Resource"][0],
         format!("arn:aws:sqs:us-east-1:000000000000:{}", q.name)
     );
     assert_eq!(
-        sid("RunDeadLetter")["Resource"][0],
+        sid(&run, "RunDeadLetter")["Resource"][0],
         format!("arn:aws:sqs:us-east-1:000000000000:{}-dlq", q.name)
     );
     assert_eq!(
-        sid("Publish")["Resource"][0],
+        sid(&run, "RunAnnounce")["Resource"][0],
+        "arn:aws:events:us-east-1:000000000000:event-bus/results",
+        "announce's own bus, not eventbridge.bus_name"
+    );
+    assert_eq!(
+        sid(&run, "RunQueueKeys")["Resource"][0],
+        format!("arn:aws:kms:us-east-1:000000000000:key/{key}")
+    );
+    assert_eq!(
+        sid(&publish, "Publish")["Resource"][0],
         "arn:aws:events:us-east-1:000000000000:event-bus/default"
     );
-    assert!(
-        sid("InfraRule")["Action"]
-            .as_array()
-            .unwrap()
-            .contains(&serde_json::json!("events:PutRule"))
+    assert!(actions(&infra).contains(&"events:PutRule".to_owned()));
+    let run_actions = actions(&run);
+    for action in [
+        "sqs:CreateQueue",
+        "sqs:DeleteQueue",
+        "sqs:SetQueueAttributes",
+        "events:PutRule",
+        "events:PutTargets",
+        "events:DeleteRule",
+        "events:RemoveTargets",
+        "events:DescribeRule",
+        "events:ListTargetsByRule",
+        "events:CreateEventBus",
+        "events:DescribeEventBus",
+    ] {
+        assert!(
+            actions(&infra).contains(&action.to_owned()) || action.ends_with("EventBus"),
+            "{action} is infra's"
+        );
+        assert!(
+            !run_actions.contains(&action.to_owned()),
+            "the run role holds {action}"
+        );
+    }
+
+    // A real policy linter: every action, resource and condition is one IAM knows.
+    let parliament = std::env::var("CONVEYOR_PARLIAMENT").expect(
+        "CONVEYOR_PARLIAMENT: run under scripts/test, which installs the parliament IAM linter",
     );
+    for (role, doc) in [("run", &run), ("publish", &publish), ("infra", &infra)] {
+        let out = std::process::Command::new(&parliament)
+            .args([
+                "--json",
+                "--minimum_severity",
+                "LOW",
+                "--string",
+                &doc.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let findings = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && findings.trim().is_empty(),
+            "parliament on the {role} policy: {findings}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod hardening;
 mod helpers;
 mod infra;
 mod logs;
+mod outages;
 mod pipelines;
 mod publish;
 mod ship;

@@ -2,7 +2,6 @@
 //! LocalStack, PostgreSQL and a Bolt server; only the model is a local fake.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use conveyor::config::{Config, Secret};
@@ -381,121 +380,6 @@ async fn a_429_then_500_then_malformed_reply_retries_with_backoff_and_extracts_o
     assert_eq!(items_in_pg(&pool, tenant).await, 3);
     assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
     daemon.stop().await;
-}
-
-/// A Bolt server of the test's own (ArcadeDB from the stack's installation), so stopping it
-/// disturbs no other test.
-struct PrivateBolt {
-    root: tempfile::TempDir,
-    bolt_port: u16,
-    http_port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateBolt {
-    async fn start() -> Self {
-        let mut bolt = Self {
-            root: tempfile::tempdir().unwrap(),
-            bolt_port: free_port(),
-            http_port: free_port(),
-            child: None,
-        };
-        bolt.restart().await;
-        bolt
-    }
-
-    fn uri(&self) -> String {
-        format!("127.0.0.1:{}", self.bolt_port)
-    }
-
-    async fn restart(&mut self) {
-        let dir = std::env::var("CONVEYOR_STACK_ARCADEDB_DIR")
-            .expect("CONVEYOR_STACK_ARCADEDB_DIR: run under scripts/test");
-        let root = self.root.path();
-        let child = Command::new(format!("{dir}/jre/bin/java"))
-            .arg("-Xmx256m")
-            .arg("-cp")
-            .arg(format!("{dir}/jars/*"))
-            .arg(format!("-Darcadedb.server.rootPath={}", root.display()))
-            .arg(format!(
-                "-Darcadedb.server.databaseDirectory={}/databases",
-                root.display()
-            ))
-            .arg("-Darcadedb.server.rootPassword=private-bolt-pw")
-            .arg("-Darcadedb.server.defaultDatabases=neo4j[root]")
-            .arg("-Darcadedb.server.httpIncomingHost=127.0.0.1")
-            .arg(format!(
-                "-Darcadedb.server.httpIncomingPort={}",
-                self.http_port
-            ))
-            .arg("-Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin")
-            .arg("-Darcadedb.bolt.host=127.0.0.1")
-            .arg(format!("-Darcadedb.bolt.port={}", self.bolt_port))
-            .arg("-Darcadedb.bolt.defaultDatabase=neo4j")
-            .arg("com.arcadedb.server.ArcadeDBServer")
-            // ArcadeDB writes ./log/ relative to its working directory: keep it in the tempdir.
-            .current_dir(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let config = conveyor::config::GraphConfig {
-            user: "root".into(),
-            connect_timeout_secs: 2,
-            ..Default::default()
-        };
-        let uri = self.uri();
-        eventually(
-            "the private Bolt server",
-            Duration::from_secs(90),
-            async || {
-                conveyor::graph::connect(&config, &uri, &Secret::new("private-bolt-pw"))
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
-    }
-
-    /// SIGTERM, and wait for the process to end.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    async fn graph(&self) -> Graph {
-        let config = conveyor::config::GraphConfig {
-            user: "root".into(),
-            ..Default::default()
-        };
-        conveyor::graph::connect(&config, &self.uri(), &Secret::new("private-bolt-pw"))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for PrivateBolt {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
