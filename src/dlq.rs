@@ -317,14 +317,28 @@ async fn redrive(
     let pause = rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
-    let (mut moved, mut failed) = (0usize, 0usize);
-    while moved < goal {
-        // A longer visibility: each message is sent and deleted before it could reappear.
-        let batch = receive(client, &target.dlq_url, (goal - moved).min(10), 120).await?;
+    // Every message of a batch must be sent and deleted before its visibility runs out, or it
+    // reappears in the DLQ and is sent twice: at a slow rate, receive fewer at once.
+    let per_batch = redrive_batch_size(pause);
+    let (mut moved, mut failed, mut undeleted) = (0usize, 0usize, 0usize);
+    while moved + undeleted < goal {
+        let want = (goal - moved - undeleted).min(per_batch);
+        let batch = receive(
+            client,
+            &target.dlq_url,
+            want,
+            REDRIVE_VISIBILITY_SECS as i32,
+        )
+        .await?;
         if batch.is_empty() {
             break;
         }
-        for m in batch {
+        for (i, m) in batch.into_iter().enumerate() {
+            if i > 0
+                && let Some(pause) = pause
+            {
+                tokio::time::sleep(pause).await;
+            }
             let destination = DeadLetter::of(&m)
                 .source_queue
                 .unwrap_or_else(|| target.source_url.clone());
@@ -337,44 +351,83 @@ async fn redrive(
                 .await;
             match sent {
                 Ok(_) => {
-                    client
+                    let deleted = client
                         .delete_message()
                         .queue_url(&target.dlq_url)
                         .receipt_handle(m.receipt_handle().unwrap_or_default())
                         .send()
-                        .await?;
-                    moved += 1;
+                        .await;
+                    match deleted {
+                        Ok(_) => moved += 1,
+                        Err(e) => {
+                            // Sent back, still in the DLQ: it reappears there, and a second
+                            // redrive would send it again. Say so; go on with the rest.
+                            undeleted += 1;
+                            eprintln!(
+                                "\nsent {} back but could not delete it from the DLQ (it will show there again; do not redrive it twice): {}",
+                                m.message_id().unwrap_or("?"),
+                                crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                            );
+                        }
+                    }
                 }
                 Err(e) => {
                     // Left in the DLQ: it reappears there when its visibility runs out.
                     failed += 1;
                     eprintln!(
-                        "could not send {} back to {destination}: {}",
+                        "\ncould not send {} back to {destination}: {}",
                         m.message_id().unwrap_or("?"),
                         crate::error_chain(&aws_sdk_sqs::Error::from(e))
                     );
                 }
             }
             eprint!("\rredriven {moved}/{goal}");
-            if let Some(pause) = pause {
-                tokio::time::sleep(pause).await;
-            }
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
         }
     }
     eprintln!();
     println!(
         "{}",
-        json!({"redriven": moved, "failed": failed, "dlq": target.dlq_url})
+        json!({"redriven": moved, "failed": failed, "sent_not_deleted": undeleted, "dlq": target.dlq_url})
     );
-    if failed > 0 {
-        anyhow::bail!("{failed} messages could not be sent back; they remain in the DLQ");
+    if failed > 0 || undeleted > 0 {
+        anyhow::bail!(
+            "{failed} messages could not be sent back (they remain in the DLQ); {undeleted} were sent back but remain in the DLQ too"
+        );
     }
     Ok(())
+}
+
+/// How long a message received for redrive stays invisible in the DLQ.
+const REDRIVE_VISIBILITY_SECS: u64 = 120;
+
+/// Messages to receive at once so that, at one per `pause`, the last of them is sent well
+/// within [`REDRIVE_VISIBILITY_SECS`] (SQS returns at most 10 per receive).
+fn redrive_batch_size(pause: Option<Duration>) -> usize {
+    const MARGIN: Duration = Duration::from_secs(20);
+    match pause {
+        None => 10,
+        Some(pause) => {
+            let usable = Duration::from_secs(REDRIVE_VISIBILITY_SECS) - MARGIN;
+            ((usable.as_secs_f64() / pause.as_secs_f64()).floor() as usize).clamp(1, 10)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_redrives_receive_only_what_they_send_before_it_reappears() {
+        assert_eq!(redrive_batch_size(None), 10);
+        assert_eq!(redrive_batch_size(Some(Duration::from_millis(100))), 10);
+        assert_eq!(redrive_batch_size(Some(Duration::from_secs(20))), 5);
+        assert_eq!(redrive_batch_size(Some(Duration::from_secs(120))), 1);
+        assert_eq!(redrive_batch_size(Some(Duration::from_secs(600))), 1);
+    }
 
     fn string(v: &str) -> MessageAttributeValue {
         MessageAttributeValue::builder()

@@ -11,7 +11,12 @@ the Bolt server restarted, LocalStack frozen for 20 s (SIGSTOP/SIGCONT), SIGTERM
 Then it checks and prints: every valid event's effects present exactly once (graph nodes and
 PostgreSQL rows against what was sent), every poison and permanently failing event in the DLQ
 with its reason and no other, zero events unaccounted for, the duplicate deliveries the ledger
-absorbed, and that no log line carries content or the API key. Exit 0 only if all hold.
+absorbed, and that no log line carries content or the API key.
+
+Phase 2 (SOAK_OUTAGES=0 skips it), with the defaults users get — `infra up`'s maxReceiveCount
+of 3, the default backoff and circuit breaker: one event a second while PostgreSQL is stopped
+for SOAK_OUTAGE_SECS (150) and then while the model answers 401 for SOAK_KEY_ROTATION_SECS
+(60); every event must be processed once and nothing dead-lettered. Exit 0 only if all hold.
 
 Usage: soak.py CONVEYOR_BINARY REPO_DIR   (environment from `scripts/stack env`)
 """
@@ -73,8 +78,8 @@ def sql(query):
     return out.stdout.strip()
 
 
-def cypher(query):
-    body = json.dumps({"language": "cypher", "command": query, "params": {"t": TENANT}}).encode()
+def cypher(query, tenant=None):
+    body = json.dumps({"language": "cypher", "command": query, "params": {"t": tenant or TENANT}}).encode()
     req = urllib.request.Request(GRAPH_HTTP + "/api/v1/command/neo4j", data=body,
                                  headers={"Content-Type": "application/json"})
     import base64
@@ -387,7 +392,132 @@ def main():
     print(f"  redelivered pipeline runs the ledger skipped (already succeeded): {skipped}")
     print(f"  logs: {STATE}")
     print("  RESULT: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
+    print()
+    if os.environ.get("SOAK_OUTAGES", "1") != "0":
+        failures += outages(model)
     sys.exit(1 if failures else 0)
+
+
+# --- phase 2: dependency outages with the defaults users get -------------------------------
+
+OUTAGE_SECS = int(os.environ.get("SOAK_OUTAGE_SECS", "150"))
+KEY_ROTATION_SECS = int(os.environ.get("SOAK_KEY_ROTATION_SECS", "60"))
+
+
+def outages(model):
+    """A queue as `infra up` makes it (maxReceiveCount 3) and the daemon with the default
+    backoff and breaker: one valid event a second through EventBridge while PostgreSQL is
+    stopped for OUTAGE_SECS, then while the model answers 401 for KEY_ROTATION_SECS. Afterwards
+    every event must be in the graph and the projection once, and the DLQ empty."""
+    queue, source, tenant = f"soak-outage-{RUN}", f"conveyor.soak.outage.{RUN}", str(uuid.uuid4())
+    config = os.path.join(STATE, "outage.toml")
+    with open(config, "w") as f:
+        f.write(f"""
+[telemetry]
+log_format = "json"
+log_level = "info"
+[ops]
+listen_addr = "127.0.0.1:0"
+[infra]
+queue_name = "{queue}"
+rule_name = "{queue}"
+sources = ["{source}"]
+[extraction]
+extractor = "llm"
+base_url = "{model.url}"
+model = "fake"
+[queues.main]
+name = "{queue}"
+[[queues.main.routes]]
+source = "{source}"
+detail_type = "EnvelopeV1.*"
+pipelines = ["graph", "projection"]
+""")
+    env = dict(os.environ, CONVEYOR_ENV="test", CONVEYOR_CONFIG_DIR=os.path.join(REPO, "config"),
+               CONVEYOR_CONFIG=config, OPENAI_API_KEY=API_KEY)
+    subprocess.run([CONVEYOR, "infra", "up"], env=env, check=True, stdout=subprocess.DEVNULL)
+    url = sqs("GetQueueUrl", {"QueueName": queue})["QueueUrl"]
+    dlq_url = sqs("GetQueueUrl", {"QueueName": queue + "-dlq"})["QueueUrl"]
+    daemon = Daemon("outage", config)
+    daemon.start()
+
+    sent, stop = [], threading.Event()
+
+    def trickle():
+        i = 0
+        while not stop.is_set():
+            iid = str(uuid.uuid4())
+            detail = {"schema_version": "v1", "tenant_id": tenant, "user_id": "user-1",
+                      "interaction_type": "transcript",
+                      "content": {"text": f"Rep: ACTION: Send the {MARKER} deck {i}\n", "format": "diarized"},
+                      "timestamp": "2026-11-18T10:30:00Z", "source": "web-mic", "interaction_id": iid}
+            entry = {"Source": source, "DetailType": "EnvelopeV1.transcript", "Detail": json.dumps(detail),
+                     "EventBusName": "default"}
+            try:
+                if aws("events", "AWSEvents.PutEvents", {"Entries": [entry]}).get("FailedEntryCount", 0) == 0:
+                    sent.append(iid)
+                    i += 1
+            except Exception:
+                pass
+            time.sleep(1)
+
+    publisher = threading.Thread(target=trickle, daemon=True)
+    publisher.start()
+    stack = os.path.join(REPO, "scripts/stack")
+    time.sleep(10)
+    log(f"outage phase: PostgreSQL stopped for {OUTAGE_SECS} s")
+    subprocess.run([stack, "stop", "postgres"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(OUTAGE_SECS)
+    subprocess.run([stack, "start", "postgres"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log("outage phase: PostgreSQL back")
+    time.sleep(10)
+    log(f"outage phase: the model answers 401 for {KEY_ROTATION_SECS} s (a rotated key)")
+    model.fail_for(401, KEY_ROTATION_SECS)
+    time.sleep(KEY_ROTATION_SECS + 10)
+    stop.set()
+    publisher.join()
+    log(f"outage phase: {len(sent)} events sent; waiting for them to drain")
+
+    def projected():
+        try:
+            return int(sql(f"SELECT count(*) FROM projection_interactions WHERE tenant_id = '{tenant}'"))
+        except Exception:
+            return None
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and (projected() != len(sent) or depth(url) != (0, 0)):
+        time.sleep(2)
+    code, secs = daemon.term(timeout=60)
+
+    failures = []
+
+    def check(ok, what):
+        log(("ok    " if ok else "FAIL  ") + what)
+        if not ok:
+            failures.append(what)
+
+    rows = sql(f"SELECT interaction_id FROM projection_interactions WHERE tenant_id = '{tenant}'").split()
+    graph_n = cypher("MATCH (i:Interaction {tenant_id: $t}) RETURN count(i) AS n", tenant)[0]["n"]
+    graph_distinct = cypher("MATCH (i:Interaction {tenant_id: $t}) RETURN count(DISTINCT i.interaction_id) AS n",
+                            tenant)[0]["n"]
+    dead_visible, dead_in_flight = depth(dlq_url)
+    lines = open(daemon.log_path, errors="replace").read().splitlines()
+    requeued = sum(1 for line in lines if '"outcome":"requeued"' in line)
+    opened = sorted({json.loads(line).get("fields", {}).get("dependency", "?") for line in lines
+                     if "circuit open: dependency unavailable" in line})
+    check(set(rows) == set(sent) and len(rows) == len(sent),
+          f"outages: every one of {len(sent)} events projected once ({len(rows)} rows)")
+    check(graph_n == graph_distinct == len(sent), f"outages: {graph_n} Interaction nodes ({graph_distinct} distinct)")
+    check((dead_visible, dead_in_flight) == (0, 0), f"outages: nothing dead-lettered ({dead_visible + dead_in_flight} in the DLQ)")
+    check(code == 0, "outages: the daemon drained and exited 0 on SIGTERM")
+    check(not [line for line in lines if MARKER in line or API_KEY in line], "outages: no log line carries content or the key")
+    subprocess.run([CONVEYOR, "infra", "down", "--yes"], env=env, stdout=subprocess.DEVNULL)
+    print(f"outages (defaults: maxReceiveCount 3, 5 s backoff base, breaker 3 failures / 15 s cooldown): "
+          f"{len(sent)} events over {OUTAGE_SECS} s without PostgreSQL and {KEY_ROTATION_SECS} s of model 401")
+    print(f"  circuits opened: {', '.join(opened) or 'none'}; requeued at maxReceiveCount: {requeued}; "
+          f"dead-lettered: {dead_visible + dead_in_flight}")
+    print("  RESULT: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
+    return failures
 
 
 main()

@@ -5,6 +5,7 @@ tests/it/fake_llm.rs — one action item per line containing `ACTION:`, written
 import http.server
 import json
 import threading
+import time
 
 
 class FakeModel:
@@ -15,6 +16,8 @@ class FakeModel:
         model = self
         self.calls = 0
         self.lock = threading.Lock()
+        # (status, until monotonic time): answer every chat request with this status until then.
+        self.failing = None
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -34,7 +37,16 @@ class FakeModel:
             def do_POST(self):
                 with model.lock:
                     model.calls += 1
+                    failing = model.failing
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if failing and time.monotonic() < failing[1]:
+                    body = b'{"error": {"message": "scripted failure", "type": "soak"}}'
+                    self.send_response(failing[0])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 user = next(m["content"] for m in request["messages"] if m["role"] == "user")
                 items = []
                 for line in user.splitlines():
@@ -70,3 +82,8 @@ class FakeModel:
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail_for(self, status, seconds):
+        """Answers every chat request with `status` for `seconds` (503: down; 401: key rotated)."""
+        with self.lock:
+            self.failing = (status, time.monotonic() + seconds)

@@ -90,11 +90,21 @@ impl tower::Service<HttpRequestFactory> for Transport {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from model endpoints; it is ignored
-/// and the message's own backoff applies).
+/// The longest `Retry-After` honoured: a pause longer than this is a misconfiguration (or an
+/// outage, which the circuit breaker handles), not a rate limit.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), from now.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER));
+    }
+    // IMF-fixdate ("Wed, 21 Oct 2026 07:28:00 GMT") is RFC 2822 with GMT as the zone.
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 /// Caps requests per minute (evenly spaced) and requests in flight, across every caller.
@@ -111,6 +121,14 @@ impl Limiter {
             spacing: Duration::from_secs(60) / requests_per_minute.max(1),
             next_slot: Mutex::new(None),
         }
+    }
+
+    /// The endpoint asked (`Retry-After`) not to be called for `wait`: no caller in this
+    /// process gets a slot before then — not only the one whose request got the answer.
+    pub fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+        *next = Some(next.map_or(until, |n| n.max(until)));
     }
 
     /// Waits for a slot; the permit is held for the request's duration.
@@ -142,6 +160,46 @@ pub struct Llm {
     /// Chunks of one interaction in flight at once (the limiter still caps the process).
     parallel_chunks: usize,
     limiter: Limiter,
+    /// Chunks already extracted for an interaction whose other chunks failed, so its retry
+    /// asks the model only for what is missing.
+    finished: Mutex<FinishedChunks>,
+}
+
+/// Finished chunk results by [`chunk_key`], oldest first out past [`FINISHED_CAPACITY`].
+#[derive(Default)]
+struct FinishedChunks {
+    results: std::collections::HashMap<[u8; 32], ChunkResult>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// The system prompt for part `part` of `of`.
+fn system_prompt(instructions: &str, part: usize, of: usize) -> String {
+    if of > 1 {
+        format!("{instructions} This is part {part} of {of} of the content.")
+    } else {
+        instructions.to_owned()
+    }
+}
+
+/// Finished chunks kept in memory (a retry in another process asks again).
+const FINISHED_CAPACITY: usize = 4096;
+
+/// A chunk's identity: whose interaction (tenant-scoped like every result), the request that
+/// produces it, and the chunk itself.
+fn chunk_key(tenant: uuid::Uuid, model: &str, system: &str, chunk: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        tenant.as_bytes().as_slice(),
+        model.as_bytes(),
+        PROMPT_VERSION.as_bytes(),
+        system.as_bytes(),
+        chunk.as_bytes(),
+    ] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 /// The structured reply the schema asks for.
@@ -171,6 +229,7 @@ impl Llm {
             timeout,
             parallel_chunks: config.max_concurrent_requests.max(1) as usize,
             limiter: Limiter::new(config.requests_per_minute, config.max_concurrent_requests),
+            finished: Mutex::default(),
         })
     }
 
@@ -187,21 +246,49 @@ impl Llm {
             interaction.timestamp.date_naive()
         );
         let total = chunks.len();
+        let tenant = interaction.tenant_id;
         let mut calls = Vec::with_capacity(total);
         for (i, chunk) in chunks.iter().enumerate() {
-            calls.push(self.extract_chunk(&instructions, chunk, i + 1, total));
+            let system = system_prompt(&instructions, i + 1, total);
+            let key = chunk_key(tenant, &self.model, &system, chunk);
+            calls.push(self.chunk_unless_finished(key, system, chunk));
         }
-        let results: Vec<Result<ChunkResult, ExtractError>> = futures::stream::iter(calls)
-            .buffered(self.parallel_chunks)
-            .collect()
-            .await;
+        let results: Vec<([u8; 32], Result<ChunkResult, ExtractError>)> =
+            futures::stream::iter(calls)
+                .buffered(self.parallel_chunks)
+                .collect()
+                .await;
         let mut items = Vec::new();
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        for result in results {
-            let r = result?;
-            items.extend(r.items);
-            prompt_tokens += r.prompt_tokens;
-            completion_tokens += r.completion_tokens;
+        let mut first_error = None;
+        for (_, result) in &results {
+            match result {
+                Ok(r) => {
+                    items.extend(r.items.iter().cloned());
+                    prompt_tokens += r.prompt_tokens;
+                    completion_tokens += r.completion_tokens;
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.clone());
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            // Keep what finished, so the retry only asks for the chunks that failed.
+            if total > 1 {
+                for (key, result) in results {
+                    if let Ok(r) = result {
+                        self.keep_finished_chunk(key, r);
+                    }
+                }
+            }
+            return Err(error);
+        }
+        if total > 1 {
+            let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, _) in &results {
+                finished.results.remove(key);
+            }
         }
         Ok(Extraction {
             items: super::merge(items),
@@ -213,24 +300,45 @@ impl Llm {
         })
     }
 
-    /// One chunk; a reply that does not parse is asked for once more.
-    async fn extract_chunk(
+    /// The chunk's result, from an earlier attempt of the same interaction if that one got
+    /// this far.
+    async fn chunk_unless_finished(
         &self,
-        instructions: &str,
+        key: [u8; 32],
+        system: String,
         chunk: &str,
-        part: usize,
-        of: usize,
-    ) -> Result<ChunkResult, ExtractError> {
-        let system = if of > 1 {
-            format!("{instructions} This is part {part} of {of} of the content.")
-        } else {
-            instructions.to_owned()
-        };
-        match self.complete(&system, chunk).await? {
+    ) -> ([u8; 32], Result<ChunkResult, ExtractError>) {
+        if let Some(done) = self.finished_chunk(&key) {
+            return (key, Ok(done));
+        }
+        (key, self.extract_chunk(&system, chunk).await)
+    }
+
+    fn finished_chunk(&self, key: &[u8; 32]) -> Option<ChunkResult> {
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        finished.results.get(key).cloned()
+    }
+
+    fn keep_finished_chunk(&self, key: [u8; 32], result: ChunkResult) {
+        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        let FinishedChunks { results, order } = &mut *finished;
+        if results.insert(key, result).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > FINISHED_CAPACITY {
+            if let Some(oldest) = order.pop_front() {
+                results.remove(&oldest);
+            }
+        }
+    }
+
+    /// One chunk; a reply that does not parse is asked for once more.
+    async fn extract_chunk(&self, system: &str, chunk: &str) -> Result<ChunkResult, ExtractError> {
+        match self.complete(system, chunk).await? {
             Completion::Parsed(r) => Ok(r),
             Completion::Malformed(first) => {
                 telemetry::llm_malformed();
-                match self.complete(&system, chunk).await? {
+                match self.complete(system, chunk).await? {
                     Completion::Parsed(r) => Ok(r),
                     Completion::Malformed(second) => Err(ExtractError::retryable(format!(
                         "the model's reply did not match the schema twice ({first}; {second})"
@@ -274,6 +382,17 @@ impl Llm {
             Ok(Err(e)) => {
                 let (label, error) = classify(e);
                 telemetry::llm_request(label, seconds);
+                if let ExtractError::Retryable {
+                    retry_after: Some(wait),
+                    ..
+                }
+                | ExtractError::Unavailable {
+                    retry_after: Some(wait),
+                    ..
+                } = &error
+                {
+                    self.limiter.pause_for(*wait);
+                }
                 return Err(error);
             }
             Ok(Ok(response)) => response,
@@ -334,6 +453,7 @@ impl Llm {
     }
 }
 
+#[derive(Clone)]
 struct ChunkResult {
     items: Vec<super::ActionItem>,
     prompt_tokens: u64,
@@ -477,11 +597,34 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT"),
-            None,
-            "HTTP-date form falls back to the message backoff"
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: now"
         );
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(90))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let wait = parse_retry_after(&soon).expect("HTTP-date form");
+        assert!(
+            wait > Duration::from_secs(85) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+        assert_eq!(parse_retry_after("not a date"), None);
         assert_eq!(parse_retry_after("99999"), Some(Duration::from_secs(3600)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_pauses_every_caller_of_the_process() {
+        let limiter = Limiter::new(60_000, 4);
+        let start = Instant::now();
+        drop(limiter.acquire().await);
+        limiter.pause_for(Duration::from_secs(30));
+        drop(limiter.acquire().await);
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

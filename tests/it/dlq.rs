@@ -37,13 +37,18 @@ impl Pipeline for Fixable {
     }
 }
 
+/// Long-poll wait of the test's daemons.
+const POLL_SECS: u64 = 2;
+
 async fn daemon(q: &TestQueue, k: &str, fixable: &Fixable) -> InProcess {
     let mut registry = conveyor::pipeline::Registry::built_in();
     registry.add(Arc::new(fixable.clone()));
+    // Short polls: a stopped daemon's abandoned long poll stays open at SQS for the rest of
+    // its wait and takes messages that arrive meanwhile (README, Shutdown).
     let config = test_config(&queue_toml(
         k,
         &q.url,
-        &format!("[[queues.{k}.routes]]\npipelines = [\"fixable\"]"),
+        &format!("wait_time_secs = {POLL_SECS}\n[[queues.{k}.routes]]\npipelines = [\"fixable\"]"),
     ));
     InProcess::start(config, registry).await
 }
@@ -92,6 +97,8 @@ async fn redrive_after_a_fix_processes_every_dead_letter_with_attributes_cleaned
     })
     .await;
     broken.stop().await;
+    // Its aborted polls end at SQS before anything is redriven into the queue.
+    tokio::time::sleep(Duration::from_secs(POLL_SECS + 1)).await;
 
     let cli = || {
         Conveyor::new(&format!(

@@ -27,6 +27,8 @@ pub enum Scripted {
     },
     /// A 200 whose message content is not the schema's JSON.
     Malformed,
+    /// A 200 whose message content is exactly this.
+    Reply(String),
 }
 
 /// One chat request as received.
@@ -152,6 +154,7 @@ async fn chat(
         Some(Scripted::Malformed) => {
             Json(completion("{\"action_items\": [ this is not json", &user)).into_response()
         }
+        Some(Scripted::Reply(content)) => Json(completion(&content, &user)).into_response(),
         None => {
             let items: Vec<Value> = user
                 .lines()

@@ -392,3 +392,223 @@ async fn a_third_signal_exits_at_once() {
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// Errors describe position and kind, never values taken from content: a model reply that
+/// puts text where the schema wants a list, and detail-types with control characters, reach
+/// no log line, no ledger row and no DLQ attribute — and the reasons are ones SQS accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_replies_and_detail_types_leak_into_no_log_ledger_or_dlq() {
+    use crate::fake_llm::{FakeLlm, Scripted};
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    // maxReceiveCount 1: a retryable failure is dead-lettered at once, with its reason.
+    let q = queue_with_dlq(&sqs, "it-no-content", 1).await;
+    let llm = FakeLlm::start().await;
+    let marker = format!("leakmarker{:08x}", rand::random::<u32>());
+    let reply = format!("{{\"action_items\": \"{marker} the customer's secret plan\"}}");
+    llm.script([Scripted::Reply(reply.clone()), Scripted::Reply(reply)]);
+    let (url, pool) = private_database("it_no_content").await;
+    let toml = format!(
+        "[telemetry]\nlog_format = \"json\"\nlog_level = \"debug,h2=info,hyper=info,rustls=info,aws=info,sqlx=info,tower=info,reqwest=info\"\n\
+         [extraction]\nbase_url = \"{}\"\nmodel = \"fake-model\"\n\
+         [queues.nc]\nurl = \"{}\"\n[[queues.nc.routes]]\ndetail_type = \"EnvelopeV1.*\"\npipelines = [\"projection\"]\n",
+        llm.base_url, q.url
+    );
+    let envelope = |detail_type: &str| {
+        let detail = serde_json::json!({"schema_version":"v1","tenant_id": uuid::Uuid::new_v4(),
+            "user_id":"u-1","interaction_type":"transcript",
+            "content":{"text": format!("Rep: ACTION: {marker}"),"format":"diarized"},
+            "timestamp":"2026-11-18T10:30:00Z","source":"web-mic","interaction_id": uuid::Uuid::new_v4()});
+        serde_json::json!({"version":"0","id": uuid::Uuid::new_v4(),"detail-type": detail_type,
+            "source":"com.yourapp.transcription","account":"000000000000",
+            "time":"2026-11-18T10:30:00Z","region":"us-east-1","resources":[],"detail": detail})
+        .to_string()
+    };
+    send_all(
+        &sqs,
+        &q.url,
+        &[
+            envelope("EnvelopeV1.transcript"),
+            // A mismatching type whose detail-type carries a bell and a line break.
+            envelope("EnvelopeV1.not\u{7}\ne"),
+            // Unrouted, with control characters.
+            envelope("Other\u{1b}[31m\ttype"),
+        ],
+    )
+    .await;
+    let mut daemon = Conveyor::new(&toml)
+        .env("DATABASE_URL", &url)
+        .env("OPENAI_API_KEY", "sk-test")
+        .spawn_daemon();
+    let dead = drain_queue(&sqs, &q.dlq_url, 3, Duration::from_secs(60)).await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+    assert_eq!(
+        dead.len(),
+        3,
+        "each one dead-lettered (SQS accepted every reason)"
+    );
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| string_attribute(m, "conveyor.error").unwrap().to_owned())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not the schema's JSON: wrong type or value at line 1")),
+        "{reasons:#?}"
+    );
+    for reason in &reasons {
+        assert!(!reason.contains(&marker), "{reason}");
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    }
+    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT last_error FROM pipeline_ledger")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(!errors.is_empty(), "the failed run is recorded");
+    for error in errors.into_iter().flatten() {
+        assert!(!error.contains(&marker), "ledger: {error}");
+    }
+    let leaks: Vec<String> = daemon
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains(&marker))
+        .collect();
+    assert!(leaks.is_empty(), "logged: {leaks:#?}");
+}
+
+/// `announce` is at least once: PutEvents cannot be atomic with the ledger's record of it, so
+/// a daemon killed between the two announces again. What is guaranteed — and proved here with
+/// `kill -9` while announcements drain — is that every interaction is announced, and every
+/// repeat carries the same `announcement_id` for consumers to deduplicate on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_survive_kill_9_at_least_once_with_one_stable_id_each() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let eb = aws_sdk_eventbridge::Client::new(&aws_sdk().await);
+    let q = queue_with_dlq(&sqs, "it-announce-kill", 3).await;
+    let (bus, source) = (
+        unique("it-kill-bus"),
+        format!("conveyor.{:08x}", rand::random::<u32>()),
+    );
+    eb.create_event_bus().name(&bus).send().await.unwrap();
+    let listen = create_queue(&sqs, &unique("it-kill-announced")).await;
+    rule_to_queue(&bus, serde_json::json!({"source": [source]}), &listen).await;
+    const N: usize = 150;
+    let tenant = uuid::Uuid::new_v4();
+    let bodies: Vec<String> = (0..N)
+        .map(|_| {
+            let detail = serde_json::json!({"schema_version":"v1","tenant_id": tenant,
+                "user_id":"u-1","interaction_type":"note",
+                "content":{"text":"a note","format":"plain"},
+                "timestamp":"2026-11-18T10:30:00Z","source":"api",
+                "interaction_id": uuid::Uuid::new_v4()});
+            serde_json::json!({"version":"0","id": uuid::Uuid::new_v4(),"detail-type":"EnvelopeV1.note",
+                "source":"com.yourapp.transcription","account":"000000000000",
+                "time":"2026-11-18T10:30:00Z","region":"us-east-1","resources":[],"detail": detail})
+            .to_string()
+        })
+        .collect();
+    send_all(&sqs, &q.url, &bodies).await;
+    // A short lease so a killed daemon's messages come back within seconds; the ledger in
+    // PostgreSQL is shared by every incarnation.
+    let (url, _pool) = private_database("it_announce_kill").await;
+    let toml = format!(
+        "[announce]\nbus_name = \"{bus}\"\nsource = \"{source}\"\n\
+         [queues.ak]\nurl = \"{}\"\nvisibility_timeout_secs = 5\nlease_renew_before_secs = 2\n\
+         [[queues.ak.routes]]\npipelines = [\"chaos\"]\nafter = [\"announce\"]\n",
+        q.url
+    );
+    let spawn = || {
+        Conveyor::new(&toml)
+            .env("DATABASE_URL", &url)
+            .spawn_daemon()
+    };
+    for _ in 0..4 {
+        let mut daemon = spawn();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        daemon.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = daemon.wait_exit(Duration::from_secs(5));
+    }
+    let mut daemon = spawn();
+    eventually("every message done", Duration::from_secs(120), async || {
+        queue_depth(&sqs, &q.url).await == (0, 0)
+    })
+    .await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = daemon.wait_exit(Duration::from_secs(30));
+
+    let announced = drain_queue(&sqs, &listen, usize::MAX, Duration::from_secs(10)).await;
+    let mut per_id: std::collections::HashMap<String, (usize, std::collections::HashSet<String>)> =
+        std::collections::HashMap::new();
+    for m in &announced {
+        let event: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        let id = event["detail"]["announcement_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let key = event["detail"]["interaction_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let entry = per_id.entry(id).or_default();
+        entry.0 += 1;
+        entry.1.insert(key);
+    }
+    assert_eq!(per_id.len(), N, "every interaction announced, one id each");
+    assert!(
+        per_id.values().all(|(_, keys)| keys.len() == 1),
+        "an id never names two interactions"
+    );
+    let repeats: usize = per_id.values().map(|(n, _)| n - 1).sum();
+    eprintln!(
+        "{} announcements for {N} interactions after 4 kill -9: {repeats} repeats, each with its interaction's id",
+        announced.len()
+    );
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
+}
+
+/// Measures the price of the fast exit (README, Shutdown): SQS does not cancel an aborted
+/// long poll, so messages arriving during the rest of its wait are assigned to it and come
+/// back only after their visibility timeout. None is lost.
+#[tokio::test]
+async fn messages_arriving_during_an_aborted_poll_come_back_after_their_visibility_timeout() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-orphan-poll", 3).await;
+    const VISIBILITY: u64 = 8;
+    let mut daemon = Conveyor::new(&format!(
+        "[queues.op]\nurl = \"{}\"\nvisibility_timeout_secs = {VISIBILITY}\nlease_renew_before_secs = 4\n\
+         [[queues.op.routes]]\npipelines = [\"noop\"]\n",
+        q.url
+    ))
+    .spawn_daemon();
+    daemon.wait_for_log("consuming queue", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, Some(0));
+    let sent_at = Instant::now();
+    let bodies: Vec<String> = (0..5)
+        .map(|_| event_body(&unique("op"), serde_json::json!({})))
+        .collect();
+    send_all(&sqs, &q.url, &bodies).await;
+    // What a new consumer sees at once, and what only after the visibility timeout.
+    let at_once = drain_queue(&sqs, &q.url, 5, Duration::from_secs(3))
+        .await
+        .len();
+    let later = drain_queue(
+        &sqs,
+        &q.url,
+        5 - at_once,
+        Duration::from_secs(VISIBILITY + 10),
+    )
+    .await
+    .len();
+    eprintln!(
+        "of 5 messages sent right after an idle daemon's SIGTERM: {at_once} received at once, \
+         {later} after the {VISIBILITY} s visibility timeout ({:?} after sending)",
+        sent_at.elapsed()
+    );
+    assert_eq!(at_once + later, 5, "none lost");
+}
