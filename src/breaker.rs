@@ -146,7 +146,7 @@ impl Breakers {
             State::Open { .. } => false,
         };
         if open {
-            self.open(dependency, breaker);
+            self.open(dependency, breaker, "consecutive failures");
         }
     }
 
@@ -175,7 +175,7 @@ impl Breakers {
         breaker.last_error = crate::safe::one_line(reason, 300);
         match &mut breaker.state {
             State::Open { until, .. } => *until = Instant::now() + self.cooldown(),
-            _ => self.open(dependency, breaker),
+            _ => self.open(dependency, breaker, "health probe failed"),
         }
     }
 
@@ -256,7 +256,7 @@ impl Breakers {
         })
     }
 
-    fn open(&self, dependency: Dependency, breaker: &mut Breaker) {
+    fn open(&self, dependency: Dependency, breaker: &mut Breaker, cause: &'static str) {
         let since = match breaker.state {
             State::HalfOpen { since, .. } | State::Open { since, .. } => since,
             State::Closed => SystemTime::now(),
@@ -272,7 +272,7 @@ impl Breakers {
         if reopened {
             tracing::warn!(dependency = %dependency, since = %since_text, error = %breaker.last_error, "circuit open again: the trial failed; queues that need it stay paused");
         } else {
-            tracing::warn!(dependency = %dependency, since = %since_text, consecutive_failures = breaker.consecutive_failures, error = %breaker.last_error, "circuit open: dependency unavailable; pausing the queues that need it");
+            tracing::warn!(dependency = %dependency, since = %since_text, cause, consecutive_failures = breaker.consecutive_failures, error = %breaker.last_error, "circuit open: dependency unavailable; pausing the queues that need it");
         }
         self.inner.readiness.set_detail(
             format!("circuit:{dependency}"),

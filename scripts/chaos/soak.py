@@ -503,7 +503,7 @@ pipelines = ["graph", "projection"]
     dead_visible, dead_in_flight = depth(dlq_url)
     lines = open(daemon.log_path, errors="replace").read().splitlines()
     requeued = sum(1 for line in lines if '"outcome":"requeued"' in line)
-    opened = sorted({json.loads(line).get("fields", {}).get("dependency", "?") for line in lines
+    opened = sorted({json.loads(line).get("dependency", "?") for line in lines
                      if "circuit open: dependency unavailable" in line})
     check(set(rows) == set(sent) and len(rows) == len(sent),
           f"outages: every one of {len(sent)} events projected once ({len(rows)} rows)")

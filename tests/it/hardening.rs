@@ -503,7 +503,9 @@ async fn announcements_survive_kill_9_at_least_once_with_one_stable_id_each() {
                 "user_id":"u-1","interaction_type":"note",
                 "content":{"text":"a note","format":"plain"},
                 "timestamp":"2026-11-18T10:30:00Z","source":"api",
-                "interaction_id": uuid::Uuid::new_v4()});
+                "interaction_id": uuid::Uuid::new_v4(),
+                // Slow enough that every kill lands with work in flight.
+                "extras": {"chaos": {"sleep_ms": 300}}});
             serde_json::json!({"version":"0","id": uuid::Uuid::new_v4(),"detail-type":"EnvelopeV1.note",
                 "source":"com.yourapp.transcription","account":"000000000000",
                 "time":"2026-11-18T10:30:00Z","region":"us-east-1","resources":[],"detail": detail})
@@ -511,12 +513,14 @@ async fn announcements_survive_kill_9_at_least_once_with_one_stable_id_each() {
         })
         .collect();
     send_all(&sqs, &q.url, &bodies).await;
-    // A short lease so a killed daemon's messages come back within seconds; the ledger in
-    // PostgreSQL is shared by every incarnation.
+    // A short lease so a killed daemon's messages come back within seconds, and short
+    // pipeline timeouts so its ledger claims expire within seconds (a claim holds for the
+    // timeout plus 5 s); the ledger in PostgreSQL is shared by every incarnation.
     let (url, _pool) = private_database("it_announce_kill").await;
     let toml = format!(
         "[announce]\nbus_name = \"{bus}\"\nsource = \"{source}\"\n\
-         [queues.ak]\nurl = \"{}\"\nvisibility_timeout_secs = 5\nlease_renew_before_secs = 2\n\
+         [pipelines.chaos]\ntimeout_secs = 5\n[pipelines.announce]\ntimeout_secs = 5\n\
+         [queues.ak]\nurl = \"{}\"\nmax_in_flight = 10\nvisibility_timeout_secs = 5\nlease_renew_before_secs = 2\n\
          [[queues.ak.routes]]\npipelines = [\"chaos\"]\nafter = [\"announce\"]\n",
         q.url
     );

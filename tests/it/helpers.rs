@@ -830,13 +830,7 @@ impl Proxy {
     /// Forwards a fresh loopback port to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Self {
-            port: listener.local_addr().unwrap().port(),
-            target: target.to_owned(),
-            task: Mutex::new(None),
-        };
-        proxy.serve(listener);
-        proxy
+        Self::on(listener, target)
     }
 
     /// Forwards `listener`'s connections to `target` (for a port bound before the proxy).

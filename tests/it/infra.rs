@@ -339,8 +339,8 @@ async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_acc
     }
 
     // A real policy linter: every action, resource and condition is one IAM knows.
-    let parliament = std::env::var("CONVEYOR_PARLIAMENT").expect(
-        "CONVEYOR_PARLIAMENT: run under scripts/test, which installs the parliament IAM linter",
+    let parliament = std::env::var("CONVEYOR_STACK_PARLIAMENT").expect(
+        "CONVEYOR_STACK_PARLIAMENT: run under scripts/test, which installs the parliament IAM linter",
     );
     for (role, doc) in [("run", &run), ("publish", &publish), ("infra", &infra)] {
         let out = std::process::Command::new(&parliament)

@@ -69,6 +69,52 @@ fn trickle(url: &str, tenant: Uuid, stop: CancellationToken) -> tokio::task::Joi
     })
 }
 
+/// Waits for `/readyz` to name `dependency`'s open circuit.
+async fn circuit_opens(daemon: &InProcess, dependency: &str) {
+    let needle = format!("circuit:{dependency} unready (open since");
+    eventually(
+        "/readyz names the open circuit",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
+            status == 503 && body.contains(&needle)
+        },
+    )
+    .await;
+}
+
+/// Projection rows of `tenant`.
+async fn projected(pool: &sqlx::PgPool, tenant: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM projection_interactions WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// After recovery: every one of `sent` events has its effect (`effects` counts them) once,
+/// the queue is empty, and nothing was dead-lettered.
+async fn all_processed_once(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    k: &str,
+    sent: usize,
+    mut effects: impl AsyncFnMut() -> i64,
+) {
+    eventually(
+        "every event's effect after recovery",
+        Duration::from_secs(240),
+        async || effects().await == sent as i64,
+    )
+    .await;
+    eventually("the queue empty", Duration::from_secs(60), async || {
+        queue_depth(sqs, &q.url).await == (0, 0)
+    })
+    .await;
+    assert_eq!(effects().await, sent as i64, "each once");
+    nothing_dead_lettered(sqs, q, k).await;
+}
+
 /// What every outage test asserts at the end.
 async fn nothing_dead_lettered(sqs: &aws_sdk_sqs::Client, q: &TestQueue, k: &str) {
     assert_eq!(
@@ -117,44 +163,21 @@ async fn a_150_s_postgres_outage_pauses_the_queue_and_dead_letters_nothing() {
     config.secrets.database_url = Some(Secret::new(through_proxy));
     let daemon = InProcess::start(config, Registry::built_in()).await;
     let tenant = Uuid::new_v4();
-    let projected = async || -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM projection_interactions WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
 
     let stop = CancellationToken::new();
     let sending = trickle(&q.url, tenant, stop.clone());
     tokio::time::sleep(Duration::from_secs(10)).await;
     proxy.cut();
-    eventually(
-        "/readyz names the open circuit",
-        Duration::from_secs(30),
-        async || {
-            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
-            status == 503 && body.contains("circuit:postgres unready (open since")
-        },
-    )
-    .await;
+    circuit_opens(&daemon, "postgres").await;
     tokio::time::sleep(OUTAGE).await;
     proxy.restore().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.cancel();
     let sent = sending.await.unwrap();
-    eventually(
-        "every event projected after recovery",
-        Duration::from_secs(240),
-        async || projected().await == sent.len() as i64,
-    )
-    .await;
-    eventually("the queue empty", Duration::from_secs(60), async || {
-        queue_depth(&sqs, &q.url).await == (0, 0)
+    all_processed_once(&sqs, &q, &k, sent.len(), async || {
+        projected(&pool, tenant).await
     })
     .await;
-    assert_eq!(projected().await, sent.len() as i64, "each once");
-    nothing_dead_lettered(&sqs, &q, &k).await;
     eprintln!("{} events over a {OUTAGE:?} PostgreSQL outage", sent.len());
     daemon.stop().await;
 }
@@ -178,15 +201,7 @@ async fn a_150_s_bolt_server_outage_pauses_the_queue_and_dead_letters_nothing() 
     let sending = trickle(&q.url, tenant, stop.clone());
     tokio::time::sleep(Duration::from_secs(10)).await;
     bolt.stop();
-    eventually(
-        "/readyz names the open circuit",
-        Duration::from_secs(30),
-        async || {
-            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
-            status == 503 && body.contains("circuit:graph unready (open since")
-        },
-    )
-    .await;
+    circuit_opens(&daemon, "graph").await;
     tokio::time::sleep(OUTAGE).await;
     bolt.restart().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -204,18 +219,7 @@ async fn a_150_s_bolt_server_outage_pauses_the_queue_and_dead_letters_nothing() 
             .unwrap();
         rows.next().await.unwrap().unwrap().get::<i64>("n").unwrap()
     };
-    eventually(
-        "every event in the graph after recovery",
-        Duration::from_secs(240),
-        async || interactions().await == sent.len() as i64,
-    )
-    .await;
-    eventually("the queue empty", Duration::from_secs(60), async || {
-        queue_depth(&sqs, &q.url).await == (0, 0)
-    })
-    .await;
-    assert_eq!(interactions().await, sent.len() as i64, "each once");
-    nothing_dead_lettered(&sqs, &q, &k).await;
+    all_processed_once(&sqs, &q, &k, sent.len(), interactions).await;
     eprintln!("{} events over a {OUTAGE:?} Bolt server outage", sent.len());
     daemon.stop().await;
 }
@@ -232,27 +236,12 @@ async fn the_model_answering_503_for_150_s_then_401_for_60_s_dead_letters_nothin
     config.secrets.database_url = Some(Secret::new(url));
     let daemon = InProcess::start(config, Registry::built_in()).await;
     let tenant = Uuid::new_v4();
-    let projected = async || -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM projection_interactions WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
 
     let stop = CancellationToken::new();
     let sending = trickle(&q.url, tenant, stop.clone());
     tokio::time::sleep(Duration::from_secs(10)).await;
     llm.fail_for(503, OUTAGE);
-    eventually(
-        "/readyz names the open circuit",
-        Duration::from_secs(60),
-        async || {
-            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
-            status == 503 && body.contains("circuit:model unready (open since")
-        },
-    )
-    .await;
+    circuit_opens(&daemon, "model").await;
     tokio::time::sleep(OUTAGE).await;
     // The key is rotated and the new one not yet deployed: every call is refused.
     llm.fail_for(401, Duration::from_secs(60));
@@ -260,14 +249,8 @@ async fn the_model_answering_503_for_150_s_then_401_for_60_s_dead_letters_nothin
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.cancel();
     let sent = sending.await.unwrap();
-    eventually(
-        "every event projected after recovery",
-        Duration::from_secs(240),
-        async || projected().await == sent.len() as i64,
-    )
-    .await;
-    eventually("the queue empty", Duration::from_secs(60), async || {
-        queue_depth(&sqs, &q.url).await == (0, 0)
+    all_processed_once(&sqs, &q, &k, sent.len(), async || {
+        projected(&pool, tenant).await
     })
     .await;
     let extractions: i64 =
@@ -277,7 +260,6 @@ async fn the_model_answering_503_for_150_s_then_401_for_60_s_dead_letters_nothin
             .await
             .unwrap();
     assert_eq!(extractions, sent.len() as i64, "each extracted once");
-    nothing_dead_lettered(&sqs, &q, &k).await;
     eprintln!(
         "{} events over 150 s of 503 and 60 s of 401; {} model calls",
         sent.len(),

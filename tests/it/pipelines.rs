@@ -54,6 +54,20 @@ fn config(k: &str, url: &str, pipelines: &str, llm: &FakeLlm, extra: &str) -> Co
     config
 }
 
+/// [`config`] routing `graph` and `projection`, the graph on the test's own Bolt server.
+fn graph_and_projection_on(bolt: &PrivateBolt, k: &str, url: &str, llm: &FakeLlm) -> Config {
+    let mut config = config(
+        k,
+        url,
+        "[\"graph\", \"projection\"]",
+        llm,
+        "[graph]\nuser = \"root\"\nconnect_timeout_secs = 2\n",
+    );
+    config.graph.uri = Some(bolt.uri());
+    config.secrets.neo4j_password = Some(Secret::new("private-bolt-pw"));
+    config
+}
+
 async fn graph() -> Graph {
     let s = stack();
     conveyor::install_crypto_provider();
@@ -391,15 +405,7 @@ async fn with_the_bolt_server_stopped_the_queue_pauses_and_both_pipelines_catch_
     let pool = pg().await;
     let mut bolt = PrivateBolt::start().await;
     let k = unique("b").replace('-', "_").to_lowercase();
-    let mut config = config(
-        &k,
-        &q.url,
-        "[\"graph\", \"projection\"]",
-        &llm,
-        "[graph]\nuser = \"root\"\nconnect_timeout_secs = 2\n",
-    );
-    config.graph.uri = Some(bolt.uri());
-    config.secrets.neo4j_password = Some(Secret::new("private-bolt-pw"));
+    let config = graph_and_projection_on(&bolt, &k, &q.url, &llm);
     let daemon = InProcess::start(config, Registry::built_in()).await;
     let tenant = Uuid::new_v4();
     let batch = |n: usize| -> Vec<String> {
@@ -715,15 +721,7 @@ async fn with_the_graph_down_a_second_tenant_reusing_an_interaction_id_gets_none
     let pool = pg().await;
     let mut bolt = PrivateBolt::start().await;
     let k = unique("tl").replace('-', "_").to_lowercase();
-    let mut config = config(
-        &k,
-        &q.url,
-        "[\"graph\", \"projection\"]",
-        &llm,
-        "[graph]\nuser = \"root\"\nconnect_timeout_secs = 2\n",
-    );
-    config.graph.uri = Some(bolt.uri());
-    config.secrets.neo4j_password = Some(Secret::new("private-bolt-pw"));
+    let config = graph_and_projection_on(&bolt, &k, &q.url, &llm);
     bolt.stop();
     let daemon = InProcess::start(config, Registry::built_in()).await;
 
