@@ -3,9 +3,9 @@
 //! A message's own life — lease, decide, apply — reads top to bottom in [`message`].
 //!
 //! Shutdown, in order: stop receiving (a long poll in flight is aborted, so an idle daemon
-//! exits at once); let in-flight work finish until the grace
-//! period ends; release what is still unfinished (visibility 0, so another instance takes it
-//! now); flush pending deletes; stop the lease keeper.
+//! exits at once); let in-flight work finish until the grace period ends; release what is
+//! still unfinished (visibility 0, so another instance takes it now); flush pending deletes;
+//! stop the lease keeper.
 
 pub mod backoff;
 mod batch;
@@ -338,9 +338,10 @@ async fn poll(
         let sent_at = Instant::now();
         let call = queue.endpoint.call(answer_within);
         // A receive in flight at SIGTERM is aborted: an idle long poll would otherwise hold
-        // the shutdown for up to 20 s, and rolling deploys wait for it. Only if the abort
-        // lands while SQS is already answering with messages do those come back after their
-        // visibility timeout instead of at once (see the README's Shutdown section).
+        // the shutdown for up to 20 s, and rolling deploys wait for it. SQS does not cancel
+        // the receive on its side: messages arriving during the rest of its wait may still be
+        // assigned to it and come back only after their visibility timeout (measured and
+        // documented in the README's Shutdown section).
         let received = tokio::select! {
             () = shutdown.graceful.cancelled() => return,
             received = receive(&queue, held.num_permits()) => received,
@@ -379,23 +380,24 @@ async fn poll(
 async fn admitted(queue: &Queue, shutdown: &Shutdown) -> Option<usize> {
     use std::sync::atomic::Ordering;
     loop {
-        let (limit, dependency, wake) = match queue.handler.admission() {
-            Admission::Go => (queue.config.receive_batch_size as usize, None, None),
+        let wake = match queue.handler.admission() {
+            Admission::Go => {
+                if queue.paused.swap(false, Ordering::Relaxed) {
+                    telemetry::queue_paused(&queue.name, false);
+                    tracing::info!(queue = %queue.name, "receiving again");
+                }
+                return Some(queue.config.receive_batch_size as usize);
+            }
             // Still paused: one message goes out as the trial.
             Admission::Trial => return Some(1),
-            Admission::Wait { dependency, wake } => (0, Some(dependency), Some(wake)),
-        };
-        let Some(wake) = wake else {
-            if queue.paused.swap(false, Ordering::Relaxed) {
-                telemetry::queue_paused(&queue.name, false);
-                tracing::info!(queue = %queue.name, "receiving again");
+            Admission::Wait { dependency, wake } => {
+                if !queue.paused.swap(true, Ordering::Relaxed) {
+                    telemetry::queue_paused(&queue.name, true);
+                    tracing::warn!(queue = %queue.name, dependency = %dependency, "receiving paused: a dependency this queue needs is unavailable");
+                }
+                wake
             }
-            return Some(limit);
         };
-        if !queue.paused.swap(true, Ordering::Relaxed) {
-            telemetry::queue_paused(&queue.name, true);
-            tracing::warn!(queue = %queue.name, dependency = %dependency.map_or("-", |d| d.as_str()), "receiving paused: a dependency this queue needs is unavailable");
-        }
         tokio::select! {
             () = shutdown.graceful.cancelled() => return None,
             () = wake => {}
