@@ -299,14 +299,12 @@ async fn watch_health(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut report = |component: &'static str, result: Result<(), String>| {
+        // Each probe's result goes to /readyz, to the dependency's circuit breaker (a failing
+        // probe opens it) and, when it changed, to the log.
+        let mut report = |component: &'static str,
+                          dependency: Option<Dependency>,
+                          result: Result<(), String>| {
             readiness.set(component, result.is_ok());
-            let dependency = match component {
-                "postgres" => Some(Dependency::Postgres),
-                "graph" => Some(Dependency::Graph),
-                "model" => Some(Dependency::Model),
-                _ => None,
-            };
             if let Some(dependency) = dependency {
                 breakers.probed(
                     dependency,
@@ -322,31 +320,24 @@ async fn watch_health(
             }
         };
         if let Some(pool) = &clients.postgres {
-            let probe = tokio::time::timeout(timeout, postgres::probe(pool)).await;
             report(
                 "postgres",
-                match probe {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(crate::error_chain(&e)),
-                    Err(_) => Err(format!("no answer within {timeout:?}")),
-                },
+                Some(Dependency::Postgres),
+                within(timeout, postgres::probe(pool)).await,
             );
-            // A database can answer SELECT 1 while the ledger is locked; every message needs
-            // the ledger, so that is unready too.
+            // A database can answer SELECT 1 while the ledger is locked: not ready either, but
+            // not an outage of PostgreSQL (the ledger is bypassed, never waited for).
             const LEDGER_WAIT: Duration = Duration::from_secs(1);
-            let probe = tokio::time::timeout(timeout, postgres::probe_ledger(pool, LEDGER_WAIT));
             report(
                 "ledger",
-                match probe.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(crate::error_chain(&e)),
-                    Err(_) => Err(format!("no answer within {timeout:?}")),
-                },
+                None,
+                within(timeout, postgres::probe_ledger(pool, LEDGER_WAIT)).await,
             );
         }
         if let Some(graph) = &clients.graph {
             report(
                 "graph",
+                Some(Dependency::Graph),
                 graph::probe(graph, graph_timeout)
                     .await
                     .map_err(|e| crate::error_chain(&e)),
@@ -355,9 +346,25 @@ async fn watch_health(
         if let Some(x) = &clients.extractions
             && ticks.is_multiple_of(MODEL_EVERY)
         {
-            report("model", x.extractor().probe().await.map(|_| ()));
+            report(
+                "model",
+                Some(Dependency::Model),
+                x.extractor().probe().await.map(|_| ()),
+            );
         }
         ticks = ticks.wrapping_add(1);
+    }
+}
+
+/// A PostgreSQL probe bounded by `timeout`, its error as one line.
+async fn within(
+    timeout: Duration,
+    probe: impl std::future::Future<Output = Result<(), sqlx::Error>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(crate::error_chain(&e)),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 

@@ -67,12 +67,7 @@ impl Drop for CallGuard {
 impl Readiness {
     /// Records whether `component` (e.g. `postgres`) is usable right now.
     pub fn set(&self, component: impl Into<String>, ready: bool) {
-        let state = if ready {
-            ComponentState::Ready
-        } else {
-            ComponentState::Unready
-        };
-        self.lock().insert(component.into(), state);
+        self.set_detail(component, ready, None);
     }
 
     /// As [`Readiness::set`], with a detail shown beside an unready component in `/readyz`.

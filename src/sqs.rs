@@ -99,29 +99,6 @@ impl QueueLookupError {
     }
 }
 
-/// Whether a failed SQS call may succeed if simply tried again: the request never got an
-/// answer (connection refused or reset, DNS, timeout), or SQS answered that it is overloaded
-/// or failing (throttling, 5xx). Everything else — a missing queue, access denied, an
-/// invalid parameter — is an answer.
-pub fn is_transient<E: aws_sdk_sqs::error::ProvideErrorMetadata>(
-    error: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
-) -> bool {
-    use aws_sdk_sqs::error::SdkError;
-    match error {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(e) => {
-            e.raw().status().is_server_error()
-                || matches!(
-                    e.err().code(),
-                    Some("ThrottlingException" | "RequestThrottled" | "ServiceUnavailable")
-                )
-        }
-        _ => false,
-    }
-}
-
 /// 256 KiB was SQS's long-standing MaximumMessageSize; assumed if the attribute is missing.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
 
@@ -139,7 +116,7 @@ pub async fn describe_queue(
             .await
             .map_err(|e| QueueLookupError::Resolve {
                 name: name.clone(),
-                transient: is_transient(&e),
+                transient: crate::aws::is_transient(&e),
                 source: e.into(),
             })?
             .queue_url
@@ -154,7 +131,7 @@ pub async fn describe_queue(
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.clone(),
-            transient: is_transient(&e),
+            transient: crate::aws::is_transient(&e),
             source: e.into(),
         })?
         .attributes
@@ -204,7 +181,7 @@ pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, Queu
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.to_owned(),
-            transient: is_transient(&e),
+            transient: crate::aws::is_transient(&e),
             source: e.into(),
         })?
         .attributes
@@ -230,7 +207,7 @@ pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, QueueLook
         .await
         .map_err(|e| QueueLookupError::Resolve {
             name: arn.to_owned(),
-            transient: is_transient(&e),
+            transient: crate::aws::is_transient(&e),
             source: e.into(),
         })?
         .queue_url

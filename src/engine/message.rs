@@ -445,7 +445,7 @@ async fn dead_letter(
             }
             Err(e) => {
                 telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
-                let transient = crate::sqs::is_transient(&e);
+                let transient = crate::aws::is_transient(&e);
                 last_error = crate::error_chain(&aws_sdk_sqs::Error::from(e));
                 if transient {
                     break;

@@ -312,7 +312,7 @@ fn scoped_key(tenant_id: Uuid, key: &str) -> String {
 }
 
 fn memory_key(tenant_id: Uuid, key: &str, model: &str, version: &str) -> String {
-    format!("{tenant_id}\u{0}{key}\u{0}{model}\u{0}{version}")
+    format!("{}\u{0}{model}\u{0}{version}", scoped_key(tenant_id, key))
 }
 
 #[cfg(test)]

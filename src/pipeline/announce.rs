@@ -78,7 +78,9 @@ impl Pipeline for Announce {
                 .await
                 .map_err(|e| {
                     let reason = format!("PutEvents: {}", crate::error_chain(&e));
-                    if is_unavailable(&e) {
+                    // Unreachable, failing, throttling or refusing the credentials: an
+                    // outage of EventBridge, not a property of the message.
+                    if crate::aws::is_transient(&e) || crate::aws::is_auth_refused(&e) {
                         breakers.failure(Dependency::EventBridge, &reason);
                         PipelineError::Unavailable(Dependency::EventBridge, reason)
                     } else {
@@ -95,37 +97,6 @@ impl Pipeline for Announce {
             }
             Ok(())
         })
-    }
-}
-
-/// EventBridge unreachable, timing out, failing (5xx, throttling) or refusing the
-/// credentials: an outage, not a property of the message.
-fn is_unavailable<E: aws_sdk_eventbridge::error::ProvideErrorMetadata>(
-    error: &aws_sdk_eventbridge::error::SdkError<
-        E,
-        aws_sdk_eventbridge::config::http::HttpResponse,
-    >,
-) -> bool {
-    use aws_sdk_eventbridge::error::SdkError;
-    match error {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(e) => {
-            let status = e.raw().status();
-            status.is_server_error()
-                || status.as_u16() == 401
-                || status.as_u16() == 403
-                || matches!(
-                    e.err().code(),
-                    Some(
-                        "ThrottlingException"
-                            | "AccessDeniedException"
-                            | "UnrecognizedClientException"
-                    )
-                )
-        }
-        _ => false,
     }
 }
 
