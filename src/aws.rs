@@ -30,6 +30,17 @@ pub async fn sdk_config(config: &AwsConfig) -> SdkConfig {
     loader.load().await
 }
 
+/// An S3 client. With a custom endpoint (LocalStack, MinIO) it addresses buckets by path, as
+/// bucket host names do not resolve there.
+pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    let path_style = sdk.endpoint_url().is_some();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(path_style)
+            .build(),
+    )
+}
+
 /// The region the SDK will sign with, or an error naming how to set it. Without one, every
 /// request fails at send time ("missing signing region"), so it is checked up front.
 pub fn require_region(sdk: &SdkConfig) -> Result<String, String> {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::extract::Extractor;
-use crate::{aws, error_chain, graph, postgres, sqs};
+use crate::safe::error_chain;
+use crate::{aws, bolt, postgres, sqs};
 
 /// A probe's verdict on one dependency.
 struct Probe {
@@ -101,7 +102,7 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
     }
 
     if let (Some(uri), Some(password)) = (&config.graph.uri, &config.secrets.neo4j_password) {
-        let result = match graph::connect(&config.graph, uri, password).await {
+        let result = match bolt::connect(&config.graph, uri, password).await {
             Ok(_) => Ok(format!("RETURN 1 answered at {uri}")),
             Err(e) => Err(error_chain(&e)),
         };

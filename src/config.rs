@@ -155,6 +155,8 @@ pub struct QueueConfig {
     pub url: Option<String>,
     /// The queue name, resolved to a URL with GetQueueUrl at startup. Either this or `url`.
     pub name: Option<String>,
+    /// How bodies are written: `eventbridge`, `sns`, `s3` or `raw` (see `input`).
+    pub format: crate::input::Format,
     /// Concurrent long-pollers for this queue.
     pub pollers: u32,
     /// Messages received but not yet finished, across this queue's pollers.
@@ -186,14 +188,19 @@ pub struct QueueConfig {
     pub deadline_secs: u64,
 }
 
-/// Routes an event by its `source` and `detail-type` to pipelines.
+/// Routes an event by its `source`, `detail_type` and attributes to pipelines (what those are
+/// in each input format: see `input`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
     /// `source` to match: exact, a prefix ending in `*` (`com.yourapp.*`), or `*` for any.
     pub source: String,
-    /// `detail-type` to match, same forms (`EnvelopeV1.*`).
+    /// `detail_type` to match, same forms (`EnvelopeV1.*`).
     pub detail_type: String,
+    /// Attributes that must be present and match, same forms (`{ tenant = "acme-*" }`).
+    pub attributes: BTreeMap<String, String>,
+    /// What the events must contain: `auto`, `envelope_v1`, `batch_completed_v1` or `json`.
+    pub contract: crate::contract::Contract,
     /// Pipelines to run, concurrently, each isolated from the others.
     pub pipelines: Vec<String>,
     /// Pipelines to run once every one of `pipelines` has succeeded (e.g. `announce`).
@@ -208,6 +215,8 @@ impl Default for RouteConfig {
         Self {
             source: "*".to_owned(),
             detail_type: "*".to_owned(),
+            attributes: BTreeMap::new(),
+            contract: crate::contract::Contract::default(),
             pipelines: Vec::new(),
             after: Vec::new(),
             ack: Ack::All,
@@ -249,6 +258,7 @@ impl Default for QueueConfig {
         Self {
             url: None,
             name: None,
+            format: crate::input::Format::default(),
             pollers: 2,
             max_in_flight: 100,
             wait_time_secs: SQS_MAX_WAIT_SECS,
@@ -799,13 +809,20 @@ impl Config {
             }
             for (i, route) in q.routes.iter().enumerate() {
                 let route_key = |field: &str| format!("queues.{name}.routes[{i}].{field}");
+                let attributes = route
+                    .attributes
+                    .iter()
+                    .map(|(name, pattern)| (format!("attributes.{name}"), pattern));
                 for (field, pattern) in [
-                    ("source", &route.source),
-                    ("detail_type", &route.detail_type),
-                ] {
+                    ("source".to_owned(), &route.source),
+                    ("detail_type".to_owned(), &route.detail_type),
+                ]
+                .into_iter()
+                .chain(attributes)
+                {
                     if pattern.is_empty() || pattern.trim_end_matches('*').contains('*') {
                         bad(
-                            &route_key(field),
+                            &route_key(&field),
                             &format!("{pattern:?}"),
                             "use an exact value, a prefix ending in '*', or \"*\"",
                         );
@@ -814,16 +831,38 @@ impl Config {
                 if route.pipelines.is_empty() {
                     bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
                 }
-                for pipeline in route.pipelines.iter().chain(&route.after) {
-                    if !crate::pipeline::BUILT_IN.contains(&pipeline.as_str()) {
-                        bad(
-                            &route_key("pipelines"),
-                            &format!("{pipeline:?}"),
-                            &format!(
-                                "unknown pipeline; known: {}",
-                                crate::pipeline::BUILT_IN.join(", ")
-                            ),
-                        );
+                for (field, names) in [("pipelines", &route.pipelines), ("after", &route.after)] {
+                    for pipeline in names {
+                        let Some(descriptor) = crate::pipeline::descriptor(pipeline) else {
+                            bad(
+                                &route_key(field),
+                                &format!("{pipeline:?}"),
+                                &format!(
+                                    "unknown pipeline; known: {}",
+                                    crate::pipeline::catalog_names()
+                                ),
+                            );
+                            continue;
+                        };
+                        let contract = route.contract;
+                        if contract != crate::contract::Contract::Auto
+                            && !descriptor.accepts.is_empty()
+                            && !descriptor.accepts.contains(&contract)
+                        {
+                            bad(
+                                &route_key("contract"),
+                                &format!("{:?}", contract.as_str()),
+                                &format!(
+                                    "the {pipeline} pipeline cannot take it (it takes {}); route {pipeline} only events of those contracts, or change the contract",
+                                    descriptor
+                                        .accepts
+                                        .iter()
+                                        .map(|c| c.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            );
+                        }
                     }
                 }
             }
@@ -920,23 +959,42 @@ impl Config {
                 );
             }
         }
-        let routed = |pipeline: &str| self.routes_to(pipeline);
-        if routed("graph") && self.graph.uri.is_none() {
+        // What the routed pipelines need, from the catalog.
+        let needs = |need: crate::pipeline::Need| {
+            self.routed_pipelines()
+                .filter(|d| d.needs.contains(&need))
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+        };
+        use crate::pipeline::Need;
+        let (graph_users, postgres_users, model_users) = (
+            needs(Need::Graph),
+            needs(Need::Postgres),
+            needs(Need::Model),
+        );
+        if !graph_users.is_empty() && self.graph.uri.is_none() {
             bad(
                 "graph.uri",
                 &"(unset)",
-                "a route names the graph pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD",
+                &format!(
+                    "a route names the {} pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD",
+                    graph_users.join(", ")
+                ),
             );
         }
-        if routed("projection") && self.secrets.database_url.is_none() {
-            bad(
-                "queues.*.routes.pipelines",
-                &"\"projection\"",
-                "the projection pipeline writes to PostgreSQL: export DATABASE_URL, or remove it from the route",
-            );
+        if !postgres_users.is_empty() && self.secrets.database_url.is_none() {
+            for pipeline in postgres_users {
+                bad(
+                    "queues.*.routes.pipelines",
+                    &format!("{pipeline:?}"),
+                    &format!(
+                        "the {pipeline} pipeline writes to PostgreSQL: export DATABASE_URL, or remove it from the route"
+                    ),
+                );
+            }
         }
         let x = &self.extraction;
-        if (routed("graph") || routed("projection")) && x.extractor == Extractor::Llm {
+        if !model_users.is_empty() && x.extractor == Extractor::Llm {
             if self.secrets.openai_api_key.is_none() {
                 bad(
                     "extraction.extractor",
@@ -982,13 +1040,13 @@ impl Config {
             bad("extraction.model", &"\"\"", "name the model to ask");
         }
         for (name, p) in &self.pipelines {
-            if !crate::pipeline::BUILT_IN.contains(&name.as_str()) {
+            if crate::pipeline::descriptor(name).is_none() {
                 bad(
                     &format!("pipelines.{name}"),
                     &"(section)",
                     &format!(
                         "unknown pipeline; known: {}",
-                        crate::pipeline::BUILT_IN.join(", ")
+                        crate::pipeline::catalog_names()
                     ),
                 );
             }
@@ -1054,6 +1112,13 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// The catalog entries of every pipeline a route names (each once).
+    pub fn routed_pipelines(&self) -> impl Iterator<Item = &'static crate::pipeline::Descriptor> {
+        crate::pipeline::CATALOG
+            .iter()
+            .filter(|d| self.routes_to(d.name))
     }
 
     /// Does any queue's route run `pipeline`?

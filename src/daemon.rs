@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,13 +14,14 @@ use crate::breaker::{Breakers, Dependency};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
-use crate::extract::{Extractions, Extractor};
+use crate::extract::Extractions;
+use crate::input::claim_check::ClaimCheck;
 use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
-use crate::pipeline::{Announce, GraphPipeline, Projection, Registry};
+use crate::pipeline::{Registry, Resources};
 use crate::shutdown::Shutdown;
 use crate::sqs::QueueLookupError;
-use crate::{aws, graph, postgres, telemetry};
+use crate::{aws, bolt, postgres, telemetry};
 use neo4rs::Graph;
 use sqlx::PgPool;
 
@@ -76,8 +76,27 @@ pub async fn start_with(
         None => Ledger::in_memory(),
     };
     tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
-    let clients =
-        add_pipelines(&config, &mut registry, pool.clone(), &readiness, &breakers).await?;
+    let sdk = match config.queues.is_empty() {
+        true => None,
+        false => {
+            let sdk = aws::sdk_config(&config.aws).await;
+            aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
+            Some(sdk)
+        }
+    };
+    let resources = Resources::new(
+        config.clone(),
+        breakers.clone(),
+        readiness.clone(),
+        pool.clone(),
+        sdk.clone(),
+    );
+    build_pipelines(&config, &mut registry, &resources).await?;
+    let clients = Clients {
+        postgres: pool,
+        graph: resources.built_graph(),
+        extractions: resources.built_extractions(),
+    };
     tasks.spawn(watch_health(
         clients.clone(),
         config.clone(),
@@ -87,22 +106,10 @@ pub async fn start_with(
     ));
 
     let mut consumers = Vec::new();
-    if config.queues.is_empty() {
-        tracing::warn!(
-            "no queues configured: add [queues.<name>] to the config; nothing will be consumed"
-        );
-    } else {
-        let sdk = aws::sdk_config(&config.aws).await;
-        aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
-        if config.routes_to("announce") && registry.get("announce").is_none() {
-            registry.add(Arc::new(Announce::new(
-                aws_sdk_eventbridge::Client::new(&sdk),
-                config.announce.clone(),
-                breakers.clone(),
-            )));
-        }
+    if let Some(sdk) = &sdk {
+        let claim_check = ClaimCheck::new(aws::s3_client(sdk));
         let context = engine::Context {
-            client: aws_sdk_sqs::Client::new(&sdk),
+            client: aws_sdk_sqs::Client::new(sdk),
             shutdown: shutdown.clone(),
             grace: Duration::from_secs(config.shutdown.grace_secs),
             call_timeout: Duration::from_secs(config.aws.call_timeout_secs),
@@ -116,6 +123,7 @@ pub async fn start_with(
                 &registry,
                 ledger.clone(),
                 breakers.clone(),
+                Some(claim_check.clone()),
             )
             .map_err(anyhow::Error::msg)?;
             match Consumer::start(name, queue.clone(), Arc::new(dispatcher), &context).await {
@@ -130,6 +138,10 @@ pub async fn start_with(
                 }
             }
         }
+    } else {
+        tracing::warn!(
+            "no queues configured: add [queues.<name>] to the config; nothing will be consumed"
+        );
     }
     tracing::info!(%ops_addr, queues = config.queues.len(), "conveyor started");
     Ok(Running {
@@ -167,7 +179,7 @@ async fn open_postgres(config: &Config, readiness: &Readiness) -> anyhow::Result
     Ok(Some(pool))
 }
 
-/// The long-lived clients of the real pipelines, created once and shared.
+/// The clients the health probes watch: those the routed pipelines use.
 #[derive(Clone, Default)]
 struct Clients {
     postgres: Option<PgPool>,
@@ -175,107 +187,21 @@ struct Clients {
     extractions: Option<Extractions>,
 }
 
-/// Adds the `graph` and `projection` pipelines when a route names them (and `registry` does
-/// not already have them), with the clients they share.
-async fn add_pipelines(
+/// Builds, from the catalog, every pipeline a route names that `registry` does not have yet.
+async fn build_pipelines(
     config: &Config,
     registry: &mut Registry,
-    postgres: Option<PgPool>,
-    readiness: &Readiness,
-    breakers: &Breakers,
-) -> anyhow::Result<Clients> {
-    let wants = |name: &str| config.routes_to(name) && registry.get(name).is_none();
-    let (wants_graph, wants_projection) = (wants("graph"), wants("projection"));
-    let mut clients = Clients {
-        postgres: postgres.clone(),
-        ..Clients::default()
-    };
-    if !wants_graph && !wants_projection {
-        return Ok(clients);
-    }
-    let extractor = Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref())?;
-    let extractions = Extractions::new(extractor, postgres.clone(), Some(breakers.clone()));
-    clients.extractions = Some(extractions.clone());
-    if wants_graph {
-        let (Some(uri), Some(password)) = (&config.graph.uri, &config.secrets.neo4j_password)
-        else {
-            anyhow::bail!(
-                "a route names the graph pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD"
-            );
-        };
-        let graph = graph::pool(&config.graph, uri, password)
-            .with_context(|| format!("graph.uri = {uri:?}: cannot build the Bolt client"))?;
-        // Constraints must exist before the first write, or concurrent MERGEs could create
-        // duplicates. A graph server that is down at startup is waited for in the background
-        // (graph writes fail and retry meanwhile) rather than failing into a restart loop.
-        let timeout = Duration::from_secs(config.graph.connect_timeout_secs) * 6;
-        let schema_ready = Arc::new(AtomicBool::new(false));
-        readiness.set("graph", false);
-        let schema = Schema {
-            graph: graph.clone(),
-            timeout,
-            ready: schema_ready.clone(),
-            readiness: readiness.clone(),
-        };
-        if schema.create().await.is_err() {
-            tokio::spawn(schema.ensure());
-        }
-        registry.add(Arc::new(GraphPipeline::new(
-            graph.clone(),
-            extractions.clone(),
-            schema_ready,
-            breakers.clone(),
-        )));
-        clients.graph = Some(graph);
-    }
-    if wants_projection {
-        let pool = postgres.context("the projection pipeline needs DATABASE_URL")?;
-        registry.add(Arc::new(Projection::new(
-            pool,
-            extractions,
-            breakers.clone(),
-        )));
-    }
-    Ok(clients)
-}
-
-/// The graph's constraints and indexes, and who waits for them.
-struct Schema {
-    graph: Graph,
-    timeout: Duration,
-    /// What the graph pipeline checks before writing.
-    ready: Arc<AtomicBool>,
-    readiness: Readiness,
-}
-
-impl Schema {
-    /// One attempt; on success graph writes may start.
-    async fn create(&self) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, graph::setup_schema(&self.graph)).await {
-            Ok(Ok(())) => {
-                self.ready.store(true, Ordering::Release);
-                self.readiness.set("graph", true);
-                tracing::info!("graph constraints and indexes in place");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(crate::error_chain(&e)),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+    resources: &Resources,
+) -> anyhow::Result<()> {
+    for descriptor in config.routed_pipelines() {
+        if registry.get(descriptor.name).is_none() {
+            let pipeline = (descriptor.build)(resources)
+                .await
+                .with_context(|| format!("building the {} pipeline", descriptor.name))?;
+            registry.add(pipeline);
         }
     }
-
-    /// Retries until the server answers; graph writes retry meanwhile.
-    async fn ensure(self) {
-        let mut wait = Duration::from_secs(1);
-        while let Err(error) = self.create().await {
-            tracing::error!(
-                %error,
-                retry_in_secs = wait.as_secs(),
-                "creating the graph's constraints failed; graph writes will retry meanwhile"
-            );
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(30));
-        }
-    }
+    Ok(())
 }
 
 /// Probes PostgreSQL and the graph every few seconds and the model endpoint every minute,
@@ -338,9 +264,9 @@ async fn watch_health(
             report(
                 "graph",
                 Some(Dependency::Graph),
-                graph::probe(graph, graph_timeout)
+                bolt::probe(graph, graph_timeout)
                     .await
-                    .map_err(|e| crate::error_chain(&e)),
+                    .map_err(|e| crate::safe::error_chain(&e)),
             );
         }
         if let Some(x) = &clients.extractions
@@ -363,7 +289,7 @@ async fn within(
 ) -> Result<(), String> {
     match tokio::time::timeout(timeout, probe).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(crate::error_chain(&e)),
+        Ok(Err(e)) => Err(crate::safe::error_chain(&e)),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }

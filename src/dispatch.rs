@@ -1,6 +1,8 @@
-//! Routing and fan-out: pick the pipelines for an event by `source` and `detail-type`, run them
-//! concurrently — each in its own task, with its own timeout, so an error, a panic or a hang in
-//! one never stops the others — and fold their results into the message's outcome.
+//! A queue's handler: resolve a claim check, decode the body in the queue's input format,
+//! route each event by `source`, `detail_type` and attributes, validate it against the route's
+//! contract, run the route's pipelines concurrently — each in its own task, with its own
+//! timeout, so an error, a panic or a hang in one never stops the others — and fold their
+//! results into the message's outcome.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -14,7 +16,10 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admission, Breakers, Dependency};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
-use crate::engine::{Handler, Outcome};
+use crate::contract::Contract;
+use crate::engine::{Handler, Labels, Outcome, Received};
+use crate::input::claim_check::{ClaimCheck, FetchError, Pointer};
+use crate::input::{self, Decoded, Event, Format};
 use crate::ledger::{Claim, Ledger};
 use crate::pipeline::{Delivery, Pipeline, PipelineError, Registry};
 use crate::telemetry;
@@ -51,6 +56,8 @@ type Stage = Vec<(Arc<dyn Pipeline>, Duration)>;
 struct Route {
     source: Pattern,
     detail_type: Pattern,
+    attributes: Vec<(String, Pattern)>,
+    contract: Contract,
     pipelines: Stage,
     /// Run once every pipeline of `pipelines` succeeded.
     after: Stage,
@@ -61,6 +68,9 @@ struct Route {
 /// makes each pipeline's effect happen once per interaction key.
 pub struct Dispatcher {
     queue: String,
+    format: Format,
+    /// Resolves bodies offloaded to S3; without it a pointer is retried, then dead-lettered.
+    claim_check: Option<ClaimCheck>,
     routes: Vec<Route>,
     on_unrouted: Unrouted,
     ledger: Ledger,
@@ -119,6 +129,7 @@ impl Dispatcher {
         registry: &Registry,
         ledger: Ledger,
         breakers: Breakers,
+        claim_check: Option<ClaimCheck>,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for (i, route) in queue_config.routes.iter().enumerate() {
@@ -139,6 +150,12 @@ impl Dispatcher {
             routes.push(Route {
                 source: Pattern::parse(&route.source),
                 detail_type: Pattern::parse(&route.detail_type),
+                attributes: route
+                    .attributes
+                    .iter()
+                    .map(|(name, pattern)| (name.clone(), Pattern::parse(pattern)))
+                    .collect(),
+                contract: route.contract,
                 pipelines: stage("pipelines", &route.pipelines)?,
                 after: stage("after", &route.after)?,
                 ack: route.ack,
@@ -153,6 +170,8 @@ impl Dispatcher {
         needs.dedup();
         Ok(Self {
             queue: queue.to_owned(),
+            format: queue_config.format,
+            claim_check,
             routes,
             on_unrouted: queue_config.on_unrouted,
             ledger,
@@ -161,12 +180,116 @@ impl Dispatcher {
         })
     }
 
-    fn route(&self, delivery: &Delivery) -> Option<&Route> {
+    fn route(&self, event: &Event) -> Option<&Route> {
         self.routes.iter().find(|r| {
-            r.source.matches(&delivery.event.source)
-                && r.detail_type.matches(&delivery.event.detail_type)
+            r.source.matches(&event.source)
+                && r.detail_type.matches(&event.detail_type)
+                && r.attributes.iter().all(|(name, pattern)| {
+                    event
+                        .attributes
+                        .get(name)
+                        .is_some_and(|v| pattern.matches(v))
+                })
         })
     }
+
+    /// The message's body, fetched from S3 when it is a claim check.
+    async fn body<'a>(
+        claim_check: Option<&ClaimCheck>,
+        message: &'a Received,
+    ) -> Result<std::borrow::Cow<'a, str>, Outcome> {
+        let Some(pointer) = Pointer::in_body(&message.body) else {
+            return Ok(std::borrow::Cow::Borrowed(&message.body));
+        };
+        let pointer = pointer.map_err(poison)?;
+        let retry = |reason: String| Outcome::Retry {
+            reason,
+            pipeline: None,
+            after: None,
+            outage: false,
+        };
+        let Some(claim_check) = claim_check else {
+            return Err(retry(format!(
+                "claim check {pointer}: this queue cannot fetch offloaded bodies (no S3 client)"
+            )));
+        };
+        match claim_check.fetch(&pointer).await {
+            Ok(Ok(body)) => Ok(std::borrow::Cow::Owned(body)),
+            Ok(Err(not_text)) => Err(poison(not_text)),
+            // Missing: written after its pointer, or deleted; retried up to the queue's
+            // maxReceiveCount, then dead-lettered naming the object.
+            Err(e @ (FetchError::Missing(_) | FetchError::Failed(..))) => Err(retry(e.to_string())),
+        }
+    }
+
+    /// Routes, validates and runs one event.
+    async fn event(&self, message: &Received, event: Event) -> (Outcome, Labels) {
+        let mut labels = Labels {
+            event_id: event.id.clone(),
+            tenant_id: None,
+            kind: "-",
+        };
+        let Some(route) = self.route(&event) else {
+            return (self.unrouted(message, &event), labels);
+        };
+        let contract = route.contract.for_event(&event);
+        labels.kind = contract.as_str();
+        let interaction = match route.contract.validate(&event) {
+            Ok(interaction) => interaction,
+            Err(e) => {
+                let outcome = Outcome::DeadLetter {
+                    reason: format!("invalid event: {e}"),
+                    label: "invalid",
+                    pipeline: None,
+                };
+                return (outcome, labels);
+            }
+        };
+        if let Some(i) = &interaction {
+            labels.tenant_id = Some(i.tenant_id.to_string());
+            labels.kind = i.interaction_type.as_str();
+        }
+        let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
+        let delivery = Arc::new(Delivery::new(
+            message.queue.clone(),
+            message.message_id.clone(),
+            message.receive_count,
+            event,
+            contract,
+            interaction,
+        ));
+        let mut results = run_stage(pipelines, &delivery, &self.ledger).await;
+        // `after` pipelines (an announcement) run only once the work they report is done.
+        if !after.is_empty() && results.iter().all(|r| r.result.is_ok()) {
+            results.extend(run_stage(after, &delivery, &self.ledger).await);
+        }
+        (fold(&results, ack), labels)
+    }
+}
+
+/// A body that can never be decoded: dead-lettered now, with the reason.
+fn poison(e: input::PoisonError) -> Outcome {
+    Outcome::DeadLetter {
+        reason: format!("poison message: {e}"),
+        label: e.label(),
+        pipeline: None,
+    }
+}
+
+/// One outcome for a message that carried several events (an S3 notification's records): any
+/// retry retries the message (events already done are skipped by the ledger next time), else
+/// any dead letter dead-letters it, else it succeeded.
+fn combine(outcomes: Vec<Outcome>) -> Outcome {
+    let mut combined = Outcome::Success;
+    for outcome in outcomes {
+        combined = match (&combined, &outcome) {
+            (Outcome::Retry { .. }, _) => combined,
+            (_, Outcome::Retry { .. }) => outcome,
+            (Outcome::DeadLetter { .. }, _) => combined,
+            _ => outcome,
+        };
+    }
+    combined
 }
 
 impl Handler for Dispatcher {
@@ -174,19 +297,39 @@ impl Handler for Dispatcher {
         self.breakers.admission(&self.needs)
     }
 
-    fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome> {
-        let Some(route) = self.route(&delivery) else {
-            return Box::pin(std::future::ready(self.unrouted(&delivery)));
-        };
-        let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
-        let ledger = self.ledger.clone();
+    fn handle(self: Arc<Self>, message: Arc<Received>) -> BoxFuture<'static, Outcome> {
+        let this = self;
         Box::pin(async move {
-            let mut results = run_stage(pipelines, &delivery, &ledger).await;
-            // `after` pipelines (an announcement) run only once the work they report is done.
-            if !after.is_empty() && results.iter().all(|r| r.result.is_ok()) {
-                results.extend(run_stage(after, &delivery, &ledger).await);
+            let body = match Dispatcher::body(this.claim_check.as_ref(), &message).await {
+                Ok(body) => body,
+                Err(outcome) => return outcome,
+            };
+            let events = match input::decode(this.format, &body, &message.attributes) {
+                Ok(Decoded::Events(events)) => events,
+                Ok(Decoded::Nothing(what)) => {
+                    let _ = message.labels.set(Labels {
+                        kind: what,
+                        ..Labels::NONE
+                    });
+                    tracing::info!(queue = %this.queue, message_id = %message.message_id, kind = what, "message carries no event: deleted");
+                    return Outcome::Success;
+                }
+                Err(e) => return poison(e),
+            };
+            drop(body);
+            if let [_] = events.as_slice() {
+                let event = events.into_iter().next().expect("one event");
+                let (outcome, labels) = this.event(&message, event).await;
+                let _ = message.labels.set(labels);
+                return outcome;
             }
-            fold(&results, ack)
+            let runs = events.into_iter().map(|event| this.event(&message, event));
+            let (outcomes, labels): (Vec<Outcome>, Vec<Labels>) =
+                futures::future::join_all(runs).await.into_iter().unzip();
+            if let Some(first) = labels.into_iter().next() {
+                let _ = message.labels.set(first);
+            }
+            combine(outcomes)
         })
     }
 }
@@ -311,17 +454,17 @@ async fn run_once(
 }
 
 impl Dispatcher {
-    fn unrouted(&self, delivery: &Delivery) -> Outcome {
+    fn unrouted(&self, message: &Received, event: &Event) -> Outcome {
         telemetry::unrouted(&self.queue);
         match self.on_unrouted {
             Unrouted::Drop => {
-                tracing::info!(queue = %self.queue, message_id = %delivery.message_id, key = %delivery.key, source = %delivery.event.source, detail_type = %delivery.event.detail_type, "unrouted event dropped (on_unrouted = \"drop\")");
+                tracing::info!(queue = %self.queue, message_id = %message.message_id, event_id = event.id.as_deref().unwrap_or("-"), source = %crate::safe::token(&event.source), detail_type = %crate::safe::token(&event.detail_type), "unrouted event dropped (on_unrouted = \"drop\")");
                 Outcome::Success
             }
             Unrouted::DeadLetter => Outcome::DeadLetter {
                 reason: format!(
                     "unrouted: no route for source {:?} and detail-type {:?}",
-                    delivery.event.source, delivery.event.detail_type
+                    event.source, event.detail_type
                 ),
                 label: "unrouted",
                 pipeline: None,

@@ -366,7 +366,7 @@ async fn redrive(
                             eprintln!(
                                 "\nsent {} back but could not delete it from the DLQ (it will show there again; do not redrive it twice): {}",
                                 m.message_id().unwrap_or("?"),
-                                crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                                crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
                             );
                         }
                     }
@@ -377,7 +377,7 @@ async fn redrive(
                     eprintln!(
                         "\ncould not send {} back to {destination}: {}",
                         m.message_id().unwrap_or("?"),
-                        crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                        crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
                     );
                 }
             }

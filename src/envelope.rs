@@ -1,6 +1,6 @@
-//! The payloads inside EventBridge events, parsed at the edge into one internal
-//! [`Interaction`]: an `EnvelopeV1.<type>` envelope, or a `BatchProcessingCompleted` v1.0 event
-//! (a transcript). Every validation error names the field path and the problem, and never
+//! The interaction contracts (`envelope_v1`, `batch_completed_v1`), parsed at the edge into one
+//! internal [`Interaction`]: an `EnvelopeV1.<type>` envelope, or a `BatchProcessingCompleted`
+//! v1.0 event (a transcript). Every validation error names the field path and the problem, and never
 //! quotes message content (an enum value is echoed, truncated; free text never).
 //!
 //! Unknown fields are tolerated (publishers evolve); wrong types and bad values are not.
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::event::EventBridgeEvent;
+use crate::input::eventbridge::EventBridgeEvent;
 
 /// `detail-type` prefix of EnvelopeV1 events (`EnvelopeV1.transcript`, …).
 pub const ENVELOPE_V1_PREFIX: &str = "EnvelopeV1.";
@@ -132,29 +132,51 @@ pub struct FieldError {
 /// Parses the event's `detail` if its `detail-type` names an interaction event. `Ok(None)` for
 /// other detail-types (they may still be routed to pipelines that do not need one).
 pub fn parse(event: &EventBridgeEvent) -> Result<Option<Interaction>, FieldError> {
-    let detail = Fields {
-        path: "detail".to_owned(),
-        map: &event.detail,
-    };
-    if let Some(suffix) = event.detail_type.strip_prefix(ENVELOPE_V1_PREFIX) {
-        let interaction = envelope_v1(&detail)?;
-        // The detail-type names the type; a disagreement means a publisher bug.
-        if suffix != interaction.interaction_type.as_str() {
-            return Err(FieldError {
-                path: "detail.interaction_type".into(),
-                problem: format!(
-                    "{:?} does not match detail-type {}",
-                    interaction.interaction_type.as_str(),
-                    crate::safe::token(&event.detail_type)
-                ),
-            });
-        }
-        Ok(Some(interaction))
+    if event.detail_type.starts_with(ENVELOPE_V1_PREFIX) {
+        parse_envelope_v1(&event.detail, "detail", &event.detail_type).map(Some)
     } else if event.detail_type == BATCH_PROCESSING_COMPLETED {
-        batch_processing_completed(&detail).map(Some)
+        parse_batch_completed(&event.detail, "detail").map(Some)
     } else {
         Ok(None)
     }
+}
+
+/// Validates an EnvelopeV1 payload found at `path` (`detail`, `Message`, `body`). When the
+/// event's type names an envelope type (`EnvelopeV1.<type>`), it must agree with the payload's.
+pub fn parse_envelope_v1(
+    payload: &Map<String, Value>,
+    path: &str,
+    event_type: &str,
+) -> Result<Interaction, FieldError> {
+    let interaction = envelope_v1(&Fields {
+        path: path.to_owned(),
+        map: payload,
+    })?;
+    if let Some(suffix) = event_type.strip_prefix(ENVELOPE_V1_PREFIX)
+        && suffix != interaction.interaction_type.as_str()
+    {
+        // A disagreement means a publisher bug.
+        return Err(FieldError {
+            path: format!("{path}.interaction_type"),
+            problem: format!(
+                "{:?} does not match detail-type {}",
+                interaction.interaction_type.as_str(),
+                crate::safe::token(event_type)
+            ),
+        });
+    }
+    Ok(interaction)
+}
+
+/// Validates a BatchProcessingCompleted v1.0 payload found at `path`.
+pub fn parse_batch_completed(
+    payload: &Map<String, Value>,
+    path: &str,
+) -> Result<Interaction, FieldError> {
+    batch_processing_completed(&Fields {
+        path: path.to_owned(),
+        map: payload,
+    })
 }
 
 fn envelope_v1(d: &Fields<'_>) -> Result<Interaction, FieldError> {

@@ -108,7 +108,7 @@ fn sqs_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: aws_sdk_sqs::error::SdkError<E>,
 ) -> InfraError {
     let code = e.code().map(str::to_owned);
-    InfraError::aws(context, code.as_deref(), crate::error_chain(&e))
+    InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
 }
 
 fn eb_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -116,7 +116,7 @@ fn eb_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: aws_sdk_eventbridge::error::SdkError<E>,
 ) -> InfraError {
     let code = e.code().map(str::to_owned);
-    InfraError::aws(context, code.as_deref(), crate::error_chain(&e))
+    InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
 }
 
 fn is_not_found(code: Option<&str>) -> bool {
@@ -767,14 +767,14 @@ impl Probe {
             eprintln!(
                 "warning: could not remove the verification target {}: {}",
                 self.target_id,
-                crate::error_chain(&e)
+                crate::safe::error_chain(&e)
             );
         }
         if let Err(e) = c.sqs.delete_queue().queue_url(&self.queue_url).send().await {
             eprintln!(
                 "warning: could not delete the verification queue {}: {}",
                 self.queue_url,
-                crate::error_chain(&e)
+                crate::safe::error_chain(&e)
             );
         }
     }
@@ -812,7 +812,7 @@ async fn publish_and_wait(c: &Clients, config: &Config, probe: &Probe) -> Result
         std::slice::from_ref(&event),
     )
     .await
-    .map_err(|e| InfraError::aws("PutEvents", e.code(), crate::error_chain(&e)))?;
+    .map_err(|e| InfraError::aws("PutEvents", e.code(), crate::safe::error_chain(&e)))?;
     let event_id = results
         .into_iter()
         .next()
@@ -843,7 +843,7 @@ async fn publish_and_wait(c: &Clients, config: &Config, probe: &Probe) -> Result
             .unwrap_or_default();
         for m in messages {
             let body = m.body().unwrap_or_default();
-            let delivered = crate::event::decode(body).map_err(|e| {
+            let delivered = crate::input::eventbridge::decode(body).map_err(|e| {
                 InfraError::Invalid(format!(
                     "the delivered event is not an EventBridge event: {e}"
                 ))

@@ -3,19 +3,20 @@
 //! reason — never lost.
 
 pub mod aws;
+pub mod bolt;
 pub mod breaker;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod daemon;
 pub mod dispatch;
 pub mod dlq;
 pub mod engine;
 pub mod envelope;
-pub mod event;
 pub mod extract;
-pub mod graph;
 pub mod infra;
+pub mod input;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;
@@ -35,19 +36,4 @@ pub use daemon::{Running, run, start, start_with};
 pub fn install_crypto_provider() {
     // Err means a provider is installed already (tests call this repeatedly): fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// An error and its causes on one line, each cause once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -206,7 +206,7 @@ pub async fn ask(
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", crate::error_chain(&e)))?;
+        .map_err(|e| format!("{url}: {}", crate::safe::error_chain(&e)))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {

@@ -245,7 +245,7 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
                     {
                         Ok(dlq) => kms_keys.extend(dlq.kms_key),
                         Err(e) => {
-                            tracing::warn!(error = %crate::error_chain(&e), "DLQ not reachable; its KMS key (if any) is not in the policy")
+                            tracing::warn!(error = %crate::safe::error_chain(&e), "DLQ not reachable; its KMS key (if any) is not in the policy")
                         }
                     }
                 }
@@ -256,7 +256,7 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "queue not reachable; naming it from the config");
+                tracing::warn!(error = %crate::safe::error_chain(&e), "queue not reachable; naming it from the config");
                 consumed.push(Consumed {
                     name: configured_name.unwrap_or_default(),
                     ..Consumed::default()

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::envelope::{self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType};
-use crate::event::EventBridgeEvent;
+use crate::input::eventbridge::EventBridgeEvent;
 
 /// EventBridge takes at most 10 entries per PutEvents call.
 pub const MAX_ENTRIES_PER_CALL: usize = 10;
@@ -317,6 +317,85 @@ pub async fn put(
         .collect())
 }
 
+/// `publish --queue`: each event sent to the queue as EventBridge would deliver it; bodies over
+/// `--offload-over` go to S3 and travel as a claim-check pointer.
+async fn send_to_queue(
+    config: &crate::config::Config,
+    sdk: &aws_config::SdkConfig,
+    key: &str,
+    args: &PublishArgs,
+    events: &[Prepared],
+    identity: &Identity,
+) -> anyhow::Result<()> {
+    use crate::input::claim_check::{ClaimCheck, SIZE_ATTRIBUTE};
+    let queue = config.queues.get(key).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--queue {key:?}: no [queues.{key}] in the config; configured: {}",
+            config.queues.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let url = crate::sqs::describe_queue(&sqs, queue)
+        .await
+        .map_err(|e| anyhow::anyhow!("queues.{key}: {}", crate::safe::error_chain(&e)))?
+        .url;
+    let claim_check = ClaimCheck::new(crate::aws::s3_client(sdk));
+    for event in events {
+        let event_id = Uuid::new_v4().to_string();
+        let body = json!({
+            "version": "0", "id": event_id, "detail-type": event.detail_type,
+            "source": event.source, "account": "000000000000",
+            "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "region": sdk.region().map(|r| r.to_string()), "resources": [],
+            "detail": event.detail,
+        })
+        .to_string();
+        let mut send = sqs.send_message().queue_url(&url);
+        let mut offloaded = None;
+        match (args.offload_over, &args.offload_bucket) {
+            (Some(limit), Some(bucket)) if body.len() > limit => {
+                let size = body.len();
+                let pointer = claim_check
+                    .offload(bucket, body)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("offloading to bucket {bucket:?}: {e}"))?;
+                send = send.message_body(pointer.to_body()).message_attributes(
+                    SIZE_ATTRIBUTE,
+                    aws_sdk_sqs::types::MessageAttributeValue::builder()
+                        .data_type("Number")
+                        .string_value(size.to_string())
+                        .build()?,
+                );
+                offloaded = Some(pointer.to_string());
+            }
+            _ => send = send.message_body(body),
+        }
+        let message_id = send
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "SendMessage to queues.{key}: {}",
+                    crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
+                )
+            })?
+            .message_id
+            .unwrap_or_default();
+        tracing::info!(%message_id, %event_id, interaction_id = %event.interaction_id, content_len = event.content_len, offloaded = offloaded.is_some(), "sent to the queue");
+        println!(
+            "{}",
+            json!({
+                "message_id": message_id, "event_id": event_id, "interaction_id": event.interaction_id,
+                "queue": key, "offloaded_to": offloaded,
+                "source": event.source, "detail_type": event.detail_type,
+                "tenant_id": identity.tenant_id, "user_id": identity.user_id,
+                "content_length": event.content_len, "content_sha256": event.content_sha256,
+            })
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +535,18 @@ pub struct PublishArgs {
     /// Publish this many events (each with its own interaction_id), for load tests.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
+    /// Send straight to the configured queue `queues.<KEY>` instead of EventBridge, the body
+    /// written as an EventBridge rule would deliver it. For events over EventBridge's 256 KB
+    /// and for testing a queue without a rule.
+    #[arg(long, value_name = "KEY")]
+    pub queue: Option<String>,
+    /// With --queue: put bodies over this many bytes in S3 (--offload-bucket) and send a
+    /// claim-check pointer instead, as the AWS extended clients do.
+    #[arg(long, value_name = "BYTES", requires_all = ["queue", "offload_bucket"])]
+    pub offload_over: Option<usize>,
+    /// The bucket offloaded bodies go to.
+    #[arg(long, value_name = "NAME", requires = "offload_over")]
+    pub offload_bucket: Option<String>,
 }
 
 /// Runs `conveyor publish`: prepares and validates every event first, then sends them 10 per
@@ -499,16 +590,19 @@ pub async fn run(config: &crate::config::Config, args: PublishArgs) -> anyhow::R
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let bus = args.bus.as_deref().unwrap_or(&config.eventbridge.bus_name);
     let sdk = crate::aws::sdk_config(&config.aws).await;
     crate::aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
+    if let Some(key) = &args.queue {
+        return send_to_queue(config, &sdk, key, &args, &events, &identity).await;
+    }
+    let bus = args.bus.as_deref().unwrap_or(&config.eventbridge.bus_name);
     let client = aws_sdk_eventbridge::Client::new(&sdk);
     let total = events.len();
     let mut published = 0;
     for chunk in events.chunks(MAX_ENTRIES_PER_CALL) {
-        let results = put(&client, bus, chunk)
-            .await
-            .map_err(|e| anyhow::anyhow!("PutEvents on bus {bus:?}: {}", crate::error_chain(&e)))?;
+        let results = put(&client, bus, chunk).await.map_err(|e| {
+            anyhow::anyhow!("PutEvents on bus {bus:?}: {}", crate::safe::error_chain(&e))
+        })?;
         for (event, result) in chunk.iter().zip(results) {
             let event_id = result.map_err(|failed| {
                 anyhow::anyhow!(

@@ -259,7 +259,7 @@ async fn call(
                 .await
                 .map_err(|e| {
                     telemetry::sqs_error(queue, telemetry::SqsOp::DeleteMessageBatch);
-                    crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                    crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
                 })?;
             out.failed
         }
@@ -284,7 +284,7 @@ async fn call(
                 .await
                 .map_err(|e| {
                     telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-                    crate::error_chain(&aws_sdk_sqs::Error::from(e))
+                    crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
                 })?;
             out.failed
         }

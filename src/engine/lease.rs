@@ -290,7 +290,7 @@ async fn extend(
         Ok(Ok(out)) => out.failed,
         Ok(Err(e)) => {
             telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-            tracing::warn!(queue, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "lease extension call failed; retrying next tick");
+            tracing::warn!(queue, error = %crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)), "lease extension call failed; retrying next tick");
             chunk.iter().for_each(|(id, ..)| leases.renewal_failed(*id));
             return;
         }

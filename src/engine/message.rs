@@ -1,5 +1,5 @@
 //! The life of one message, top to bottom: it was received by a poller; here it is leased,
-//! decoded, handed to the handler, and its outcome applied — deleted, made visible again after
+//! handed to the queue's handler, and its outcome applied — deleted, made visible again after
 //! a backoff, dead-lettered with its reason, or released at shutdown. Nothing leaves this
 //! function without one of those, except a lost lease (another consumer owns the message).
 
@@ -13,11 +13,9 @@ use tokio::time::Instant;
 
 use super::backoff;
 use super::batch::Action;
-use super::{Outcome, Queue};
+use super::{Labels, Outcome, Queue, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
-use crate::pipeline::Delivery;
 use crate::telemetry::{self, SqsOp};
-use crate::{envelope, event};
 
 /// SQS allows at most 10 message attributes per message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -29,7 +27,7 @@ const MAX_REASON_CHARS: usize = 1024;
 
 /// How a message's handling ended, before the outcome is applied.
 enum Verdict {
-    /// The handler (or the decoder) decided.
+    /// The handler decided, or the deadline passed.
     Decided(Outcome),
     /// Shutdown's grace period ran out first.
     Release,
@@ -41,66 +39,6 @@ enum Verdict {
         reason: String,
         after: Option<Duration>,
     },
-}
-
-/// Parses the body into a delivery, or the dead-letter outcome that says why it never will be
-/// one. Both checks are permanent: a body does not become valid by being received again.
-fn decode(
-    queue: &Queue,
-    message_id: &str,
-    receive_count: u32,
-    body: &str,
-) -> Result<Delivery, Outcome> {
-    let event = event::decode(body).map_err(|poison| Outcome::DeadLetter {
-        reason: format!("poison message: {poison}"),
-        label: poison.label(),
-        pipeline: None,
-    })?;
-    let interaction = envelope::parse(&event).map_err(|e| Outcome::DeadLetter {
-        reason: format!("invalid event: {e}"),
-        label: "invalid",
-        pipeline: None,
-    })?;
-    Ok(Delivery::new(
-        queue.name.clone(),
-        message_id.to_owned(),
-        receive_count,
-        event,
-        interaction,
-    ))
-}
-
-/// The ids a message's log line carries (never its content).
-struct LogIds {
-    event_id: String,
-    tenant_id: String,
-    interaction_type: &'static str,
-}
-
-impl Default for LogIds {
-    fn default() -> Self {
-        Self {
-            event_id: "-".into(),
-            tenant_id: "-".into(),
-            interaction_type: "-",
-        }
-    }
-}
-
-impl LogIds {
-    fn of(delivery: &Delivery) -> Self {
-        Self {
-            event_id: delivery.event.id.clone().unwrap_or_else(|| "-".into()),
-            tenant_id: delivery
-                .interaction
-                .as_ref()
-                .map_or_else(|| "-".into(), |i| i.tenant_id.to_string()),
-            interaction_type: delivery
-                .interaction
-                .as_ref()
-                .map_or("-", |i| i.interaction_type.as_str()),
-        }
-    }
 }
 
 /// What was applied, for the message's log line.
@@ -124,7 +62,7 @@ enum Applied {
 /// was sent; `_permit` is its in-flight slot, freed when this returns.
 pub(super) async fn process(
     queue: Arc<Queue>,
-    message: Message,
+    mut message: Message,
     received_at: Instant,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -142,37 +80,42 @@ pub(super) async fn process(
     )
     .and_then(|v| v.parse::<u32>().ok())
     .unwrap_or(1);
-    let body = message.body.as_deref().unwrap_or_default();
+    let received = Arc::new(Received {
+        queue: queue.name.clone(),
+        message_id: message_id.clone(),
+        // Moved, not copied: the engine needs it again only to dead-letter or requeue.
+        body: message.body.take().unwrap_or_default(),
+        attributes: string_attributes(&message),
+        trace_header: system_attribute(&message, MessageSystemAttributeName::AwsTraceHeader)
+            .map(str::to_owned),
+        group_id: system_attribute(&message, MessageSystemAttributeName::MessageGroupId)
+            .map(str::to_owned),
+        receive_count,
+        labels: Default::default(),
+    });
 
     // Decide.
-    let mut ids = LogIds::default();
-    let verdict = match decode(&queue, &message_id, receive_count, body) {
-        Err(outcome) => Verdict::Decided(outcome),
-        Ok(delivery) => {
-            ids = LogIds::of(&delivery);
-            let deadline = queue.config.deadline();
-            tokio::select! {
-                biased;
-                () = lease.lost() => Verdict::LeaseLost,
-                () = queue.abandon.cancelled() => Verdict::Release,
-                // Dropping the handler's future on the deadline aborts its pipelines (and
-                // releases their ledger claims): nothing of this delivery runs on.
-                outcome = tokio::time::timeout(deadline, queue.handler.handle(Arc::new(delivery))) => {
-                    Verdict::Decided(outcome.unwrap_or_else(|_| {
-                        telemetry::deadline_exceeded(&queue.name);
-                        Outcome::Retry {
-                            reason: format!(
-                                "deadline: handling took longer than queues.{}.deadline_secs ({} s)",
-                                queue.name,
-                                deadline.as_secs()
-                            ),
-                            pipeline: None,
-                            after: None,
-                            outage: false,
-                        }
-                    }))
+    let deadline = queue.config.deadline();
+    let verdict = tokio::select! {
+        biased;
+        () = lease.lost() => Verdict::LeaseLost,
+        () = queue.abandon.cancelled() => Verdict::Release,
+        // Dropping the handler's future on the deadline aborts its pipelines (and releases
+        // their ledger claims): nothing of this delivery runs on.
+        outcome = tokio::time::timeout(deadline, queue.handler.clone().handle(received.clone())) => {
+            Verdict::Decided(outcome.unwrap_or_else(|_| {
+                telemetry::deadline_exceeded(&queue.name);
+                Outcome::Retry {
+                    reason: format!(
+                        "deadline: handling took longer than queues.{}.deadline_secs ({} s)",
+                        queue.name,
+                        deadline.as_secs()
+                    ),
+                    pipeline: None,
+                    after: None,
+                    outage: false,
                 }
-            }
+            }))
         }
     };
     telemetry::handler_finished(&queue.name, received_at.elapsed().as_secs_f64());
@@ -214,7 +157,15 @@ pub(super) async fn process(
             Some(reason),
         ),
         Verdict::Requeue { reason, after } => (
-            requeue(&queue, &message, &receipt, receive_count, after).await,
+            requeue(
+                &queue,
+                &message,
+                &received.body,
+                &receipt,
+                receive_count,
+                after,
+            )
+            .await,
             Some(reason),
         ),
         Verdict::Decided(Outcome::DeadLetter {
@@ -222,48 +173,46 @@ pub(super) async fn process(
             label,
             pipeline,
         }) => {
-            let applied = dead_letter(
-                &queue,
-                &message,
-                &receipt,
+            let original = Original {
+                message: &message,
+                body: &received.body,
+                receipt: &receipt,
                 receive_count,
-                &reason,
-                pipeline.as_deref(),
-                label,
-            )
-            .await;
+            };
+            let applied = dead_letter(&queue, original, &reason, pipeline.as_deref(), label).await;
             (applied, Some(reason))
         }
     };
     drop(lease);
 
     let latency_ms = received_at.elapsed().as_millis() as u64;
-    let LogIds {
-        event_id,
-        tenant_id,
-        interaction_type,
-    } = &ids;
+    let labels = received.labels.get().unwrap_or(&Labels::NONE);
+    let (event_id, tenant_id, kind) = (
+        labels.event_id.as_deref().unwrap_or("-"),
+        labels.tenant_id.as_deref().unwrap_or("-"),
+        labels.kind,
+    );
     match applied {
         Applied::Deleted => {
-            tracing::debug!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "deleted", latency_ms, "message done")
+            tracing::debug!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "deleted", latency_ms, "message done")
         }
         Applied::Retried { delay_secs } => {
-            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "retry", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "message will be retried")
+            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "retry", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "message will be retried")
         }
         Applied::DeadLettered => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "dead_lettered", latency_ms, reason = reason.as_deref().unwrap_or_default(), "message dead-lettered")
         }
         Applied::Requeued { delay_secs } => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "requeued", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "a dependency outage spent the message's receives: sent back to the queue as a fresh copy, not dead-lettered")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "requeued", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "a dependency outage spent the message's receives: sent back to the queue as a fresh copy, not dead-lettered")
         }
         Applied::Released => {
-            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "released", latency_ms, "message released at shutdown")
+            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "released", latency_ms, "message released at shutdown")
         }
         Applied::LeaseLost => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "lease_lost", latency_ms, "work abandoned: lease lost")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "lease_lost", latency_ms, "work abandoned: lease lost")
         }
         Applied::Failed => {
-            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, interaction_type, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
+            tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
         }
     }
 }
@@ -304,6 +253,7 @@ async fn retry(
 async fn requeue(
     queue: &Queue,
     message: &Message,
+    body: &str,
     receipt: &str,
     receive_count: u32,
     after: Option<Duration>,
@@ -335,7 +285,7 @@ async fn requeue(
         .client
         .send_message()
         .queue_url(&queue.url)
-        .message_body(message.body.clone().unwrap_or_default())
+        .message_body(body)
         .set_message_attributes(Some(attributes))
         .delay_seconds(delay_secs as i32)
         .send();
@@ -345,7 +295,7 @@ async fn requeue(
     };
     if let Err(e) = sent {
         telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
-        tracing::error!(queue = %queue.name, error = %crate::error_chain(&aws_sdk_sqs::Error::from(e)), "sending the fresh copy failed; retrying the original instead");
+        tracing::error!(queue = %queue.name, error = %crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)), "sending the fresh copy failed; retrying the original instead");
         return retry(queue, receipt, receive_count, after).await;
     }
     telemetry::message_requeued(&queue.name);
@@ -391,20 +341,32 @@ async fn apply(queue: &Queue, receipt: &str, action: Action, applied: Applied) -
 /// Copies the message to the DLQ with the reason attached, then deletes the original. The
 /// original is never deleted without a DLQ copy: if the copy fails, it comes back after a
 /// backoff instead (and the queue's native redrive remains the backstop).
+/// The received message as it is dead-lettered: its body travels as received (a claim check's
+/// pointer, not the payload it points to).
+struct Original<'a> {
+    message: &'a Message,
+    body: &'a str,
+    receipt: &'a str,
+    receive_count: u32,
+}
+
 async fn dead_letter(
     queue: &Queue,
-    message: &Message,
-    receipt: &str,
-    receive_count: u32,
+    original: Original<'_>,
     reason: &str,
     pipeline: Option<&str>,
     label: &'static str,
 ) -> Applied {
+    let Original {
+        message,
+        body,
+        receipt,
+        receive_count,
+    } = original;
     let Some(dlq) = &queue.dlq else {
         tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
         return retry(queue, receipt, receive_count, None).await;
     };
-    let body = message.body.clone().unwrap_or_default();
     let full = dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
     let Some(minimal) = minimal_dead_letter_attributes(reason, body.len(), dlq.max_message_bytes)
     else {
@@ -428,7 +390,7 @@ async fn dead_letter(
             .client
             .send_message()
             .queue_url(&dlq.url)
-            .message_body(body.clone())
+            .message_body(body)
             .set_message_attributes(Some(attributes))
             .send();
         // Past shutdown's grace period the send is cancelled and the message released: it
@@ -446,7 +408,7 @@ async fn dead_letter(
             Err(e) => {
                 telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
                 let transient = crate::aws::is_transient(&e);
-                last_error = crate::error_chain(&aws_sdk_sqs::Error::from(e));
+                last_error = crate::safe::error_chain(&aws_sdk_sqs::Error::from(e));
                 if transient {
                     break;
                 }
@@ -581,6 +543,17 @@ fn attributes_size(attributes: &HashMap<String, MessageAttributeValue>) -> usize
                 + v.binary_value().map_or(0, |b| b.as_ref().len())
         })
         .sum()
+}
+
+/// The message attributes with a string value (`String` and `Number` types, custom subtypes
+/// included); binary ones are left out.
+fn string_attributes(message: &Message) -> std::collections::BTreeMap<String, String> {
+    message
+        .message_attributes
+        .iter()
+        .flatten()
+        .filter_map(|(name, v)| Some((name.clone(), v.string_value.clone()?)))
+        .collect()
 }
 
 fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> Option<&str> {

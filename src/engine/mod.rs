@@ -27,7 +27,6 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::Admission;
 use crate::config::QueueConfig;
 use crate::ops::Readiness;
-use crate::pipeline::Delivery;
 use crate::shutdown::Shutdown;
 use crate::sqs::{self, QueueLookupError};
 use crate::telemetry::{self, SqsOp};
@@ -62,10 +61,47 @@ pub enum Outcome {
     },
 }
 
-/// Decides the outcome of one delivery. The future is dropped if the message's lease is lost
-/// or shutdown's grace period ends first.
+/// One message as SQS delivered it: all a handler gets, and all the engine knows of it.
+#[derive(Debug)]
+pub struct Received {
+    /// The configured queue key (`main`).
+    pub queue: Arc<str>,
+    pub message_id: String,
+    pub body: String,
+    /// Message attributes with a string value (`String`, `Number`); binary ones are left out.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// `AWSTraceHeader`: the producer's X-Ray trace, when it was propagated.
+    pub trace_header: Option<String>,
+    /// `MessageGroupId`, on FIFO queues.
+    pub group_id: Option<String>,
+    /// `ApproximateReceiveCount`: 1 on the first delivery.
+    pub receive_count: u32,
+    /// What the handler found out about the message, for the engine's log line about it.
+    pub labels: std::sync::OnceLock<Labels>,
+}
+
+/// Ids a message's log line carries — never content.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    /// The producer's event id.
+    pub event_id: Option<String>,
+    pub tenant_id: Option<String>,
+    /// What kind of event it is (an interaction type, a contract name).
+    pub kind: &'static str,
+}
+
+impl Labels {
+    pub const NONE: Labels = Labels {
+        event_id: None,
+        tenant_id: None,
+        kind: "-",
+    };
+}
+
+/// Decides the outcome of one message. The future is dropped if the message's lease is lost,
+/// its deadline passes or shutdown's grace period ends first.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Outcome>;
+    fn handle(self: Arc<Self>, message: Arc<Received>) -> BoxFuture<'static, Outcome>;
     /// Whether the queue may receive now: a handler whose dependencies are down pauses its
     /// queue instead of receiving messages it can only fail.
     fn admission(&self) -> Admission {
@@ -160,7 +196,7 @@ impl Consumer {
                 Err(e) if e.is_transient() => {
                     context.readiness.set(readiness_key.clone(), false);
                     let delay = backoff.next_delay(&mut rand::rng());
-                    tracing::warn!(queue = name, error = %crate::error_chain(&e), failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "SQS unreachable at startup; retrying");
+                    tracing::warn!(queue = name, error = %crate::safe::error_chain(&e), failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "SQS unreachable at startup; retrying");
                     tokio::select! {
                         () = context.shutdown.graceful.cancelled() => return Err(QueueLookupError::Stopped),
                         () = tokio::time::sleep(delay) => {}
@@ -440,7 +476,7 @@ async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
         .map(|out| out.messages.unwrap_or_default())
         .map_err(|e| {
             telemetry::sqs_error(&queue.name, SqsOp::ReceiveMessage);
-            crate::error_chain(&aws_sdk_sqs::Error::from(e))
+            crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
         })
 }
 

@@ -142,7 +142,7 @@ impl Inner {
             Ok(None) => {}
             Err(e) => tracing::warn!(
                 key,
-                error = %crate::error_chain(&e),
+                error = %crate::safe::error_chain(&e),
                 "reading stored extractions failed; extracting anyway"
             ),
         }
@@ -182,7 +182,7 @@ impl Inner {
             Err((e, extraction)) => {
                 tracing::warn!(
                     key,
-                    error = %crate::error_chain(&e),
+                    error = %crate::safe::error_chain(&e),
                     "storing the extraction failed; using it unstored (a redelivery may extract again)"
                 );
                 Ok(Arc::new(extraction))

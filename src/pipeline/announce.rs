@@ -14,9 +14,25 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use futures::future::BoxFuture;
 use serde_json::json;
 
-use super::{Delivery, Pipeline, PipelineError};
+use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::{Breakers, Dependency};
 use crate::config::AnnounceConfig;
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "announce",
+    // Ids and, when there is one, the interaction's type, length and hash.
+    accepts: &[],
+    needs: &[Need::EventBridge],
+    build: |r| {
+        Box::pin(async move {
+            Ok(Arc::new(Announce::new(
+                aws_sdk_eventbridge::Client::new(r.aws()?),
+                r.config.announce.clone(),
+                r.breakers.clone(),
+            )) as Arc<dyn Pipeline>)
+        })
+    },
+};
 
 pub struct Announce {
     client: aws_sdk_eventbridge::Client,
@@ -77,7 +93,7 @@ impl Pipeline for Announce {
                 .send()
                 .await
                 .map_err(|e| {
-                    let reason = format!("PutEvents: {}", crate::error_chain(&e));
+                    let reason = format!("PutEvents: {}", crate::safe::error_chain(&e));
                     // Unreachable, failing, throttling or refusing the credentials: an
                     // outage of EventBridge, not a property of the message.
                     if crate::aws::is_transient(&e) || crate::aws::is_auth_refused(&e) {

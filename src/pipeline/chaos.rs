@@ -1,5 +1,5 @@
 //! `chaos`: a pipeline that misbehaves on request, for tests and soak runs. It reads the
-//! directive object at `detail.chaos` (or `detail.extras.chaos`) and succeeds when there is
+//! directive object at `chaos` (or `extras.chaos`) in the payload and succeeds when there is
 //! none:
 //!
 //! ```json
@@ -20,7 +20,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{Delivery, Pipeline, PipelineError};
+use super::{Delivery, Descriptor, Pipeline, PipelineError};
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "chaos",
+    accepts: &[],
+    needs: &[],
+    build: |_| Box::pin(async { Ok(Arc::new(Chaos) as Arc<dyn Pipeline>) }),
+};
 
 pub struct Chaos;
 
@@ -34,7 +41,7 @@ struct Directive {
 }
 
 fn directive(delivery: &Delivery) -> Option<Directive> {
-    let detail = &delivery.event.detail;
+    let detail = &delivery.event.payload;
     let value = detail
         .get("chaos")
         .or_else(|| detail.get("extras").and_then(|e| e.get("chaos")))?;

@@ -23,15 +23,33 @@ use futures::future::BoxFuture;
 use neo4rs::{BoltType, Graph, Query, query};
 use serde_json::Value;
 
-use super::{Delivery, Pipeline, PipelineError};
+use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::{Breakers, Dependency};
+use crate::contract::Contract;
 use crate::envelope::{Interaction, kind};
 use crate::extract::{Extraction, Extractions};
-use crate::{graph, telemetry};
+use crate::{bolt, telemetry};
 
 /// Transient conflicts are retried this many times in place, with a short random pause,
 /// before the message goes back to the queue.
 const IN_PLACE_ATTEMPTS: u64 = 4;
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "graph",
+    accepts: &[Contract::EnvelopeV1, Contract::BatchCompletedV1],
+    needs: &[Need::Graph, Need::Model],
+    build: |r| {
+        Box::pin(async move {
+            let bolt = r.graph().await?;
+            Ok(Arc::new(GraphPipeline::new(
+                bolt.graph,
+                r.extractions().await?,
+                bolt.schema_ready,
+                r.breakers.clone(),
+            )) as Arc<dyn Pipeline>)
+        })
+    },
+};
 
 pub struct GraphPipeline {
     graph: Graph,
@@ -86,7 +104,7 @@ impl Pipeline for GraphPipeline {
             let mut attempt = 1;
             let result = loop {
                 match write(&graph, statements.clone()).await {
-                    Err(e) if attempt < IN_PLACE_ATTEMPTS && graph::is_worth_retrying_now(&e) => {
+                    Err(e) if attempt < IN_PLACE_ATTEMPTS && bolt::is_worth_retrying_now(&e) => {
                         let pause = rand::random_range(10..100) * attempt;
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                         attempt += 1;
@@ -100,18 +118,18 @@ impl Pipeline for GraphPipeline {
                     telemetry::graph_written(started.elapsed().as_secs_f64());
                     Ok(())
                 }
-                Err(e) if graph::is_permanent(&e) => Err(PipelineError::Permanent(format!(
+                Err(e) if bolt::is_permanent(&e) => Err(PipelineError::Permanent(format!(
                     "graph write rejected: {}",
-                    crate::error_chain(&e)
+                    crate::safe::error_chain(&e)
                 ))),
-                Err(e) if graph::is_unavailable(&e) => {
-                    let reason = format!("graph write failed: {}", crate::error_chain(&e));
+                Err(e) if bolt::is_unavailable(&e) => {
+                    let reason = format!("graph write failed: {}", crate::safe::error_chain(&e));
                     breakers.failure(Dependency::Graph, &reason);
                     Err(PipelineError::Unavailable(Dependency::Graph, reason))
                 }
                 Err(e) => Err(PipelineError::Retryable(format!(
                     "graph write failed: {}",
-                    crate::error_chain(&e)
+                    crate::safe::error_chain(&e)
                 ))),
             }
         })

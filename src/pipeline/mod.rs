@@ -1,12 +1,13 @@
-//! Pipelines: named units of work run on one delivered event. Each says whether its errors can
-//! be retried. Built in: `graph` (action items into the Bolt graph), `projection` (the same
-//! into PostgreSQL), `announce` (a result event to EventBridge), `noop` (benchmarks, smoke
-//! tests) and `chaos` (tests and soaks: fails, sleeps or panics on request).
+//! Pipelines: named units of work run on one delivered event, each saying whether its errors
+//! can be retried. [`CATALOG`] lists every pipeline a config may name — what contracts it
+//! takes, what it needs and how it is built — and is what config validation, the daemon's
+//! wiring and `conveyor check` read. Adding a pipeline is its own file plus one line there.
 
 mod announce;
 mod chaos;
 mod graph;
 mod projection;
+mod resources;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,13 +15,66 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::breaker::Dependency;
+use crate::contract::Contract;
 use crate::envelope::Interaction;
-use crate::event::EventBridgeEvent;
+use crate::input::Event;
 
 pub use announce::{Announce, announcement_id};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
 pub use projection::Projection;
+pub use resources::Resources;
+
+/// Every pipeline a route may name.
+pub const CATALOG: &[Descriptor] = &[
+    graph::DESCRIPTOR,
+    projection::DESCRIPTOR,
+    announce::DESCRIPTOR,
+    NOOP,
+    chaos::DESCRIPTOR,
+];
+
+/// What config validation, the daemon and `conveyor check` know of a pipeline before it exists.
+pub struct Descriptor {
+    pub name: &'static str,
+    /// The route contracts it can take; empty: any (it reads only ids, or the raw payload).
+    /// An `auto` route is accepted by any pipeline and checked per event.
+    pub accepts: &'static [Contract],
+    /// What it calls: checked at startup (secrets, URLs) and probed by `conveyor check`.
+    pub needs: &'static [Need],
+    /// Builds it from the daemon's shared clients.
+    pub build: Build,
+}
+
+/// How a [`Descriptor`] builds its pipeline.
+pub type Build = fn(&Resources) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
+
+/// A dependency a pipeline needs configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `DATABASE_URL`.
+    Postgres,
+    /// `graph.uri` and `NEO4J_PASSWORD`.
+    Graph,
+    /// The `[extraction]` model (an OpenAI-compatible endpoint, or offline patterns).
+    Model,
+    /// EventBridge, through the AWS credential chain.
+    EventBridge,
+}
+
+/// The catalog entry named `name`.
+pub fn descriptor(name: &str) -> Option<&'static Descriptor> {
+    CATALOG.iter().find(|d| d.name == name)
+}
+
+/// Names in the catalog, for error messages.
+pub fn catalog_names() -> String {
+    CATALOG
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What a pipeline is given: one delivery of one event.
 #[derive(Debug)]
@@ -31,11 +85,13 @@ pub struct Delivery {
     pub message_id: String,
     /// `ApproximateReceiveCount`: 1 on the first delivery.
     pub receive_count: u32,
-    pub event: EventBridgeEvent,
-    /// The validated interaction, for `EnvelopeV1.*` and `BatchProcessingCompleted` events.
+    pub event: Event,
+    /// The contract the event was validated against (`auto` resolved).
+    pub contract: Contract,
+    /// The validated interaction, for the `envelope_v1` and `batch_completed_v1` contracts.
     pub interaction: Option<Interaction>,
-    /// The idempotency key: `interaction_id` when present, else the EventBridge event id,
-    /// else the SQS message id. Never used alone: see `tenant`.
+    /// The idempotency key: `interaction_id` when present, else the event's id, else the SQS
+    /// message id. Never used alone: see `tenant`.
     pub key: String,
     /// Whose data this is: the tenant id of an interaction, empty for events that carry no
     /// tenant. Every idempotency lookup (ledger, stored extractions, single-flight) is keyed
@@ -48,7 +104,8 @@ impl Delivery {
         queue: Arc<str>,
         message_id: String,
         receive_count: u32,
-        event: EventBridgeEvent,
+        event: Event,
+        contract: Contract,
         interaction: Option<Interaction>,
     ) -> Self {
         let key = interaction
@@ -66,6 +123,7 @@ impl Delivery {
             message_id,
             receive_count,
             event,
+            contract,
             interaction,
             key,
             tenant,
@@ -125,6 +183,13 @@ pub trait Pipeline: Send + Sync + 'static {
 /// Succeeds at once. For smoke tests and benchmarks of the engine itself.
 pub struct Noop;
 
+const NOOP: Descriptor = Descriptor {
+    name: "noop",
+    accepts: &[],
+    needs: &[],
+    build: |_| Box::pin(async { Ok(Arc::new(Noop) as Arc<dyn Pipeline>) }),
+};
+
 impl Pipeline for Noop {
     fn name(&self) -> &'static str {
         "noop"
@@ -135,19 +200,16 @@ impl Pipeline for Noop {
     }
 }
 
-/// The pipelines a daemon can route to, by name.
+/// The pipelines a daemon routes to, by name: built from the catalog for the routes of its
+/// config, plus any a caller adds (tests add their own).
 #[derive(Clone, Default)]
 pub struct Registry {
     pipelines: BTreeMap<&'static str, Arc<dyn Pipeline>>,
 }
 
-/// Names of the pipelines every daemon has; config validation checks routes against them.
-/// (`graph`, `projection` and `announce` need clients, so the daemon adds each when a route
-/// names it.)
-pub const BUILT_IN: &[&str] = &["graph", "projection", "announce", "noop", "chaos"];
-
 impl Registry {
-    /// The built-in pipelines.
+    /// The pipelines that need nothing (`noop`, `chaos`); the daemon builds the others from
+    /// the catalog when a route names them.
     pub fn built_in() -> Self {
         let mut registry = Self::default();
         registry.add(Arc::new(Noop));

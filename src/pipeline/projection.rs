@@ -12,11 +12,27 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 
-use super::{Delivery, Pipeline, PipelineError};
+use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::{Breakers, Dependency};
+use crate::contract::Contract;
 use crate::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
 use crate::telemetry;
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "projection",
+    accepts: &[Contract::EnvelopeV1, Contract::BatchCompletedV1],
+    needs: &[Need::Postgres, Need::Model],
+    build: |r| {
+        Box::pin(async move {
+            Ok(Arc::new(Projection::new(
+                r.postgres()?,
+                r.extractions().await?,
+                r.breakers.clone(),
+            )) as Arc<dyn Pipeline>)
+        })
+    },
+};
 
 pub struct Projection {
     pool: PgPool,
@@ -60,16 +76,16 @@ impl Pipeline for Projection {
                 }
                 Err(e) if is_permanent(&e) => Err(PipelineError::Permanent(format!(
                     "projection rejected: {}",
-                    crate::error_chain(&e)
+                    crate::safe::error_chain(&e)
                 ))),
                 Err(e) if crate::postgres::is_unavailable(&e) => {
-                    let reason = format!("projection failed: {}", crate::error_chain(&e));
+                    let reason = format!("projection failed: {}", crate::safe::error_chain(&e));
                     breakers.failure(Dependency::Postgres, &reason);
                     Err(PipelineError::Unavailable(Dependency::Postgres, reason))
                 }
                 Err(e) => Err(PipelineError::Retryable(format!(
                     "projection failed: {}",
-                    crate::error_chain(&e)
+                    crate::safe::error_chain(&e)
                 ))),
             }
         })

@@ -67,7 +67,7 @@ async fn envelopes_through_a_real_eventbridge_rule_reach_pipelines_with_every_fi
 
     let seen = capture.0.lock().unwrap().clone();
     let expect = |detail_type: &str, detail: &Value| {
-        let event = conveyor::event::decode(
+        let event = conveyor::input::eventbridge::decode(
             &json!({"id": "x", "source": source, "detail-type": detail_type, "detail": detail})
                 .to_string(),
         )
@@ -104,7 +104,7 @@ impl Pipeline for FailOnce {
             if d.receive_count > 1 {
                 return Ok(());
             }
-            match d.event.detail["mode"].as_str() {
+            match d.event.payload["mode"].as_str() {
                 Some("panic") => panic!("fail_once: first receive"),
                 Some("timeout") => {
                     tokio::time::sleep(Duration::from_secs(30)).await;

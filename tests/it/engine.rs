@@ -345,7 +345,7 @@ async fn sigterm_with_200_in_flight_exits_zero_and_releases_everything_unfinishe
     let mut ids: Vec<u32> = back
         .iter()
         .map(|m| {
-            conveyor::event::decode(m.body().unwrap())
+            conveyor::input::eventbridge::decode(m.body().unwrap())
                 .unwrap()
                 .id
                 .unwrap()[run.len() + 1..]

@@ -52,7 +52,7 @@ async fn stack_bolt_server_answers_return_1() {
         user: s.neo4j_user.clone(),
         ..Default::default()
     };
-    conveyor::graph::connect(
+    conveyor::bolt::connect(
         &config,
         &s.neo4j_uri,
         &conveyor::config::Secret::new(s.neo4j_password),

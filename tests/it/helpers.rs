@@ -768,7 +768,7 @@ impl PrivateBolt {
             "the private Bolt server",
             Duration::from_secs(90),
             async || {
-                conveyor::graph::connect(
+                conveyor::bolt::connect(
                     &config,
                     &uri,
                     &conveyor::config::Secret::new("private-bolt-pw"),
@@ -797,7 +797,7 @@ impl PrivateBolt {
             user: "root".into(),
             ..Default::default()
         };
-        conveyor::graph::connect(
+        conveyor::bolt::connect(
             &config,
             &self.uri(),
             &conveyor::config::Secret::new("private-bolt-pw"),

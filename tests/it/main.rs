@@ -6,6 +6,7 @@ mod dispatch;
 mod dlq;
 mod engine;
 mod fake_llm;
+mod formats;
 mod foundation;
 mod hardening;
 mod helpers;

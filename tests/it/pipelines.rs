@@ -75,7 +75,7 @@ async fn graph() -> Graph {
         user: s.neo4j_user.clone(),
         ..Default::default()
     };
-    conveyor::graph::connect(&config, &s.neo4j_uri, &Secret::new(s.neo4j_password))
+    conveyor::bolt::connect(&config, &s.neo4j_uri, &Secret::new(s.neo4j_password))
         .await
         .unwrap()
 }
@@ -94,7 +94,7 @@ async fn scalar(graph: &Graph, cypher: &str, params: &[(&str, &str)]) -> i64 {
 async fn graph_counts(graph: &Graph, tenant: Uuid) -> BTreeMap<String, i64> {
     let t = tenant.to_string();
     let mut counts = BTreeMap::new();
-    for label in conveyor::graph::LABELS {
+    for label in conveyor::bolt::LABELS {
         let n = scalar(
             graph,
             &format!("MATCH (x:{label} {{tenant_id: $t}}) RETURN count(x) AS n"),
@@ -820,5 +820,69 @@ async fn a_failed_chunk_is_the_only_one_asked_for_again() {
         4,
         "three chunks, then only the one that failed"
     );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_envelope_published_to_an_sns_topic_is_processed_like_an_eventbridge_one() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-sns", 5).await;
+    let sns = aws_sdk_sns::Client::new(&aws_sdk().await);
+    let topic = sns
+        .create_topic()
+        .name(unique("it-sns-topic"))
+        .send()
+        .await
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(queue_arn(&sqs, &q.url).await)
+        .send()
+        .await
+        .unwrap();
+    let llm = FakeLlm::start().await;
+    let (pool, graph) = (pg().await, graph().await);
+    let k = unique("sns").replace('-', "_").to_lowercase();
+    let mut config = config(&k, &q.url, "[\"graph\", \"projection\"]", &llm, "");
+    config.graph.uri = Some(stack().neo4j_uri);
+    config.graph.user = stack().neo4j_user;
+    let queue = config.queues.get_mut(&k).unwrap();
+    queue.format = conveyor::input::Format::Sns;
+    queue.routes[0].source = topic.clone();
+    queue.routes[0].contract = conveyor::contract::Contract::EnvelopeV1;
+    config
+        .validate()
+        .expect("graph and projection take envelope_v1");
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+
+    let tenant = Uuid::new_v4();
+    let detail = envelope(tenant, Uuid::new_v4(), "acct-sns", TRANSCRIPT);
+    sns.publish()
+        .topic_arn(&topic)
+        .subject("EnvelopeV1.transcript")
+        .message(detail.to_string())
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        "the notification deleted",
+        Duration::from_secs(60),
+        async || {
+            metric(
+                "conveyor_messages_deleted_total",
+                &[&format!("queue=\"{k}\"")],
+            ) == 1.0
+        },
+    )
+    .await;
+    let counts = graph_counts(&graph, tenant).await;
+    assert_eq!(counts["Interaction"], 1);
+    assert_eq!(counts["ActionItem"], 3);
+    assert_eq!(items_in_pg(&pool, tenant).await, 3);
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
     daemon.stop().await;
 }

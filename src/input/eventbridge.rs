@@ -1,7 +1,12 @@
-//! The EventBridge event, parsed at the edge: an SQS body becomes an [`EventBridgeEvent`] once,
-//! or a [`PoisonError`] that says why it never will. Errors never quote the body.
+//! The `eventbridge` format: an SQS body as an EventBridge rule's SQS target writes it becomes
+//! an [`EventBridgeEvent`] once, or a [`PoisonError`] that says why it never will. Errors never
+//! quote the body.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+
+use super::{Event, PoisonError};
 
 /// An EventBridge event as EventBridge delivers it to SQS.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,35 +25,24 @@ pub struct EventBridgeEvent {
     pub detail: Map<String, Value>,
 }
 
-/// Why a body can never be processed. Permanent: dead-lettered on first receive.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoisonError {
-    #[error("body is not JSON: {0}")]
-    NotJson(String),
-    #[error("body is JSON but not an object")]
-    NotAnObject,
-    #[error("no `detail` object: not an EventBridge event")]
-    NoDetail,
-    #[error("`{0}` is missing or not a string")]
-    MissingField(&'static str),
-}
-
-impl PoisonError {
-    /// A short, stable label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            PoisonError::NotJson(_) => "not_json",
-            PoisonError::NotAnObject | PoisonError::NoDetail => "not_eventbridge",
-            PoisonError::MissingField(_) => "missing_field",
+impl EventBridgeEvent {
+    /// The event routes see: `source`, `detail-type`, `detail` as the payload.
+    pub fn into_event(self, attributes: BTreeMap<String, String>) -> Event {
+        Event {
+            id: self.id,
+            source: self.source,
+            detail_type: self.detail_type,
+            time: self.time,
+            payload: Value::Object(self.detail),
+            payload_path: "detail",
+            attributes,
         }
     }
 }
 
 /// Parses an SQS body as an EventBridge event.
 pub fn decode(body: &str) -> Result<EventBridgeEvent, PoisonError> {
-    let value: Value = serde_json::from_str(body)
-        .map_err(|e| PoisonError::NotJson(crate::safe::json_error(&e)))?;
-    let Value::Object(mut object) = value else {
+    let Value::Object(mut object) = super::json(body)? else {
         return Err(PoisonError::NotAnObject);
     };
     let Some(Value::Object(detail)) = object.remove("detail") else {
