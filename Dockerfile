@@ -16,8 +16,8 @@ WORKDIR /src
 FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# Cargo.toml names the benchmark helper as an example target; cargo reads it to plan.
-COPY scripts/benchmark/helper.rs ./scripts/benchmark/helper.rs
+# Cargo.toml names the benchmark programs as example targets; cargo reads them to plan.
+COPY scripts/benchmark/helper.rs scripts/benchmark/engine.rs ./scripts/benchmark/
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
@@ -25,7 +25,7 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin conveyor
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY scripts/benchmark/helper.rs ./scripts/benchmark/helper.rs
+COPY scripts/benchmark/helper.rs scripts/benchmark/engine.rs ./scripts/benchmark/
 # sqlx embeds migrations/ into the binary at compile time.
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin conveyor

@@ -109,7 +109,7 @@ pub async fn start_with(
     if let Some(sdk) = &sdk {
         let claim_check = ClaimCheck::new(aws::s3_client(sdk));
         let context = engine::Context {
-            client: aws_sdk_sqs::Client::new(sdk),
+            api: Arc::new(engine::queue::Sqs(aws_sdk_sqs::Client::new(sdk))),
             shutdown: shutdown.clone(),
             grace: Duration::from_secs(config.shutdown.grace_secs),
             call_timeout: Duration::from_secs(config.aws.call_timeout_secs),

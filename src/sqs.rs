@@ -65,6 +65,9 @@ pub enum QueueLookupError {
     Redrive { url: String, reason: String },
     #[error("the queue has neither url nor name configured")]
     Unnamed,
+    /// No such queue (the in-memory queues answer this; SQS answers with `Resolve`).
+    #[error("{0}")]
+    NotFound(String),
     #[error("shutdown requested before the queue could be reached")]
     Stopped,
 }
@@ -78,6 +81,7 @@ impl QueueLookupError {
             | QueueLookupError::Attributes { transient, .. } => *transient,
             QueueLookupError::Redrive { .. }
             | QueueLookupError::Unnamed
+            | QueueLookupError::NotFound(_)
             | QueueLookupError::Stopped => false,
         }
     }
@@ -94,6 +98,7 @@ impl QueueLookupError {
                 "fix the queue's RedrivePolicy (`conveyor infra up` writes a valid one)"
             }
             QueueLookupError::Unnamed => "set queues.<key>.url or queues.<key>.name",
+            QueueLookupError::NotFound(_) => "create the queue first",
             QueueLookupError::Stopped => "nothing: shutdown was requested",
         }
     }

@@ -11,16 +11,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{
-    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Endpoint;
 use super::backoff::CallBackoff;
+use super::queue::EntryFailure;
 use crate::telemetry;
 
 /// SQS takes at most 10 entries per batch call.
@@ -165,35 +162,13 @@ async fn send(calls: &mut JoinSet<()>, sqs: &Endpoint, batch: Vec<Request>) {
     calls.spawn(async move { send_with_retries(&sqs, batch).await });
 }
 
-/// One entry's result from a batch call: `None` = done, `Some((code, sender_fault))` = failed.
-pub(super) type EntryFailure = (String, bool);
-
-/// Spreads a batch call's failed entries over its `len` entries, whose ids are their indexes.
-pub(super) fn entry_failures(
-    failed: Vec<BatchResultErrorEntry>,
-    len: usize,
-) -> Vec<Option<EntryFailure>> {
-    let mut results = vec![None; len];
-    for entry in failed {
-        if let Some(slot) = entry
-            .id
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| results.get_mut(i))
-        {
-            *slot = Some((entry.code, entry.sender_fault));
-        }
-    }
-    results
-}
-
 async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
     let queue = &*sqs.queue;
     let mut backoff = CallBackoff::default();
     let mut last_reason = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let answer = sqs.call(sqs.call_timeout);
-        let result = call(&sqs.client, queue, &sqs.url, &batch).await;
+        let result = call(sqs, &batch).await;
         drop(answer);
         match result {
             Ok(failures) => {
@@ -233,61 +208,35 @@ async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
     }
 }
 
-/// Sends one batch call. Entries are identified by their index in `batch`.
-async fn call(
-    client: &Client,
-    queue: &str,
-    queue_url: &str,
-    batch: &[Request],
-) -> Result<Vec<Option<EntryFailure>>, String> {
-    let action = batch[0].action;
-    let failed = match action {
+/// Sends one batch call; one result per entry of `batch`, in order.
+async fn call(sqs: &Endpoint, batch: &[Request]) -> Result<Vec<Option<EntryFailure>>, String> {
+    let queue = &*sqs.queue;
+    match batch[0].action {
         Action::Delete => {
-            let entries = batch.iter().enumerate().map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(&r.receipt_handle)
-                    .build()
-                    .expect("id and receipt handle are set")
-            });
             telemetry::sqs_request(queue, telemetry::SqsOp::DeleteMessageBatch);
-            let out = client
-                .delete_message_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries.collect()))
-                .send()
+            let receipts = batch.iter().map(|r| r.receipt_handle.as_str()).collect();
+            sqs.api
+                .delete_batch(&sqs.url, receipts)
                 .await
-                .map_err(|e| {
-                    telemetry::sqs_error(queue, telemetry::SqsOp::DeleteMessageBatch);
-                    crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
-                })?;
-            out.failed
+                .inspect_err(|_| telemetry::sqs_error(queue, telemetry::SqsOp::DeleteMessageBatch))
         }
         Action::SetVisibility(_) => {
-            let entries = batch.iter().enumerate().map(|(i, r)| {
-                let Action::SetVisibility(secs) = r.action else {
-                    unreachable!("visibility batches hold only visibility changes")
-                };
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(&r.receipt_handle)
-                    .visibility_timeout(secs as i32)
-                    .build()
-                    .expect("id and receipt handle are set")
-            });
+            let entries = batch
+                .iter()
+                .map(|r| {
+                    let Action::SetVisibility(secs) = r.action else {
+                        unreachable!("visibility batches hold only visibility changes")
+                    };
+                    (r.receipt_handle.as_str(), secs)
+                })
+                .collect();
             telemetry::sqs_request(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-            let out = client
-                .change_message_visibility_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries.collect()))
-                .send()
+            sqs.api
+                .change_visibility_batch(&sqs.url, entries)
                 .await
-                .map_err(|e| {
-                    telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-                    crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
-                })?;
-            out.failed
+                .inspect_err(|_| {
+                    telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch)
+                })
         }
-    };
-    Ok(entry_failures(failed, batch.len()))
+    }
 }

@@ -10,8 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -245,52 +243,26 @@ pub(super) async fn keep(leases: Leases, sqs: Endpoint, stop: CancellationToken)
         // Chunks are sent concurrently: a slow call must not delay the others past expiry.
         let calls = plan.renew.chunks(MAX_ENTRIES).map(|chunk| async {
             let _answer = sqs.call(sqs.call_timeout);
-            extend(
-                &leases,
-                &sqs.client,
-                queue,
-                &sqs.url,
-                chunk,
-                sqs.call_timeout,
-            )
-            .await
+            extend(&leases, &sqs, chunk).await
         });
         futures::future::join_all(calls).await;
     }
 }
 
-async fn extend(
-    leases: &Leases,
-    client: &Client,
-    queue: &str,
-    queue_url: &str,
-    chunk: &[(u64, String, u32)],
-    call_timeout: Duration,
-) {
-    let entries: Vec<_> = chunk
+async fn extend(leases: &Leases, sqs: &Endpoint, chunk: &[(u64, String, u32)]) {
+    let (queue, call_timeout) = (&*sqs.queue, sqs.call_timeout);
+    let entries = chunk
         .iter()
-        .enumerate()
-        .map(|(i, (_, receipt, secs))| {
-            ChangeMessageVisibilityBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(receipt)
-                .visibility_timeout(*secs as i32)
-                .build()
-                .expect("id and receipt handle are set")
-        })
+        .map(|(_, receipt, secs)| (receipt.as_str(), *secs))
         .collect();
     let sent_at = Instant::now();
     telemetry::sqs_request(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-    let call = client
-        .change_message_visibility_batch()
-        .queue_url(queue_url)
-        .set_entries(Some(entries))
-        .send();
-    let failed = match tokio::time::timeout(call_timeout, call).await {
-        Ok(Ok(out)) => out.failed,
-        Ok(Err(e)) => {
+    let call = sqs.api.change_visibility_batch(&sqs.url, entries);
+    let outcome = match tokio::time::timeout(call_timeout, call).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => {
             telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
-            tracing::warn!(queue, error = %crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)), "lease extension call failed; retrying next tick");
+            tracing::warn!(queue, %error, "lease extension call failed; retrying next tick");
             chunk.iter().for_each(|(id, ..)| leases.renewal_failed(*id));
             return;
         }
@@ -301,7 +273,6 @@ async fn extend(
             return;
         }
     };
-    let outcome = super::batch::entry_failures(failed, chunk.len());
     for ((id, _, secs), failure) in chunk.iter().zip(outcome) {
         match failure {
             None => {

@@ -281,21 +281,14 @@ async fn requeue(
         );
     }
     telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
-    let send = queue
-        .client
-        .send_message()
-        .queue_url(&queue.url)
-        .message_body(body)
-        .set_message_attributes(Some(attributes))
-        .delay_seconds(delay_secs as i32)
-        .send();
+    let send = queue.api.send(&queue.url, body, attributes, delay_secs);
     let sent = tokio::select! {
         () = queue.abandon.cancelled() => return release(queue, receipt).await,
         sent = send => sent,
     };
-    if let Err(e) = sent {
+    if let Err(error) = sent {
         telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
-        tracing::error!(queue = %queue.name, error = %crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)), "sending the fresh copy failed; retrying the original instead");
+        tracing::error!(queue = %queue.name, %error, "sending the fresh copy failed; retrying the original instead");
         return retry(queue, receipt, receive_count, after).await;
     }
     telemetry::message_requeued(&queue.name);
@@ -386,13 +379,7 @@ async fn dead_letter(
     let mut sent = false;
     for attributes in copies {
         telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
-        let send = queue
-            .client
-            .send_message()
-            .queue_url(&dlq.url)
-            .message_body(body)
-            .set_message_attributes(Some(attributes))
-            .send();
+        let send = queue.api.send(&dlq.url, body, attributes, 0);
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
         // copies; nothing is lost).
@@ -401,15 +388,14 @@ async fn dead_letter(
             result = send => result,
         };
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 sent = true;
                 break;
             }
             Err(e) => {
                 telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
-                let transient = crate::aws::is_transient(&e);
-                last_error = crate::safe::error_chain(&aws_sdk_sqs::Error::from(e));
-                if transient {
+                last_error = e.message;
+                if e.transient {
                     break;
                 }
             }

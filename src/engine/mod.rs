@@ -10,13 +10,14 @@
 pub mod backoff;
 mod batch;
 mod lease;
+pub mod memory;
 mod message;
+pub mod queue;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::Message;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -28,11 +29,12 @@ use crate::breaker::Admission;
 use crate::config::QueueConfig;
 use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
-use crate::sqs::{self, QueueLookupError};
+use crate::sqs::QueueLookupError;
 use crate::telemetry::{self, SqsOp};
 use backoff::CallBackoff;
 use batch::Batcher;
 use lease::Leases;
+use queue::QueueApi;
 
 /// What a handler decided for one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +114,8 @@ pub trait Handler: Send + Sync + 'static {
 /// What every consumer of a daemon shares.
 #[derive(Clone)]
 pub struct Context {
-    pub client: Client,
+    /// SQS ([`queue::Sqs`]), or [`memory::MemoryQueues`] in the engine's own tests.
+    pub api: Arc<dyn QueueApi>,
     pub shutdown: Shutdown,
     /// How long in-flight work may run after shutdown begins.
     pub grace: Duration,
@@ -124,7 +127,7 @@ pub struct Context {
 /// How a queue's tasks reach SQS and report on it.
 #[derive(Clone)]
 struct Endpoint {
-    client: Client,
+    api: Arc<dyn QueueApi>,
     queue: Arc<str>,
     url: String,
     readiness: Readiness,
@@ -141,17 +144,17 @@ impl Endpoint {
 }
 
 /// Where dead letters go.
-struct DeadLetterQueue {
-    url: String,
+pub struct DeadLetterQueue {
+    pub url: String,
     /// The DLQ's MaximumMessageSize: body plus attributes must fit.
-    max_message_bytes: usize,
+    pub max_message_bytes: usize,
 }
 
 /// One queue's shared state, held by its pollers and message tasks.
 struct Queue {
     name: Arc<str>,
     url: String,
-    client: Client,
+    api: Arc<dyn QueueApi>,
     endpoint: Endpoint,
     config: QueueConfig,
     dlq: Option<DeadLetterQueue>,
@@ -187,11 +190,11 @@ impl Consumer {
         handler: Arc<dyn Handler>,
         context: &Context,
     ) -> Result<Consumer, QueueLookupError> {
-        let client = context.client.clone();
+        let api = context.api.clone();
         let readiness_key = format!("sqs:{name}:startup");
         let mut backoff = CallBackoff::default();
         let (info, dlq) = loop {
-            match lookup(&client, name, &config).await {
+            match api.lookup(name, &config).await {
                 Ok(found) => break found,
                 Err(e) if e.is_transient() => {
                     context.readiness.set(readiness_key.clone(), false);
@@ -209,6 +212,14 @@ impl Consumer {
             tracing::info!(queue = name, "SQS reachable");
         }
         context.readiness.set(readiness_key, true);
+        if dlq.is_none() {
+            tracing::error!(
+                queue = name,
+                url = %info.url,
+                "NO DEAD-LETTER QUEUE: the queue has no RedrivePolicy and queues.{name}.dlq_url is unset; \
+                 failing messages will be retried with backoff forever"
+            );
+        }
         let max_receive_count = info
             .redrive
             .as_ref()
@@ -225,7 +236,7 @@ impl Consumer {
 
         let name: Arc<str> = Arc::from(name);
         let endpoint = Endpoint {
-            client: client.clone(),
+            api: api.clone(),
             queue: name.clone(),
             url: info.url.clone(),
             readiness: context.readiness.clone(),
@@ -244,7 +255,7 @@ impl Consumer {
         let queue = Arc::new(Queue {
             name: name.clone(),
             url: info.url.clone(),
-            client,
+            api,
             dlq,
             max_receive_count,
             handler,
@@ -290,53 +301,6 @@ impl Consumer {
             tracing::error!(queue = %self.name, error = %e, "consumer task failed");
         }
     }
-}
-
-/// The queue's facts and its dead-letter queue, read once at startup.
-async fn lookup(
-    client: &Client,
-    name: &str,
-    config: &QueueConfig,
-) -> Result<(sqs::QueueInfo, Option<DeadLetterQueue>), QueueLookupError> {
-    let info = sqs::describe_queue(client, config).await?;
-    let dlq_url = match (&config.dlq_url, &info.redrive) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(redrive)) => {
-            Some(sqs::url_for_arn(client, &redrive.dead_letter_target_arn).await?)
-        }
-        (None, None) => None,
-    };
-    let dlq = match dlq_url {
-        Some(url) => {
-            let max_message_bytes = sqs::max_message_bytes(client, &url).await?;
-            if max_message_bytes < info.max_message_bytes {
-                tracing::error!(
-                    queue = name,
-                    url = %info.url,
-                    dlq = %url,
-                    queue_max_message_bytes = info.max_message_bytes,
-                    dlq_max_message_bytes = max_message_bytes,
-                    "the DLQ's MaximumMessageSize is smaller than its queue's: the largest messages \
-                     cannot be dead-lettered and stay in the queue until its native redrive; set \
-                     the DLQ's MaximumMessageSize to at least the queue's"
-                );
-            }
-            Some(DeadLetterQueue {
-                max_message_bytes,
-                url,
-            })
-        }
-        None => {
-            tracing::error!(
-                queue = name,
-                url = %info.url,
-                "NO DEAD-LETTER QUEUE: the queue has no RedrivePolicy and queues.{name}.dlq_url is unset; \
-                 failing messages will be retried with backoff forever"
-            );
-            None
-        }
-    };
-    Ok((info, dlq))
 }
 
 /// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
@@ -463,21 +427,15 @@ fn spawn_message(
 async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
     telemetry::sqs_request(&queue.name, SqsOp::ReceiveMessage);
     queue
-        .client
-        .receive_message()
-        .queue_url(&queue.url)
-        .max_number_of_messages(max as i32)
-        .wait_time_seconds(queue.config.wait_time_secs as i32)
-        .visibility_timeout(queue.config.visibility_timeout_secs as i32)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .message_attribute_names("All")
-        .send()
+        .api
+        .receive(
+            &queue.url,
+            max,
+            queue.config.wait_time_secs,
+            queue.config.visibility_timeout_secs,
+        )
         .await
-        .map(|out| out.messages.unwrap_or_default())
-        .map_err(|e| {
-            telemetry::sqs_error(&queue.name, SqsOp::ReceiveMessage);
-            crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
-        })
+        .inspect_err(|_| telemetry::sqs_error(&queue.name, SqsOp::ReceiveMessage))
 }
 
 /// Waits for shutdown, then stops the queue's consumer in order (see the module comment).
@@ -542,3 +500,6 @@ async fn drain_on_shutdown(
 /// How long releasing unfinished messages and flushing pending deletes may take after the
 /// grace period (or a second signal).
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests;

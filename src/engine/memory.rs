@@ -1,0 +1,495 @@
+//! An in-memory SQS behind the engine's [`QueueApi`] seam, for the engine's unit tests (with
+//! tokio's paused clock: a test of minutes of backoff runs in milliseconds) and its in-process
+//! benchmark. It models what the engine relies on: visibility timeouts, receipt handles that
+//! go stale when a message is received again, receive counts, redrive to a DLQ once a receive
+//! would pass maxReceiveCount, delays, long polls, and FIFO message groups (a group's later
+//! messages are not handed out while an earlier one is in flight). LocalStack and real SQS
+//! stay the reference: the integration tests run against them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::DeadLetterQueue;
+use super::queue::{EntryFailure, QueueApi, SendError};
+use crate::config::QueueConfig;
+use crate::sqs::{QueueInfo, QueueLookupError, RedrivePolicy};
+
+/// A set of in-memory queues, addressed as `memory://<name>`.
+#[derive(Clone, Default)]
+pub struct MemoryQueues {
+    state: Arc<Mutex<State>>,
+    /// Woken on every send and visibility change, for long polls.
+    changed: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, MemoryQueue>,
+    next_id: u64,
+}
+
+struct MemoryQueue {
+    name: String,
+    fifo: bool,
+    redrive: Option<RedrivePolicy>,
+    messages: HashMap<u64, Stored>,
+    /// Standard queues: ids believed visible, oldest first (entries may be stale).
+    ready: VecDeque<u64>,
+    /// Ids hidden until an instant (entries may be stale: the message's own `visible_at` rules).
+    hidden: BTreeSet<(Instant, u64)>,
+    /// FIFO queues: every id in send order.
+    order: BTreeMap<u64, ()>,
+}
+
+struct Stored {
+    body: String,
+    attributes: HashMap<String, MessageAttributeValue>,
+    group: Option<String>,
+    receive_count: u32,
+    visible_at: Instant,
+    /// The current receipt's number; older receipts are stale.
+    receipt: Option<u64>,
+    first_received_ms: Option<i64>,
+}
+
+/// A message as it sits in a queue, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub body: String,
+    pub receive_count: u32,
+    pub in_flight: bool,
+    pub attributes: HashMap<String, String>,
+}
+
+impl MemoryQueues {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The URL of queue `name`.
+    pub fn url(name: &str) -> String {
+        format!("memory://{name}")
+    }
+
+    /// Creates a queue (a name ending in `.fifo` is a FIFO queue), with a DLQ after
+    /// `max_receive_count` receives when `dlq` names one. Returns its URL.
+    pub fn create(&self, name: &str, dlq: Option<(&str, u32)>) -> String {
+        let url = Self::url(name);
+        let queue = MemoryQueue {
+            name: name.to_owned(),
+            fifo: name.ends_with(".fifo"),
+            redrive: dlq.map(|(dlq, max_receive_count)| RedrivePolicy {
+                dead_letter_target_arn: arn(dlq),
+                max_receive_count,
+            }),
+            messages: HashMap::new(),
+            ready: VecDeque::new(),
+            hidden: BTreeSet::new(),
+            order: BTreeMap::new(),
+        };
+        self.lock().queues.insert(url.clone(), queue);
+        url
+    }
+
+    /// Sends a message (as a producer would).
+    pub fn push(&self, url: &str, body: impl Into<String>, group: Option<&str>) {
+        let mut state = self.lock();
+        state.insert(
+            url,
+            body.into(),
+            HashMap::new(),
+            group.map(str::to_owned),
+            0,
+        );
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Sends many messages at once.
+    pub fn push_many(&self, url: &str, bodies: impl IntoIterator<Item = String>) {
+        let mut state = self.lock();
+        for body in bodies {
+            state.insert(url, body, HashMap::new(), None, 0);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Messages in the queue (visible, hidden or in flight), oldest first.
+    pub fn messages(&self, url: &str) -> Vec<Snapshot> {
+        let state = self.lock();
+        let now = Instant::now();
+        let queue = &state.queues[url];
+        let mut ids: Vec<&u64> = queue.messages.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| {
+                let m = &queue.messages[id];
+                Snapshot {
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                    in_flight: m.receipt.is_some() && m.visible_at > now,
+                    attributes: m
+                        .attributes
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// How many messages the queue holds.
+    pub fn len(&self, url: &str) -> usize {
+        self.lock().queues[url].messages.len()
+    }
+
+    pub fn is_empty(&self, url: &str) -> bool {
+        self.len(url) == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:sqs:memory:000000000000:{name}")
+}
+
+impl State {
+    fn insert(
+        &mut self,
+        url: &str,
+        body: String,
+        attributes: HashMap<String, MessageAttributeValue>,
+        group: Option<String>,
+        delay_secs: u32,
+    ) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let queue = self.queues.get_mut(url).expect("no such in-memory queue");
+        let visible_at = Instant::now() + Duration::from_secs(delay_secs.into());
+        queue.messages.insert(
+            id,
+            Stored {
+                body,
+                attributes,
+                group,
+                receive_count: 0,
+                visible_at,
+                receipt: None,
+                first_received_ms: None,
+            },
+        );
+        if queue.fifo {
+            queue.order.insert(id, ());
+        } else if delay_secs > 0 {
+            queue.hidden.insert((visible_at, id));
+        } else {
+            queue.ready.push_back(id);
+        }
+    }
+
+    /// Hands out up to `max` visible messages; `None` when none is visible now, with the
+    /// instant the next one may become visible.
+    fn take(
+        &mut self,
+        url: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, Option<Instant>> {
+        let now = Instant::now();
+        let queue = self.queues.get_mut(url).expect("no such in-memory queue");
+        let picked = if queue.fifo {
+            queue.pick_fifo(now, max)
+        } else {
+            queue.pick_standard(now, max)
+        };
+        let mut out = Vec::new();
+        let mut redriven = Vec::new();
+        for id in picked {
+            let message = queue.messages.get_mut(&id).expect("picked ids exist");
+            if let Some(redrive) = &queue.redrive
+                && message.receive_count >= redrive.max_receive_count
+            {
+                let message = queue.messages.remove(&id).expect("picked ids exist");
+                queue.order.remove(&id);
+                redriven.push((redrive.dead_letter_target_arn.clone(), message));
+                continue;
+            }
+            message.receive_count += 1;
+            message.visible_at = now + visibility;
+            message
+                .first_received_ms
+                .get_or_insert_with(|| chrono::Utc::now().timestamp_millis());
+            self.next_id += 1;
+            message.receipt = Some(self.next_id);
+            if !queue.fifo {
+                queue.hidden.insert((message.visible_at, id));
+            }
+            let mut built = Message::builder()
+                .message_id(id.to_string())
+                .receipt_handle(format!("{id}#{}", self.next_id))
+                .body(message.body.clone())
+                .set_message_attributes(Some(message.attributes.clone()))
+                .attributes(
+                    MessageSystemAttributeName::ApproximateReceiveCount,
+                    message.receive_count.to_string(),
+                )
+                .attributes(
+                    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                    message.first_received_ms.unwrap_or_default().to_string(),
+                );
+            if let Some(group) = &message.group {
+                built = built.attributes(MessageSystemAttributeName::MessageGroupId, group);
+            }
+            out.push(built.build());
+        }
+        let next = queue.next_visible(now);
+        for (dlq_arn, message) in redriven {
+            let dlq_url = self
+                .queues
+                .iter()
+                .find(|(_, q)| arn(&q.name) == dlq_arn)
+                .map(|(url, _)| url.clone())
+                .expect("the redrive target exists");
+            self.insert(&dlq_url, message.body, message.attributes, message.group, 0);
+        }
+        if out.is_empty() { Err(next) } else { Ok(out) }
+    }
+
+    /// Finds the message a receipt handle names, if the handle is still current.
+    fn by_receipt(&mut self, url: &str, receipt: &str) -> Result<u64, EntryFailure> {
+        let invalid = || ("ReceiptHandleIsInvalid".to_owned(), true);
+        let (id, number) = receipt.split_once('#').ok_or_else(invalid)?;
+        let (id, number) = (
+            id.parse::<u64>().map_err(|_| invalid())?,
+            number.parse::<u64>().map_err(|_| invalid())?,
+        );
+        let queue = self.queues.get(url).expect("no such in-memory queue");
+        match queue.messages.get(&id) {
+            Some(m) if m.receipt == Some(number) => Ok(id),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl MemoryQueue {
+    fn pick_standard(&mut self, now: Instant, max: usize) -> Vec<u64> {
+        // Hidden messages whose time has come are visible again.
+        while let Some(&(at, id)) = self.hidden.first() {
+            if at > now {
+                break;
+            }
+            self.hidden.pop_first();
+            if self.messages.get(&id).is_some_and(|m| m.visible_at == at) {
+                self.ready.push_back(id);
+            }
+        }
+        let mut picked = Vec::new();
+        while picked.len() < max {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if self.messages.get(&id).is_some_and(|m| m.visible_at <= now) {
+                picked.push(id);
+            }
+        }
+        picked
+    }
+
+    /// In send order; a group with a message in flight is skipped entirely, and a group's
+    /// messages are taken in order.
+    fn pick_fifo(&mut self, now: Instant, max: usize) -> Vec<u64> {
+        let mut blocked = std::collections::HashSet::new();
+        let mut picked = Vec::new();
+        for id in self.order.keys() {
+            if picked.len() == max {
+                break;
+            }
+            let m = &self.messages[id];
+            let group = m.group.clone().unwrap_or_default();
+            if blocked.contains(&group) {
+                continue;
+            }
+            if m.visible_at > now {
+                // In flight or delayed: the group waits behind it.
+                blocked.insert(group);
+                continue;
+            }
+            picked.push(*id);
+        }
+        picked
+    }
+
+    fn next_visible(&self, now: Instant) -> Option<Instant> {
+        let hidden = if self.fifo {
+            self.messages
+                .values()
+                .map(|m| m.visible_at)
+                .filter(|at| *at > now)
+                .min()
+        } else {
+            self.hidden.first().map(|(at, _)| *at)
+        };
+        hidden.filter(|at| *at > now)
+    }
+
+    fn hide(&mut self, id: u64, until: Instant) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.visible_at = until;
+            if !self.fifo {
+                self.hidden.insert((until, id));
+            }
+        }
+    }
+}
+
+impl QueueApi for MemoryQueues {
+    fn lookup<'a>(
+        &'a self,
+        _name: &'a str,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<(QueueInfo, Option<DeadLetterQueue>), QueueLookupError>> {
+        Box::pin(async move {
+            let url = match (&config.url, &config.name) {
+                (Some(url), _) => url.clone(),
+                (None, Some(name)) => Self::url(name),
+                (None, None) => unreachable!("validated: url or name"),
+            };
+            let state = self.lock();
+            let queue = state.queues.get(&url).ok_or_else(|| {
+                QueueLookupError::NotFound(format!("no in-memory queue at {url}"))
+            })?;
+            let dlq = queue.redrive.as_ref().map(|r| DeadLetterQueue {
+                url: Self::url(
+                    r.dead_letter_target_arn
+                        .rsplit(':')
+                        .next()
+                        .unwrap_or_default(),
+                ),
+                max_message_bytes: 1_048_576,
+            });
+            let info = QueueInfo {
+                url: url.clone(),
+                arn: arn(&queue.name),
+                redrive: queue.redrive.clone(),
+                approximate_visible: 0,
+                approximate_in_flight: 0,
+                max_message_bytes: 1_048_576,
+                kms_key: None,
+            };
+            Ok((info, dlq))
+        })
+    }
+
+    fn receive<'a>(
+        &'a self,
+        url: &'a str,
+        max: usize,
+        wait_secs: u32,
+        visibility_secs: u32,
+    ) -> BoxFuture<'a, Result<Vec<Message>, String>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + Duration::from_secs(wait_secs.into());
+            let visibility = Duration::from_secs(visibility_secs.into());
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let next = match self.lock().take(url, max, visibility) {
+                    Ok(messages) => return Ok(messages),
+                    Err(next) => next,
+                };
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
+                let wake = next.map_or(deadline, |n| n.min(deadline));
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            }
+        })
+    }
+
+    fn delete_batch<'a>(
+        &'a self,
+        url: &'a str,
+        receipts: Vec<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let results = receipts
+                .into_iter()
+                .map(|receipt| match state.by_receipt(url, receipt) {
+                    Ok(id) => {
+                        let queue = state.queues.get_mut(url).expect("checked");
+                        queue.messages.remove(&id);
+                        queue.order.remove(&id);
+                        None
+                    }
+                    Err(failure) => Some(failure),
+                })
+                .collect();
+            drop(state);
+            // A FIFO group may be free now.
+            self.changed.notify_waiters();
+            Ok(results)
+        })
+    }
+
+    fn change_visibility_batch<'a>(
+        &'a self,
+        url: &'a str,
+        entries: Vec<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut state = self.lock();
+            let results = entries
+                .into_iter()
+                .map(|(receipt, secs)| match state.by_receipt(url, receipt) {
+                    Ok(id) => {
+                        let queue = state.queues.get_mut(url).expect("checked");
+                        queue.hide(id, now + Duration::from_secs(secs.into()));
+                        None
+                    }
+                    Err(failure) => Some(failure),
+                })
+                .collect();
+            drop(state);
+            self.changed.notify_waiters();
+            Ok(results)
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        url: &'a str,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        delay_secs: u32,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            if !state.queues.contains_key(url) {
+                return Err(SendError {
+                    message: format!("AWS.SimpleQueueService.NonExistentQueue: {url}"),
+                    transient: false,
+                });
+            }
+            state.insert(url, body.to_owned(), attributes, None, delay_secs);
+            drop(state);
+            self.changed.notify_waiters();
+            Ok(())
+        })
+    }
+}

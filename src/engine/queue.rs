@@ -1,0 +1,242 @@
+//! The seam between the engine and SQS: the few calls the engine makes, implemented over
+//! aws-sdk-sqs here and in memory in [`super::memory`] (for the engine's unit tests and its
+//! benchmark). Metrics and retries stay in the engine; this layer only calls.
+
+use std::collections::HashMap;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName,
+};
+use futures::future::BoxFuture;
+
+use super::DeadLetterQueue;
+use crate::config::QueueConfig;
+use crate::sqs::{self, QueueInfo, QueueLookupError};
+
+/// One entry's failure in a batch call: SQS's error code, and whether it is the sender's
+/// fault (retrying cannot help).
+pub type EntryFailure = (String, bool);
+
+/// A failed SendMessage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub message: String,
+    /// A blip (network, throttling, 5xx) rather than a refusal.
+    pub transient: bool,
+}
+
+/// The SQS calls the engine makes. Batch calls take at most 10 entries and answer one
+/// `Option<EntryFailure>` per entry, in order.
+pub trait QueueApi: Send + Sync + 'static {
+    /// The queue's facts and its dead-letter queue, read once at startup.
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<(QueueInfo, Option<DeadLetterQueue>), QueueLookupError>>;
+
+    /// Long-polls for up to `max` messages (all attributes), hiding them for `visibility_secs`.
+    fn receive<'a>(
+        &'a self,
+        url: &'a str,
+        max: usize,
+        wait_secs: u32,
+        visibility_secs: u32,
+    ) -> BoxFuture<'a, Result<Vec<Message>, String>>;
+
+    fn delete_batch<'a>(
+        &'a self,
+        url: &'a str,
+        receipts: Vec<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>>;
+
+    /// Sets each message's visibility timeout to its seconds from now.
+    fn change_visibility_batch<'a>(
+        &'a self,
+        url: &'a str,
+        entries: Vec<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>>;
+
+    fn send<'a>(
+        &'a self,
+        url: &'a str,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        delay_secs: u32,
+    ) -> BoxFuture<'a, Result<(), SendError>>;
+}
+
+/// The real thing.
+#[derive(Clone)]
+pub struct Sqs(pub Client);
+
+impl QueueApi for Sqs {
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+        config: &'a QueueConfig,
+    ) -> BoxFuture<'a, Result<(QueueInfo, Option<DeadLetterQueue>), QueueLookupError>> {
+        Box::pin(lookup(&self.0, name, config))
+    }
+
+    fn receive<'a>(
+        &'a self,
+        url: &'a str,
+        max: usize,
+        wait_secs: u32,
+        visibility_secs: u32,
+    ) -> BoxFuture<'a, Result<Vec<Message>, String>> {
+        Box::pin(async move {
+            self.0
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(max as i32)
+                .wait_time_seconds(wait_secs as i32)
+                .visibility_timeout(visibility_secs as i32)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map(|out| out.messages.unwrap_or_default())
+                .map_err(|e| crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)))
+        })
+    }
+
+    fn delete_batch<'a>(
+        &'a self,
+        url: &'a str,
+        receipts: Vec<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
+        Box::pin(async move {
+            let len = receipts.len();
+            let entries = receipts.into_iter().enumerate().map(|(i, receipt)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .expect("id and receipt handle are set")
+            });
+            let out = self
+                .0
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(|e| crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)))?;
+            Ok(entry_failures(out.failed, len))
+        })
+    }
+
+    fn change_visibility_batch<'a>(
+        &'a self,
+        url: &'a str,
+        entries: Vec<(&'a str, u32)>,
+    ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
+        Box::pin(async move {
+            let len = entries.len();
+            let entries = entries.into_iter().enumerate().map(|(i, (receipt, secs))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(secs as i32)
+                    .build()
+                    .expect("id and receipt handle are set")
+            });
+            let out = self
+                .0
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map_err(|e| crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)))?;
+            Ok(entry_failures(out.failed, len))
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        url: &'a str,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        delay_secs: u32,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            let mut send = self
+                .0
+                .send_message()
+                .queue_url(url)
+                .message_body(body)
+                .set_message_attributes(Some(attributes));
+            if delay_secs > 0 {
+                send = send.delay_seconds(delay_secs as i32);
+            }
+            send.send().await.map(|_| ()).map_err(|e| SendError {
+                transient: crate::aws::is_transient(&e),
+                message: crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)),
+            })
+        })
+    }
+}
+
+/// Spreads a batch call's failed entries over its `len` entries, whose ids are their indexes.
+fn entry_failures(
+    failed: Vec<aws_sdk_sqs::types::BatchResultErrorEntry>,
+    len: usize,
+) -> Vec<Option<EntryFailure>> {
+    let mut results = vec![None; len];
+    for entry in failed {
+        if let Some(slot) = entry
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some((entry.code, entry.sender_fault));
+        }
+    }
+    results
+}
+
+/// The queue's facts and its dead-letter queue.
+async fn lookup(
+    client: &Client,
+    name: &str,
+    config: &QueueConfig,
+) -> Result<(QueueInfo, Option<DeadLetterQueue>), QueueLookupError> {
+    let info = sqs::describe_queue(client, config).await?;
+    let dlq_url = match (&config.dlq_url, &info.redrive) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(redrive)) => {
+            Some(sqs::url_for_arn(client, &redrive.dead_letter_target_arn).await?)
+        }
+        (None, None) => None,
+    };
+    let dlq = match dlq_url {
+        Some(url) => {
+            let max_message_bytes = sqs::max_message_bytes(client, &url).await?;
+            if max_message_bytes < info.max_message_bytes {
+                tracing::error!(
+                    queue = name,
+                    url = %info.url,
+                    dlq = %url,
+                    queue_max_message_bytes = info.max_message_bytes,
+                    dlq_max_message_bytes = max_message_bytes,
+                    "the DLQ's MaximumMessageSize is smaller than its queue's: the largest messages \
+                     cannot be dead-lettered and stay in the queue until its native redrive; set \
+                     the DLQ's MaximumMessageSize to at least the queue's"
+                );
+            }
+            Some(DeadLetterQueue {
+                max_message_bytes,
+                url,
+            })
+        }
+        None => None,
+    };
+    Ok((info, dlq))
+}
