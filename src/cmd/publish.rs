@@ -323,7 +323,7 @@ async fn send_to_queue(
     config: &crate::config::Config,
     sdk: &aws_config::SdkConfig,
     key: &str,
-    args: &PublishArgs,
+    args: &Args,
     events: &[Prepared],
     identity: &Identity,
 ) -> anyhow::Result<()> {
@@ -500,7 +500,7 @@ mod tests {
 
 /// `conveyor publish`'s arguments.
 #[derive(Debug, clap::Args)]
-pub struct PublishArgs {
+pub struct Args {
     /// An EnvelopeV1 of this interaction type, or `batch` for BatchProcessingCompleted v1.0.
     #[arg(long = "type", value_enum)]
     pub kind: EventType,
@@ -552,7 +552,10 @@ pub struct PublishArgs {
 /// Runs `conveyor publish`: prepares and validates every event first, then sends them 10 per
 /// call. Prints one JSON line per published event (ids, identity, content length and hash —
 /// never the content).
-pub async fn run(config: &crate::config::Config, args: PublishArgs) -> anyhow::Result<()> {
+pub async fn run(
+    config: &crate::config::Config,
+    args: Args,
+) -> anyhow::Result<std::process::ExitCode> {
     let inputs = IdentityInputs {
         tenant_flag: args.tenant_id.clone(),
         tenant_env: std::env::var("MOCK_TENANT_ID").ok(),
@@ -593,7 +596,8 @@ pub async fn run(config: &crate::config::Config, args: PublishArgs) -> anyhow::R
     let sdk = crate::aws::sdk_config(&config.aws).await;
     crate::aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
     if let Some(key) = &args.queue {
-        return send_to_queue(config, &sdk, key, &args, &events, &identity).await;
+        send_to_queue(config, &sdk, key, &args, &events, &identity).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let bus = args.bus.as_deref().unwrap_or(&config.eventbridge.bus_name);
     let client = aws_sdk_eventbridge::Client::new(&sdk);
@@ -626,5 +630,5 @@ pub async fn run(config: &crate::config::Config, args: PublishArgs) -> anyhow::R
             eprintln!("published {published}/{total}");
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -8,6 +8,23 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Whose policy: run (default), publish or infra.
+    #[arg(long, value_enum, default_value_t = Role::Run)]
+    pub role: Role,
+}
+
+/// Prints the role's policy document.
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let resources = resources(config).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&document(&resources, args.role))?
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Whose policy to print.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {

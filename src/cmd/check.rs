@@ -1,6 +1,7 @@
 //! `conveyor check`: print the effective configuration with secrets redacted, then probe every
 //! configured dependency and name each one that fails.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -14,8 +15,27 @@ struct Probe {
     result: Result<String, String>,
 }
 
-/// Runs the check. Returns the names of the dependencies that failed (empty = all good).
-pub async fn run(config: &Config, env: &str, probe: bool) -> Vec<String> {
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only load, validate and print the configuration.
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+/// Runs the check; exit 1 naming the dependencies that failed.
+pub async fn run(config: &Config, env: &str, args: Args) -> anyhow::Result<ExitCode> {
+    let failed = check(config, env, !args.no_probe).await;
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: check failed for: {}", failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Prints the configuration and the probes; returns the names of the dependencies that
+/// failed (empty = all good).
+async fn check(config: &Config, env: &str, probe: bool) -> Vec<String> {
     println!("# conveyor effective configuration (CONVEYOR_ENV={env})");
     println!("{}", config.redacted_toml());
     if !probe {

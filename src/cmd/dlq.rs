@@ -55,7 +55,7 @@ pub enum DlqCommand {
 
 /// `conveyor dlq …`'s arguments.
 #[derive(Debug, clap::Args)]
-pub struct DlqArgs {
+pub struct Args {
     /// The configured queue (key under [queues]) whose DLQ to work on; default: the only one.
     #[arg(long, global = true)]
     pub queue: Option<String>,
@@ -201,16 +201,17 @@ async fn release(client: &Client, url: &str, messages: &[Message]) -> anyhow::Re
 }
 
 /// Runs `conveyor dlq …`.
-pub async fn run(config: &Config, args: DlqArgs) -> anyhow::Result<()> {
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<std::process::ExitCode> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     crate::aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
     let client = Client::new(&sdk);
     let target = target(&client, config, args.queue.as_deref()).await?;
     match args.command {
-        DlqCommand::Stats { sample } => stats(&client, &target, sample).await,
-        DlqCommand::Peek { max, show_body } => peek(&client, &target, max, show_body).await,
-        DlqCommand::Redrive { max, rate } => redrive(&client, &target, max, rate).await,
+        DlqCommand::Stats { sample } => stats(&client, &target, sample).await?,
+        DlqCommand::Peek { max, show_body } => peek(&client, &target, max, show_body).await?,
+        DlqCommand::Redrive { max, rate } => redrive(&client, &target, max, rate).await?,
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn stats(client: &Client, target: &Target, sample: usize) -> anyhow::Result<()> {

@@ -1,8 +1,21 @@
-//! The command line. Each subcommand's `--help` says what it does.
+//! The command line: one file per subcommand, holding its arguments and its `run`. Each
+//! subcommand's `--help` says what it does.
+
+pub mod check;
+pub mod dlq;
+pub mod health;
+pub mod infra;
+pub mod migrate;
+pub mod policy;
+pub mod publish;
+pub mod run;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Sources};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,40 +63,56 @@ pub enum Command {
     Run,
     /// Load and validate the config, print it with secrets redacted, and probe every configured
     /// dependency (SQS queues, PostgreSQL, Bolt server). Exits 1 naming whatever failed.
-    Check {
-        /// Only load, validate and print the configuration.
-        #[arg(long)]
-        no_probe: bool,
-    },
+    Check(check::Args),
     /// Apply the PostgreSQL migrations in migrations/ (needs DATABASE_URL). The daemon also
     /// applies them at startup.
     Migrate,
     /// Provision (up), check end to end (verify) or remove (down) the queue, DLQ, EventBridge
     /// rule, target and queue policy described by [infra].
     #[command(subcommand)]
-    Infra(crate::infra::InfraCommand),
-    /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge, validated with the
-    /// consumer's own parser first. Prints one JSON line per event (ids, never content).
-    Publish(crate::publish::PublishArgs),
+    Infra(infra::InfraCommand),
+    /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge (or straight to a
+    /// queue), validated with the consumer's own parser first. Prints one JSON line per event
+    /// (ids, never content).
+    Publish(publish::Args),
     /// Print the least-privilege IAM policy (JSON) of one role for this configuration: `run`
     /// (the daemon's task role), `publish` or `infra` (operators, CI). One document per role:
     /// the daemon never holds what provisioning needs.
-    Policy {
-        /// Whose policy: run (default), publish or infra.
-        #[arg(long, value_enum, default_value_t = crate::policy::Role::Run)]
-        role: crate::policy::Role,
-    },
+    Policy(policy::Args),
     /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
-    Dlq(crate::dlq::DlqArgs),
+    Dlq(dlq::Args),
     /// Ask the running daemon's ops listener (ops.listen_addr) whether it is alive (/healthz)
     /// or ready (--ready: /readyz). Exit 0 yes, 1 no. For container health checks: the image
     /// needs no curl.
-    Health {
-        /// Check /readyz (every dependency answers) instead of /healthz (the process is alive).
-        #[arg(long)]
-        ready: bool,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 3)]
-        timeout_secs: u64,
-    },
+    Health(health::Args),
+}
+
+impl Command {
+    /// Whether the command logs (to stderr). `check` and `health` print only their answer.
+    fn logs(&self) -> bool {
+        !matches!(self, Command::Check(_) | Command::Health(_))
+    }
+}
+
+/// Loads the configuration, sets up logging once, and runs the subcommand.
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let sources = Sources {
+        dir: cli.config.config_dir.clone(),
+        env: cli.config.env.clone(),
+        file: cli.config.config_file.clone(),
+    };
+    let config = Config::load(&sources)?;
+    if cli.command.logs() {
+        crate::telemetry::init_logging(&config.telemetry)?;
+    }
+    match cli.command {
+        Command::Run => run::run(config).await,
+        Command::Check(args) => check::run(&config, &cli.config.env, args).await,
+        Command::Migrate => migrate::run(&config).await,
+        Command::Infra(args) => infra::run(&config, args).await,
+        Command::Publish(args) => publish::run(&config, args).await,
+        Command::Policy(args) => policy::run(&config, args).await,
+        Command::Dlq(args) => dlq::run(&config, args).await,
+        Command::Health(args) => health::run(&config, args).await,
+    }
 }

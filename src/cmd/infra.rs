@@ -18,8 +18,8 @@ use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::publish::{self, EventType, IdentityInputs};
 use crate::config::Config;
-use crate::publish::{self, EventType, IdentityInputs};
 
 /// The id of the queue's target on the rule; `down` removes exactly this one.
 const TARGET_ID: &str = "conveyor-queue";
@@ -146,7 +146,17 @@ struct Clients {
 }
 
 /// Runs `conveyor infra …`; the exit code follows `verify`'s contract for every subcommand.
-pub async fn run(config: &Config, command: InfraCommand) -> Result<(), InfraError> {
+pub async fn run(config: &Config, command: InfraCommand) -> anyhow::Result<ExitCode> {
+    match perform(config, command).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(e.exit_code())
+        }
+    }
+}
+
+async fn perform(config: &Config, command: InfraCommand) -> Result<(), InfraError> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     crate::aws::require_region(&sdk).map_err(InfraError::Credentials)?;
     let clients = Clients {
