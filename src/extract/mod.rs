@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::breaker::Dependency;
-use crate::config::{ExtractionConfig, Extractor as ExtractorKind, Secret};
+use crate::config::{ExtractionConfig, ExtractorKind, Secret};
 use crate::envelope::Interaction;
 use crate::pipeline::PipelineError;
 
