@@ -72,7 +72,7 @@ pub async fn start_with(
     let breakers = Breakers::new(config.breaker.clone(), readiness.clone());
     let pool = open_postgres(&config, &readiness).await?;
     let ledger = match &pool {
-        Some(pool) => Ledger::Postgres(pool.clone()),
+        Some(pool) => Ledger::postgres(pool.clone()),
         None => Ledger::in_memory(),
     };
     tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
