@@ -7,7 +7,10 @@
 //! computed (or recomputed) and the pipeline goes on. The first stored result wins, so pipelines
 //! in different processes racing on one interaction still all use the same items.
 
-use std::collections::{HashMap, VecDeque};
+mod memory;
+mod postgres;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -19,9 +22,6 @@ use super::{ExtractError, Extraction, Extractor};
 use crate::breaker::{Breakers, Dependency};
 use crate::envelope::Interaction;
 use crate::telemetry;
-
-/// In-memory results kept without PostgreSQL (oldest dropped first).
-const MEMORY_CAPACITY: usize = 10_000;
 
 type Computation = BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>;
 
@@ -38,29 +38,38 @@ struct Inner {
     extractor: Extractor,
     /// Told whether the model answered (its circuit breaker), when the daemon has one.
     breakers: Option<Breakers>,
-    store: Store,
+    store: Box<dyn ExtractionStore>,
     pending: Mutex<HashMap<String, WeakShared<Computation>>>,
 }
 
-enum Store {
-    Postgres(PgPool),
-    Memory(Mutex<Memory>),
-}
+/// Where extractions are kept: one file per backend.
+pub trait ExtractionStore: Send + Sync + 'static {
+    /// The stored extraction of (tenant, key) by `model` with prompt `version`, if any.
+    fn load<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        key: &'a str,
+        model: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Extraction>>, sqlx::Error>>;
 
-/// Results by key, and keys oldest first (for eviction).
-#[derive(Default)]
-struct Memory {
-    results: HashMap<String, Arc<Extraction>>,
-    order: VecDeque<String>,
+    /// Stores the extraction unless one is already stored, and returns the stored one: the
+    /// first writer wins. On error the extraction is handed back.
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        tenant_id: Uuid,
+        extraction: Extraction,
+    ) -> BoxFuture<'a, Result<Arc<Extraction>, (sqlx::Error, Extraction)>>;
 }
 
 impl Extractions {
     /// Results stored in `pool` when given, else in memory. Model outages and recoveries are
     /// reported to `breakers`.
     pub fn new(extractor: Extractor, pool: Option<PgPool>, breakers: Option<Breakers>) -> Self {
-        let store = match pool {
-            Some(pool) => Store::Postgres(pool),
-            None => Store::Memory(Mutex::default()),
+        let store: Box<dyn ExtractionStore> = match pool {
+            Some(pool) => Box::new(postgres::PostgresExtractions::new(pool)),
+            None => Box::new(memory::MemoryExtractions::default()),
         };
         Self {
             inner: Arc::new(Inner {
@@ -134,7 +143,7 @@ impl Inner {
         let model = self.extractor.model().to_owned();
         let version = self.extractor.prompt_version();
         let tenant = interaction.tenant_id;
-        match self.load(tenant, key, &model, version).await {
+        match self.store.load(tenant, key, &model, version).await {
             Ok(Some(stored)) => {
                 telemetry::extraction("stored");
                 return Ok(stored);
@@ -177,7 +186,11 @@ impl Inner {
             model = %extraction.model,
             "extracted action items"
         );
-        match self.save(key, interaction.tenant_id, extraction).await {
+        match self
+            .store
+            .save(key, interaction.tenant_id, extraction)
+            .await
+        {
             Ok(stored) => Ok(stored),
             Err((e, extraction)) => {
                 tracing::warn!(
@@ -189,121 +202,6 @@ impl Inner {
             }
         }
     }
-
-    async fn load(
-        &self,
-        tenant_id: Uuid,
-        key: &str,
-        model: &str,
-        version: &str,
-    ) -> Result<Option<Arc<Extraction>>, sqlx::Error> {
-        match &self.store {
-            Store::Memory(memory) => {
-                let memory = memory.lock().unwrap_or_else(|e| e.into_inner());
-                Ok(memory
-                    .results
-                    .get(&memory_key(tenant_id, key, model, version))
-                    .cloned())
-            }
-            Store::Postgres(pool) => {
-                let row: Option<(sqlx::types::Json<Vec<super::ActionItem>>, i32, i64, i64)> =
-                    sqlx::query_as(
-                        "SELECT items, chunks, prompt_tokens, completion_tokens FROM extractions \
-                         WHERE tenant_id = $4 AND interaction_key = $1 AND model = $2 \
-                           AND prompt_version = $3",
-                    )
-                    .bind(key)
-                    .bind(model)
-                    .bind(version)
-                    .bind(tenant_id)
-                    .fetch_optional(pool)
-                    .await?;
-                Ok(row.map(|(items, chunks, prompt, completion)| {
-                    Arc::new(Extraction {
-                        items: items.0,
-                        model: model.to_owned(),
-                        prompt_version: version.to_owned(),
-                        chunks: chunks as u32,
-                        prompt_tokens: prompt as u64,
-                        completion_tokens: completion as u64,
-                    })
-                }))
-            }
-        }
-    }
-
-    /// Stores the extraction unless one is already stored, and returns the stored one: the
-    /// first writer wins.
-    async fn save(
-        &self,
-        key: &str,
-        tenant_id: Uuid,
-        extraction: Extraction,
-    ) -> Result<Arc<Extraction>, (sqlx::Error, Extraction)> {
-        match &self.store {
-            Store::Memory(memory) => {
-                let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
-                let Memory {
-                    results: map,
-                    order,
-                } = &mut *memory;
-                let k = memory_key(
-                    tenant_id,
-                    key,
-                    &extraction.model,
-                    &extraction.prompt_version,
-                );
-                if let Some(stored) = map.get(&k) {
-                    return Ok(stored.clone());
-                }
-                if order.len() >= MEMORY_CAPACITY
-                    && let Some(oldest) = order.pop_front()
-                {
-                    map.remove(&oldest);
-                }
-                order.push_back(k.clone());
-                let stored = Arc::new(extraction);
-                map.insert(k, stored.clone());
-                Ok(stored)
-            }
-            Store::Postgres(pool) => {
-                let inserted = sqlx::query(
-                    "INSERT INTO extractions \
-                       (interaction_key, model, prompt_version, tenant_id, items, chunks, prompt_tokens, completion_tokens) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (tenant_id, interaction_key, model, prompt_version) DO NOTHING",
-                )
-                .bind(key)
-                .bind(&extraction.model)
-                .bind(&extraction.prompt_version)
-                .bind(tenant_id)
-                .bind(sqlx::types::Json(&extraction.items))
-                .bind(extraction.chunks as i32)
-                .bind(extraction.prompt_tokens as i64)
-                .bind(extraction.completion_tokens as i64)
-                .execute(pool)
-                .await;
-                match inserted {
-                    Err(e) => Err((e, extraction)),
-                    Ok(done) if done.rows_affected() == 1 => Ok(Arc::new(extraction)),
-                    // Another process stored one first: use that one.
-                    Ok(_) => match self
-                        .load(
-                            tenant_id,
-                            key,
-                            &extraction.model,
-                            &extraction.prompt_version,
-                        )
-                        .await
-                    {
-                        Ok(Some(stored)) => Ok(stored),
-                        Ok(None) => Ok(Arc::new(extraction)),
-                        Err(e) => Err((e, extraction)),
-                    },
-                }
-            }
-        }
-    }
 }
 
 /// The single-flight key: (tenant, interaction key).
@@ -311,7 +209,7 @@ fn scoped_key(tenant_id: Uuid, key: &str) -> String {
     format!("{tenant_id}\u{0}{key}")
 }
 
-fn memory_key(tenant_id: Uuid, key: &str, model: &str, version: &str) -> String {
+pub(super) fn memory_key(tenant_id: Uuid, key: &str, model: &str, version: &str) -> String {
     format!("{}\u{0}{model}\u{0}{version}", scoped_key(tenant_id, key))
 }
 
