@@ -6,6 +6,7 @@
 mod announce;
 mod chaos;
 mod graph;
+mod log;
 mod projection;
 mod resources;
 
@@ -32,6 +33,7 @@ pub const CATALOG: &[Descriptor] = &[
     announce::DESCRIPTOR,
     NOOP,
     chaos::DESCRIPTOR,
+    log::DESCRIPTOR,
 ];
 
 /// What config validation, the daemon and `conveyor check` know of a pipeline before it exists.
