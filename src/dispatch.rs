@@ -50,8 +50,15 @@ impl Pattern {
     }
 }
 
-/// A pipeline and its timeout.
-type Stage = Vec<(Arc<dyn Pipeline>, Duration)>;
+/// Pipelines run together, each with its timeout and its metrics. Shared by every delivery
+/// of the route.
+type Stage = Arc<[Step]>;
+
+struct Step {
+    pipeline: Arc<dyn Pipeline>,
+    timeout: Duration,
+    metrics: Arc<telemetry::PipelineMetrics>,
+}
 
 struct Route {
     source: Pattern,
@@ -143,9 +150,14 @@ impl Dispatcher {
                                 registry.names().join(", ")
                             )
                         })?;
-                        Ok((pipeline.clone(), config.pipeline_timeout(name)))
+                        Ok(Step {
+                            pipeline: pipeline.clone(),
+                            timeout: config.pipeline_timeout(name),
+                            metrics: Arc::new(telemetry::PipelineMetrics::new(pipeline.name())),
+                        })
                     })
-                    .collect::<Result<Stage, String>>()
+                    .collect::<Result<Vec<Step>, String>>()
+                    .map(Stage::from)
             };
             routes.push(Route {
                 source: Pattern::parse(&route.source),
@@ -163,8 +175,8 @@ impl Dispatcher {
         }
         let mut needs: Vec<Dependency> = routes
             .iter()
-            .flat_map(|r| r.pipelines.iter().chain(&r.after))
-            .flat_map(|(pipeline, _)| pipeline.dependencies().iter().copied())
+            .flat_map(|r| r.pipelines.iter().chain(r.after.iter()))
+            .flat_map(|step| step.pipeline.dependencies().iter().copied())
             .collect();
         needs.sort();
         needs.dedup();
@@ -339,16 +351,15 @@ impl Handler for Dispatcher {
 /// them all: no pipeline outlives its message.
 async fn run_stage(stage: Stage, delivery: &Arc<Delivery>, ledger: &Ledger) -> Vec<PipelineResult> {
     let mut tasks = JoinSet::new();
-    let mut names = HashMap::new();
-    for (pipeline, timeout) in stage {
-        let name = pipeline.name();
+    let mut steps = HashMap::with_capacity(stage.len());
+    for (i, step) in stage.iter().enumerate() {
         let task = tasks.spawn(run_once(
-            pipeline,
-            timeout,
+            step.pipeline.clone(),
+            step.timeout,
             delivery.clone(),
             ledger.clone(),
         ));
-        names.insert(task.id(), (name, Instant::now()));
+        steps.insert(task.id(), (i, Instant::now()));
     }
     let mut results = Vec::new();
     while let Some(joined) = tasks.join_next_with_id().await {
@@ -369,8 +380,10 @@ async fn run_stage(stage: Stage, delivery: &Arc<Delivery>, ledger: &Ledger) -> V
                 ))),
             ),
         };
-        let (name, started) = names[&id];
-        record(delivery, name, &result, started);
+        let (i, started) = steps[&id];
+        let step = &stage[i];
+        let name = step.pipeline.name();
+        record(delivery, step, &result, started);
         results.push(PipelineResult {
             pipeline: name,
             result,
@@ -507,12 +520,8 @@ impl Drop for ClaimGuard {
 }
 
 /// Logs and counts one pipeline run.
-fn record(
-    delivery: &Delivery,
-    name: &'static str,
-    result: &Result<Ran, Failure>,
-    started: Instant,
-) {
+fn record(delivery: &Delivery, step: &Step, result: &Result<Ran, Failure>, started: Instant) {
+    let name = step.pipeline.name();
     let outcome = match result {
         Ok(Ran::Succeeded) => "success",
         Ok(Ran::Skipped) => {
@@ -528,7 +537,8 @@ fn record(
         Err(Failure::Pipeline(PipelineError::Unavailable(..))) => "unavailable",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    telemetry::pipeline_finished(name, outcome, started.elapsed().as_secs_f64());
+    step.metrics
+        .finished(outcome, started.elapsed().as_secs_f64());
     match result {
         Ok(_) => {
             tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, "pipeline finished")

@@ -112,6 +112,13 @@ pub enum SqsOp {
 }
 
 impl SqsOp {
+    const ALL: [SqsOp; 4] = [
+        SqsOp::ReceiveMessage,
+        SqsOp::DeleteMessageBatch,
+        SqsOp::ChangeMessageVisibilityBatch,
+        SqsOp::SendMessage,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             SqsOp::ReceiveMessage => "ReceiveMessage",
@@ -122,22 +129,106 @@ impl SqsOp {
     }
 }
 
-pub fn sqs_request(queue: &str, op: SqsOp) {
-    metrics::counter!(SQS_REQUESTS, "queue" => queue.to_owned(), "operation" => op.label())
-        .increment(1);
+/// A queue's per-message metrics, registered once. Recording through a handle is an atomic
+/// add; through the `metrics` macros every call would build, allocate and hash its key again
+/// (a few µs per message across the handful recorded for each).
+#[derive(Clone)]
+pub struct QueueMetrics {
+    received: metrics::Counter,
+    deleted: metrics::Counter,
+    retried: metrics::Counter,
+    released: metrics::Counter,
+    in_flight: metrics::Gauge,
+    handler: metrics::Histogram,
+    requests: [metrics::Counter; 4],
+    errors: [metrics::Counter; 4],
 }
 
-pub fn sqs_error(queue: &str, op: SqsOp) {
-    metrics::counter!(SQS_ERRORS, "queue" => queue.to_owned(), "operation" => op.label())
-        .increment(1);
+impl QueueMetrics {
+    pub fn new(queue: &str) -> Self {
+        let per_op = |name: &'static str| {
+            SqsOp::ALL.map(|op| {
+                metrics::counter!(name, "queue" => queue.to_owned(), "operation" => op.label())
+            })
+        };
+        Self {
+            received: metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_owned()),
+            deleted: metrics::counter!(MESSAGES_DELETED, "queue" => queue.to_owned()),
+            retried: metrics::counter!(MESSAGES_RETRIED, "queue" => queue.to_owned()),
+            released: metrics::counter!(MESSAGES_RELEASED, "queue" => queue.to_owned()),
+            in_flight: metrics::gauge!(IN_FLIGHT, "queue" => queue.to_owned()),
+            handler: metrics::histogram!(HANDLER_DURATION, "queue" => queue.to_owned()),
+            requests: per_op(SQS_REQUESTS),
+            errors: per_op(SQS_ERRORS),
+        }
+    }
+
+    pub fn received(&self, count: usize) {
+        self.received.increment(count as u64);
+    }
+
+    pub fn deleted(&self) {
+        self.deleted.increment(1);
+    }
+
+    pub fn retried(&self) {
+        self.retried.increment(1);
+    }
+
+    pub fn released(&self) {
+        self.released.increment(1);
+    }
+
+    pub fn handler_finished(&self, seconds: f64) {
+        self.handler.record(seconds);
+    }
+
+    pub fn request(&self, op: SqsOp) {
+        self.requests[op as usize].increment(1);
+    }
+
+    pub fn error(&self, op: SqsOp) {
+        self.errors[op as usize].increment(1);
+    }
+
+    /// Counts a message in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
 }
 
-pub fn messages_received(queue: &str, count: usize) {
-    metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_owned()).increment(count as u64);
+/// One pipeline's run metrics, registered once (see [`QueueMetrics`]).
+pub struct PipelineMetrics {
+    duration: metrics::Histogram,
+    runs: [metrics::Counter; PipelineMetrics::OUTCOMES.len()],
 }
 
-pub fn message_deleted(queue: &str) {
-    metrics::counter!(MESSAGES_DELETED, "queue" => queue.to_owned()).increment(1);
+impl PipelineMetrics {
+    const OUTCOMES: [&'static str; 5] = [
+        "success",
+        "busy",
+        "retryable_error",
+        "permanent_error",
+        "unavailable",
+    ];
+
+    pub fn new(pipeline: &'static str) -> Self {
+        Self {
+            duration: metrics::histogram!(PIPELINE_DURATION, "pipeline" => pipeline),
+            runs: Self::OUTCOMES
+                .map(|outcome| metrics::counter!(PIPELINE_RUNS, "pipeline" => pipeline, "outcome" => outcome)),
+        }
+    }
+
+    /// `outcome` is one of `success`, `busy`, `retryable_error`, `permanent_error`,
+    /// `unavailable`.
+    pub fn finished(&self, outcome: &'static str, seconds: f64) {
+        self.duration.record(seconds);
+        if let Some(i) = Self::OUTCOMES.iter().position(|o| *o == outcome) {
+            self.runs[i].increment(1);
+        }
+    }
 }
 
 /// A dependency's circuit breaker changed state: the gauge is 0 closed, 1 half-open, 2 open.
@@ -171,18 +262,10 @@ pub fn deadline_exceeded(queue: &str) {
     metrics::counter!(DEADLINES_EXCEEDED, "queue" => queue.to_owned()).increment(1);
 }
 
-pub fn message_retried(queue: &str) {
-    metrics::counter!(MESSAGES_RETRIED, "queue" => queue.to_owned()).increment(1);
-}
-
 /// `reason` is a short stable label (`not_json`, `unrouted`, `permanent`, `retries_exhausted`).
 pub fn message_dead_lettered(queue: &str, reason: &'static str) {
     metrics::counter!(MESSAGES_DEAD_LETTERED, "queue" => queue.to_owned(), "reason" => reason)
         .increment(1);
-}
-
-pub fn message_released(queue: &str) {
-    metrics::counter!(MESSAGES_RELEASED, "queue" => queue.to_owned()).increment(1);
 }
 
 pub fn lease_extended(queue: &str) {
@@ -196,15 +279,6 @@ pub fn lease_lost(queue: &str, why: &str) {
         why,
         "lease lost: the message's work is abandoned and it is not deleted"
     );
-}
-
-pub fn handler_finished(queue: &str, seconds: f64) {
-    metrics::histogram!(HANDLER_DURATION, "queue" => queue.to_owned()).record(seconds);
-}
-
-pub fn pipeline_finished(pipeline: &'static str, outcome: &'static str, seconds: f64) {
-    metrics::histogram!(PIPELINE_DURATION, "pipeline" => pipeline).record(seconds);
-    metrics::counter!(PIPELINE_RUNS, "pipeline" => pipeline, "outcome" => outcome).increment(1);
 }
 
 /// The ledger says the pipeline already succeeded for this key.
@@ -253,17 +327,11 @@ pub fn projection_written(seconds: f64) {
 }
 
 /// Counts a message as in flight until dropped.
-pub struct InFlight(String);
-
-impl InFlight {
-    pub fn new(queue: &str) -> Self {
-        metrics::gauge!(IN_FLIGHT, "queue" => queue.to_owned()).increment(1.0);
-        Self(queue.to_owned())
-    }
-}
+/// A message in flight, counted in `conveyor_messages_in_flight` while it lives.
+pub struct InFlight(metrics::Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(IN_FLIGHT, "queue" => self.0.clone()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }

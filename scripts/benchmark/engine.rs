@@ -7,7 +7,7 @@
 //!               succeeds at once
 //!   dispatcher  the engine with the real handler: decode, route, ledger (in memory), `noop`
 //!
-//! Prints CPU µs per message (user + system, from getrusage) and wall time for each, and the
+//! Metrics go to the Prometheus recorder, as in the daemon. Prints CPU µs per message (user + system, from getrusage) and wall time for each, and the
 //! ratios to the loop.
 
 use std::sync::Arc;
@@ -136,6 +136,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    // Metrics recorded as the daemon records them (Prometheus registry).
+    let _ = conveyor::telemetry::metrics_handle();
     // Warm the allocator and the code paths once.
     let _ = least_work_loop(10_000, 2).await;
     let _ = engine(10_000, Arc::new(Succeed)).await;

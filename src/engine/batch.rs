@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::Endpoint;
 use super::backoff::CallBackoff;
 use super::queue::EntryFailure;
-use crate::telemetry;
+use crate::telemetry::SqsOp;
 
 /// SQS takes at most 10 entries per batch call.
 const MAX_ENTRIES: usize = 10;
@@ -210,15 +210,14 @@ async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
 
 /// Sends one batch call; one result per entry of `batch`, in order.
 async fn call(sqs: &Endpoint, batch: &[Request]) -> Result<Vec<Option<EntryFailure>>, String> {
-    let queue = &*sqs.queue;
     match batch[0].action {
         Action::Delete => {
-            telemetry::sqs_request(queue, telemetry::SqsOp::DeleteMessageBatch);
+            sqs.metrics.request(SqsOp::DeleteMessageBatch);
             let receipts = batch.iter().map(|r| r.receipt_handle.as_str()).collect();
             sqs.api
                 .delete_batch(&sqs.url, receipts)
                 .await
-                .inspect_err(|_| telemetry::sqs_error(queue, telemetry::SqsOp::DeleteMessageBatch))
+                .inspect_err(|_| sqs.metrics.error(SqsOp::DeleteMessageBatch))
         }
         Action::SetVisibility(_) => {
             let entries = batch
@@ -230,13 +229,11 @@ async fn call(sqs: &Endpoint, batch: &[Request]) -> Result<Vec<Option<EntryFailu
                     (r.receipt_handle.as_str(), secs)
                 })
                 .collect();
-            telemetry::sqs_request(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+            sqs.metrics.request(SqsOp::ChangeMessageVisibilityBatch);
             sqs.api
                 .change_visibility_batch(&sqs.url, entries)
                 .await
-                .inspect_err(|_| {
-                    telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch)
-                })
+                .inspect_err(|_| sqs.metrics.error(SqsOp::ChangeMessageVisibilityBatch))
         }
     }
 }

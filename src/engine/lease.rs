@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Endpoint;
 use crate::config::SQS_MAX_VISIBILITY_SECS;
-use crate::telemetry;
+use crate::telemetry::{self, SqsOp};
 
 /// SQS takes at most 10 entries per ChangeMessageVisibilityBatch.
 const MAX_ENTRIES: usize = 10;
@@ -256,18 +256,18 @@ async fn extend(leases: &Leases, sqs: &Endpoint, chunk: &[(u64, String, u32)]) {
         .map(|(_, receipt, secs)| (receipt.as_str(), *secs))
         .collect();
     let sent_at = Instant::now();
-    telemetry::sqs_request(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+    sqs.metrics.request(SqsOp::ChangeMessageVisibilityBatch);
     let call = sqs.api.change_visibility_batch(&sqs.url, entries);
     let outcome = match tokio::time::timeout(call_timeout, call).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(error)) => {
-            telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+            sqs.metrics.error(SqsOp::ChangeMessageVisibilityBatch);
             tracing::warn!(queue, %error, "lease extension call failed; retrying next tick");
             chunk.iter().for_each(|(id, ..)| leases.renewal_failed(*id));
             return;
         }
         Err(_) => {
-            telemetry::sqs_error(queue, telemetry::SqsOp::ChangeMessageVisibilityBatch);
+            sqs.metrics.error(SqsOp::ChangeMessageVisibilityBatch);
             tracing::warn!(queue, timeout = ?call_timeout, "lease extension call timed out; retrying next tick");
             chunk.iter().for_each(|(id, ..)| leases.renewal_failed(*id));
             return;

@@ -66,7 +66,7 @@ pub(super) async fn process(
     received_at: Instant,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _in_flight = telemetry::InFlight::new(&queue.name);
+    let _in_flight = queue.endpoint.metrics.in_flight();
     let message_id = message.message_id.clone().unwrap_or_default();
     let Some(receipt) = message.receipt_handle.clone() else {
         // SQS always sends one; without it the message cannot be acted on at all.
@@ -118,7 +118,10 @@ pub(super) async fn process(
             }))
         }
     };
-    telemetry::handler_finished(&queue.name, received_at.elapsed().as_secs_f64());
+    queue
+        .endpoint
+        .metrics
+        .handler_finished(received_at.elapsed().as_secs_f64());
 
     // A retry at the queue's maxReceiveCount is dead-lettered here, with the reason, rather
     // than left to SQS's native redrive, which would move it without one — unless only a
@@ -280,14 +283,14 @@ async fn requeue(
                 .expect("data type is set"),
         );
     }
-    telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
+    queue.endpoint.metrics.request(SqsOp::SendMessage);
     let send = queue.api.send(&queue.url, body, attributes, delay_secs);
     let sent = tokio::select! {
         () = queue.abandon.cancelled() => return release(queue, receipt).await,
         sent = send => sent,
     };
     if let Err(error) = sent {
-        telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
+        queue.endpoint.metrics.error(SqsOp::SendMessage);
         tracing::error!(queue = %queue.name, %error, "sending the fresh copy failed; retrying the original instead");
         return retry(queue, receipt, receive_count, after).await;
     }
@@ -317,9 +320,9 @@ async fn apply(queue: &Queue, receipt: &str, action: Action, applied: Applied) -
     match queue.batcher.perform(receipt.to_owned(), action).await {
         Ok(()) => {
             match applied {
-                Applied::Deleted => telemetry::message_deleted(&queue.name),
-                Applied::Retried { .. } => telemetry::message_retried(&queue.name),
-                Applied::Released => telemetry::message_released(&queue.name),
+                Applied::Deleted => queue.endpoint.metrics.deleted(),
+                Applied::Retried { .. } => queue.endpoint.metrics.retried(),
+                Applied::Released => queue.endpoint.metrics.released(),
                 _ => {}
             }
             applied
@@ -378,7 +381,7 @@ async fn dead_letter(
     let mut last_error = String::new();
     let mut sent = false;
     for attributes in copies {
-        telemetry::sqs_request(&queue.name, SqsOp::SendMessage);
+        queue.endpoint.metrics.request(SqsOp::SendMessage);
         let send = queue.api.send(&dlq.url, body, attributes, 0);
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
@@ -393,7 +396,7 @@ async fn dead_letter(
                 break;
             }
             Err(e) => {
-                telemetry::sqs_error(&queue.name, SqsOp::SendMessage);
+                queue.endpoint.metrics.error(SqsOp::SendMessage);
                 last_error = e.message;
                 if e.transient {
                     break;

@@ -134,6 +134,7 @@ struct Endpoint {
     /// The readiness component tracking this queue's SQS calls (`sqs:<queue>:calls`).
     calls_component: Arc<str>,
     call_timeout: Duration,
+    metrics: telemetry::QueueMetrics,
 }
 
 impl Endpoint {
@@ -242,6 +243,7 @@ impl Consumer {
             readiness: context.readiness.clone(),
             calls_component: Arc::from(format!("sqs:{name}:calls")),
             call_timeout: context.call_timeout,
+            metrics: telemetry::QueueMetrics::new(&name),
         };
         let (batcher, batcher_task) = Batcher::spawn(endpoint.clone(), config.delete_flush());
         let leases = Leases::new(config.visibility_timeout(), config.lease_renew_before());
@@ -354,7 +356,7 @@ async fn poll(
                 }
                 readiness.set(readiness_key.clone(), true);
                 backoff.reset();
-                telemetry::messages_received(&queue.name, messages.len());
+                queue.endpoint.metrics.received(messages.len());
                 for message in messages {
                     // SQS never returns more than asked; if it ever did, the extra is handed back.
                     let permit = held.split(1);
@@ -425,7 +427,7 @@ fn spawn_message(
 }
 
 async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
-    telemetry::sqs_request(&queue.name, SqsOp::ReceiveMessage);
+    queue.endpoint.metrics.request(SqsOp::ReceiveMessage);
     queue
         .api
         .receive(
@@ -435,7 +437,7 @@ async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
             queue.config.visibility_timeout_secs,
         )
         .await
-        .inspect_err(|_| telemetry::sqs_error(&queue.name, SqsOp::ReceiveMessage))
+        .inspect_err(|_| queue.endpoint.metrics.error(SqsOp::ReceiveMessage))
 }
 
 /// Waits for shutdown, then stops the queue's consumer in order (see the module comment).
