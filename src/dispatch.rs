@@ -409,6 +409,9 @@ async fn run_once(
     // The wait is bounded by one claim's lifetime; past that, give up and retry later.
     let waiting_since = Instant::now();
     let claim = loop {
+        if !pipeline.deduplicated() {
+            break None;
+        }
         match ledger
             .claim(&delivery.tenant, &delivery.key, name, hold)
             .await

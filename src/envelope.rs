@@ -419,8 +419,8 @@ mod tests {
         }
     }
 
-    /// The example of SPEC.md / seed 000 section 9.
-    fn seed_example() -> Value {
+    /// The documented EnvelopeV1 example (docs/contracts.md).
+    fn documented_example() -> Value {
         json!({"schema_version":"v1","tenant_id":"550e8400-e29b-41d4-a716-446655440000",
             "user_id":"auth0|abc123def456","interaction_type":"transcript",
             "content":{"text":"John: Thanks for joining the call today...","format":"diarized"},
@@ -437,8 +437,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_seed_envelope_with_every_field() {
-        let i = parse(&event("EnvelopeV1.transcript", seed_example()))
+    fn parses_the_documented_envelope_with_every_field() {
+        let i = parse(&event("EnvelopeV1.transcript", documented_example()))
             .unwrap()
             .unwrap();
         assert_eq!(i.kind, EventKind::EnvelopeV1);
@@ -506,7 +506,7 @@ mod tests {
     fn field_errors_name_the_path_and_the_problem() {
         let e = error_for(
             "EnvelopeV1.transcript",
-            seed_example(),
+            documented_example(),
             &["content", "format"],
             Some(json!("html")),
         );
@@ -516,14 +516,14 @@ mod tests {
         );
         let e = error_for(
             "EnvelopeV1.transcript",
-            seed_example(),
+            documented_example(),
             &["tenant_id"],
             None,
         );
         assert_eq!(e.to_string(), "detail.tenant_id: missing");
         let e = error_for(
             "EnvelopeV1.transcript",
-            seed_example(),
+            documented_example(),
             &["content"],
             Some(json!("secret words")),
         );
@@ -551,13 +551,13 @@ mod tests {
             e.to_string(),
             "detail.tenant_id: must be a UUID v4, found version 7"
         );
-        let e = parse(&event("EnvelopeV1.note", seed_example())).unwrap_err();
+        let e = parse(&event("EnvelopeV1.note", documented_example())).unwrap_err();
         assert_eq!(e.path, "detail.interaction_type");
     }
 
     #[test]
     fn content_never_appears_in_debug_output() {
-        let i = parse(&event("EnvelopeV1.transcript", seed_example()))
+        let i = parse(&event("EnvelopeV1.transcript", documented_example()))
             .unwrap()
             .unwrap();
         assert!(!format!("{i:?}").contains("Thanks for joining"));

@@ -23,7 +23,7 @@ use crate::config::Config;
 
 /// The id of the queue's target on the rule; `down` removes exactly this one.
 const TARGET_ID: &str = "conveyor-queue";
-/// How long `verify` waits for its event (the seed's verification contract).
+/// How long `verify` waits for its event.
 const VERIFY_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Subcommand)]

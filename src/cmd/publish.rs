@@ -1,6 +1,7 @@
 //! `conveyor publish`: build an EnvelopeV1 or BatchProcessingCompleted event (from a file or a
 //! built-in sample), validate it with the consumer's own parser, and put it on EventBridge.
-//! Identity follows the publishers' fallback chain (seed 001, requirement 2).
+//! Identity follows the publishers' fallback chain: flag, then environment, then a generated or
+//! default value.
 
 use std::fmt;
 

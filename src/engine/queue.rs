@@ -96,7 +96,14 @@ impl QueueApi for Sqs {
                 .max_number_of_messages(max as i32)
                 .wait_time_seconds(wait_secs as i32)
                 .visibility_timeout(visibility_secs as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
+                // Only what the engine and handlers use: every attribute asked for is parsed
+                // and allocated per message.
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(
+                    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+                )
+                .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_attribute_names("All")
                 .send()
                 .await

@@ -13,8 +13,8 @@ use super::{Claim, Key, LedgerError, LedgerStore};
 /// Entries are kept for an hour: the map must not grow without bound.
 const MEMORY_RETENTION: Duration = Duration::from_secs(3600);
 
-/// (tenant, key, pipeline).
-type MemoryKey = (String, String, String);
+/// tenant, key and pipeline, NUL-separated: one allocation per lookup.
+type MemoryKey = String;
 
 #[derive(Default)]
 pub struct MemoryLedger {
@@ -29,7 +29,14 @@ struct MemoryEntry {
 }
 
 fn owned(k: Key<'_>) -> MemoryKey {
-    (k.tenant.to_owned(), k.key.to_owned(), k.pipeline.to_owned())
+    let mut owned = String::with_capacity(k.tenant.len() + k.key.len() + k.pipeline.len() + 2);
+    for (i, part) in [k.tenant, k.key, k.pipeline].into_iter().enumerate() {
+        if i > 0 {
+            owned.push('\0');
+        }
+        owned.push_str(part);
+    }
+    owned
 }
 
 impl MemoryLedger {

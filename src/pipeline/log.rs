@@ -39,4 +39,9 @@ impl Pipeline for Log {
         );
         Box::pin(async { Ok(()) })
     }
+
+    /// A redelivery is worth its own line.
+    fn deduplicated(&self) -> bool {
+        false
+    }
 }

@@ -180,6 +180,11 @@ pub trait Pipeline: Send + Sync + 'static {
     fn dependencies(&self) -> &'static [Dependency] {
         &[]
     }
+    /// Whether the idempotency ledger guards it (skipped after a success for the key, never run
+    /// twice at once). Only a pipeline without effects to repeat may say no.
+    fn deduplicated(&self) -> bool {
+        true
+    }
 }
 
 /// Succeeds at once. For smoke tests and benchmarks of the engine itself.
@@ -199,6 +204,10 @@ impl Pipeline for Noop {
 
     fn run(&self, _delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn deduplicated(&self) -> bool {
+        false
     }
 }
 

@@ -18,7 +18,7 @@ async fn eventbridge() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&aws_sdk().await)
 }
 
-fn seed_envelope() -> Value {
+fn documented_envelope() -> Value {
     json!({"schema_version":"v1","tenant_id":"550e8400-e29b-41d4-a716-446655440000",
         "user_id":"auth0|abc123def456","interaction_type":"transcript",
         "content":{"text":"John: Thanks for joining the call today...","format":"diarized"},
@@ -41,7 +41,7 @@ async fn envelopes_through_a_real_eventbridge_rule_reach_pipelines_with_every_fi
         "timestamp":"2025-01-23T10:30:00.123Z","status":"completed",
         "data":{"cleaned_transcript":"Clean text","raw_transcript":"raw text"}});
     for (detail_type, detail) in [
-        ("EnvelopeV1.transcript", seed_envelope()),
+        ("EnvelopeV1.transcript", documented_envelope()),
         ("BatchProcessingCompleted", batch.clone()),
     ] {
         put_event(&source, detail_type, &detail).await;
@@ -74,7 +74,7 @@ async fn envelopes_through_a_real_eventbridge_rule_reach_pipelines_with_every_fi
         .unwrap();
         conveyor::envelope::parse(&event).unwrap().unwrap()
     };
-    let envelope = expect("EnvelopeV1.transcript", &seed_envelope());
+    let envelope = expect("EnvelopeV1.transcript", &documented_envelope());
     let batch_interaction = expect("BatchProcessingCompleted", &batch);
     assert!(
         seen.iter().any(|(_, i)| i.as_ref() == Some(&envelope)),
@@ -247,11 +247,11 @@ async fn invalid_envelopes_are_dead_lettered_naming_the_field_and_unrouted_event
         json!({"version":"0","id":id,"source":source,"detail-type":detail_type,"detail":detail})
             .to_string()
     };
-    let mut bad_format = seed_envelope();
+    let mut bad_format = documented_envelope();
     bad_format["content"]["format"] = json!("html");
-    let mut no_tenant = seed_envelope();
+    let mut no_tenant = documented_envelope();
     no_tenant.as_object_mut().unwrap().remove("tenant_id");
-    let mut bad_timestamp = seed_envelope();
+    let mut bad_timestamp = documented_envelope();
     bad_timestamp["timestamp"] = json!("yesterday");
     let cases = [
         (
@@ -342,9 +342,9 @@ async fn announce_publishes_ids_after_the_route_succeeds_and_nothing_when_it_fai
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
     );
-    let mut good_detail = seed_envelope();
+    let mut good_detail = documented_envelope();
     good_detail["interaction_id"] = json!(good);
-    let mut bad_detail = seed_envelope();
+    let mut bad_detail = documented_envelope();
     bad_detail["interaction_id"] = json!(bad);
     bad_detail["extras"]["chaos"] = json!({"permanent": true});
     let wrap = |detail: Value| {

@@ -358,3 +358,45 @@ fn config_errors_name_the_bad_format_contract_and_pipeline() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_pipeline_logs_ids_and_the_payload_hash_never_the_payload() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-log", 3).await;
+    let k = key("log");
+    let toml = queue_toml(
+        &k,
+        &q.url,
+        &format!(
+            "format = \"raw\"\n[[queues.{k}.routes]]\ncontract = \"json\"\npipelines = [\"log\"]"
+        ),
+    );
+    let mut daemon = Conveyor::new(&toml).spawn_daemon();
+    let body = r#"{"note":"private-words-7f3a"}"#;
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+    let line = daemon.wait_for_log("payload_sha256", Duration::from_secs(30));
+    assert!(
+        line.contains(&format!("payload_bytes={}", body.len())),
+        "{line}"
+    );
+    assert!(
+        line.contains("contract=\"json\"") || line.contains("contract=json"),
+        "{line}"
+    );
+    eventually("deleted", Duration::from_secs(30), async || {
+        queue_depth(&sqs, &q.url).await == (0, 0)
+    })
+    .await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+    assert!(
+        daemon.logs().iter().all(|l| !l.contains("private-words")),
+        "the payload never reaches the log"
+    );
+}
