@@ -132,7 +132,7 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
         });
     }
 
-    if config.routes_to("graph") || config.routes_to("projection") {
+    if config.needs(crate::pipeline::Need::Model) {
         let result =
             match Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref()) {
                 Ok(extractor) => extractor.probe().await,

@@ -293,7 +293,7 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
         consumed,
         bus: config.eventbridge.bus_name.clone(),
         announce_bus: config
-            .routes_to("announce")
+            .needs(crate::pipeline::Need::EventBridge)
             .then(|| config.announce.bus_name.clone()),
         infra_queue: config.infra.queue_name.clone(),
         infra_dlq: config.infra.dlq_name(),

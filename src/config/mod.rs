@@ -276,6 +276,11 @@ impl Config {
             .filter(|d| self.routes_to(d.name))
     }
 
+    /// Does any routed pipeline need `need` (the catalog says)?
+    pub fn needs(&self, need: crate::pipeline::Need) -> bool {
+        self.routed_pipelines().any(|d| d.needs.contains(&need))
+    }
+
     /// Does any queue's route run `pipeline`?
     pub fn routes_to(&self, pipeline: &str) -> bool {
         self.queues

@@ -305,23 +305,29 @@ impl MemoryQueue {
         picked
     }
 
-    /// In send order; a group with a message in flight is skipped entirely, and a group's
-    /// messages are taken in order.
+    /// In send order; a group with a message in flight is skipped entirely (as SQS does),
+    /// and a group's messages are taken in order.
     fn pick_fifo(&mut self, now: Instant, max: usize) -> Vec<u64> {
-        let mut blocked = std::collections::HashSet::new();
+        let group = |m: &Stored| m.group.clone().unwrap_or_default();
+        let mut blocked: std::collections::HashSet<String> = self
+            .messages
+            .values()
+            .filter(|m| m.receipt.is_some() && m.visible_at > now)
+            .map(group)
+            .collect();
         let mut picked = Vec::new();
         for id in self.order.keys() {
             if picked.len() == max {
                 break;
             }
             let m = &self.messages[id];
-            let group = m.group.clone().unwrap_or_default();
-            if blocked.contains(&group) {
+            let g = group(m);
+            if blocked.contains(&g) {
                 continue;
             }
             if m.visible_at > now {
-                // In flight or delayed: the group waits behind it.
-                blocked.insert(group);
+                // Delayed: the group's later messages wait behind it.
+                blocked.insert(g);
                 continue;
             }
             picked.push(*id);
@@ -491,5 +497,72 @@ impl QueueApi for MemoryQueues {
             self.changed.notify_waiters();
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_group_waits_while_one_of_its_messages_is_in_flight_and_redrive_moves_exhausted_ones()
+     {
+        let queues = MemoryQueues::new();
+        queues.create("dlq.fifo", None);
+        let url = queues.create("q.fifo", Some(("dlq.fifo", 2)));
+        for (body, group) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b")] {
+            queues.push(&url, body, Some(group));
+        }
+        let bodies = |m: &[Message]| {
+            m.iter()
+                .map(|m| m.body().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let first = queues.receive(&url, 10, 0, 30).await.unwrap();
+        assert_eq!(
+            bodies(&first),
+            ["a1", "b1", "a2", "b2"],
+            "in order, groups together"
+        );
+        assert!(
+            queues.receive(&url, 10, 0, 30).await.unwrap().is_empty(),
+            "every group in flight"
+        );
+        // a1 goes back (visibility 0), but a2 of its group is still in flight: the group stays
+        // locked, as in SQS.
+        let receipt = |m: &Message| m.receipt_handle().unwrap().to_owned();
+        let (a1, a2) = (receipt(&first[0]), receipt(&first[2]));
+        let failures = queues
+            .change_visibility_batch(&url, vec![(&a1, 0)])
+            .await
+            .unwrap();
+        assert_eq!(failures, [None]);
+        assert!(queues.receive(&url, 10, 0, 30).await.unwrap().is_empty());
+        assert_eq!(queues.delete_batch(&url, vec![&a2]).await.unwrap(), [None]);
+        let again = queues.receive(&url, 10, 0, 30).await.unwrap();
+        assert_eq!(
+            bodies(&again),
+            ["a1"],
+            "group a unlocked; b still in flight"
+        );
+        assert_eq!(
+            queues.delete_batch(&url, vec![&a1]).await.unwrap(),
+            [Some(("ReceiptHandleIsInvalid".to_owned(), true))],
+            "a receipt goes stale when its message is received again"
+        );
+        // Received twice (maxReceiveCount 2): the next receive moves it to the DLQ instead.
+        let current = receipt(&again[0]);
+        queues
+            .change_visibility_batch(&url, vec![(&current, 0)])
+            .await
+            .unwrap();
+        assert!(queues.receive(&url, 10, 0, 30).await.unwrap().is_empty());
+        assert_eq!(
+            queues.messages(&MemoryQueues::url("dlq.fifo"))[0].body,
+            "a1"
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let last = queues.receive(&url, 10, 0, 30).await.unwrap();
+        assert_eq!(bodies(&last), ["b1", "b2"], "b's visibility ran out");
     }
 }
