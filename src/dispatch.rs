@@ -214,23 +214,30 @@ impl Dispatcher {
             return Ok(std::borrow::Cow::Borrowed(&message.body));
         };
         let pointer = pointer.map_err(poison)?;
-        let retry = |reason: String| Outcome::Retry {
+        let retry = |reason: String, outage: bool| Outcome::Retry {
             reason,
             pipeline: None,
             after: None,
-            outage: false,
+            outage,
         };
         let Some(claim_check) = claim_check else {
-            return Err(retry(format!(
-                "claim check {pointer}: this queue cannot fetch offloaded bodies (no S3 client)"
-            )));
+            return Err(retry(
+                format!(
+                    "claim check {pointer}: this queue cannot fetch offloaded bodies (no S3 client)"
+                ),
+                false,
+            ));
         };
         match claim_check.fetch(&pointer).await {
             Ok(Ok(body)) => Ok(std::borrow::Cow::Owned(body)),
             Ok(Err(not_text)) => Err(poison(not_text)),
             // Missing: written after its pointer, or deleted; retried up to the queue's
             // maxReceiveCount, then dead-lettered naming the object.
-            Err(e @ (FetchError::Missing(_) | FetchError::Failed(..))) => Err(retry(e.to_string())),
+            Err(e @ (FetchError::Missing(_) | FetchError::Failed(..))) => {
+                Err(retry(e.to_string(), false))
+            }
+            // S3 down: sent back as a fresh copy at maxReceiveCount, never dead-lettered.
+            Err(e @ FetchError::Unavailable(..)) => Err(retry(e.to_string(), true)),
         }
     }
 

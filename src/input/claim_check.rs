@@ -72,14 +72,20 @@ impl Pointer {
     }
 }
 
-/// Why an offloaded body could not be fetched. Every case is worth retrying: an object written
-/// just after its pointer, a blip, or a policy being fixed; the queue's maxReceiveCount bounds it.
+/// Why an offloaded body could not be fetched. Every case is worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// Written just after its pointer, or deleted: retried up to the queue's maxReceiveCount,
+    /// then dead-lettered.
     #[error("claim check {0}: no such object")]
     Missing(Pointer),
+    /// Any other refusal (a bucket policy, a wrong bucket name): as `Missing`.
     #[error("claim check {0}: {1}")]
     Failed(Pointer, String),
+    /// S3 unreachable, failing (5xx, throttling) or refusing the credentials: an outage of S3,
+    /// nothing wrong with the message, which is never dead-lettered for it.
+    #[error("claim check {0}: S3 unavailable: {1}")]
+    Unavailable(Pointer, String),
 }
 
 /// Resolves pointers with S3.
@@ -109,20 +115,19 @@ impl ClaimCheck {
                 let missing = e
                     .as_service_error()
                     .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key);
-                if missing {
-                    FetchError::Missing(pointer.clone())
-                } else {
-                    FetchError::Failed(
-                        pointer.clone(),
-                        crate::safe::error_chain(&aws_sdk_s3::Error::from(e)),
-                    )
+                let outage = crate::aws::is_transient(&e) || crate::aws::is_auth_refused(&e);
+                let reason = crate::safe::error_chain(&aws_sdk_s3::Error::from(e));
+                match (missing, outage) {
+                    (true, _) => FetchError::Missing(pointer.clone()),
+                    (false, true) => FetchError::Unavailable(pointer.clone(), reason),
+                    (false, false) => FetchError::Failed(pointer.clone(), reason),
                 }
             })?;
         let bytes = object
             .body
             .collect()
             .await
-            .map_err(|e| FetchError::Failed(pointer.clone(), e.to_string()))?
+            .map_err(|e| FetchError::Unavailable(pointer.clone(), e.to_string()))?
             .into_bytes();
         Ok(String::from_utf8(bytes.to_vec()).map_err(|_| {
             PoisonError::WrongFormat(format!("the payload at {pointer} is not UTF-8 text"))
