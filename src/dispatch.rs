@@ -78,6 +78,8 @@ pub struct Dispatcher {
     format: Format,
     /// Resolves bodies offloaded to S3; without it a pointer is retried, then dead-lettered.
     claim_check: Option<ClaimCheck>,
+    /// The buckets pointers may name (`queues.<key>.claim_check_buckets`).
+    claim_check_buckets: Vec<String>,
     routes: Vec<Route>,
     on_unrouted: Unrouted,
     ledger: Ledger,
@@ -184,6 +186,7 @@ impl Dispatcher {
             queue: queue.to_owned(),
             format: queue_config.format,
             claim_check,
+            claim_check_buckets: queue_config.claim_check_buckets.clone(),
             routes,
             on_unrouted: queue_config.on_unrouted,
             ledger,
@@ -206,21 +209,31 @@ impl Dispatcher {
     }
 
     /// The message's body, fetched from S3 when it is a claim check.
-    async fn body<'a>(
-        claim_check: Option<&ClaimCheck>,
-        message: &'a Received,
-    ) -> Result<std::borrow::Cow<'a, str>, Outcome> {
+    async fn body<'a>(&self, message: &'a Received) -> Result<std::borrow::Cow<'a, str>, Outcome> {
         let Some(pointer) = Pointer::in_body(&message.body) else {
             return Ok(std::borrow::Cow::Borrowed(&message.body));
         };
         let pointer = pointer.map_err(poison)?;
+        if !self.claim_check_buckets.contains(&pointer.bucket) {
+            return Err(Outcome::DeadLetter {
+                reason: format!(
+                    "claim check {pointer}: bucket {} is not in queues.{}.claim_check_buckets; \
+                     add it there if this queue's producers offload to it (and s3:GetObject on \
+                     it to the task role: `conveyor policy` prints it)",
+                    crate::safe::token(&pointer.bucket),
+                    self.queue
+                ),
+                label: "claim_check_refused",
+                pipeline: None,
+            });
+        }
         let retry = |reason: String, outage: bool| Outcome::Retry {
             reason,
             pipeline: None,
             after: None,
             outage,
         };
-        let Some(claim_check) = claim_check else {
+        let Some(claim_check) = &self.claim_check else {
             return Err(retry(
                 format!(
                     "claim check {pointer}: this queue cannot fetch offloaded bodies (no S3 client)"
@@ -319,7 +332,7 @@ impl Handler for Dispatcher {
     fn handle(self: Arc<Self>, message: Arc<Received>) -> BoxFuture<'static, Outcome> {
         let this = self;
         Box::pin(async move {
-            let body = match Dispatcher::body(this.claim_check.as_ref(), &message).await {
+            let body = match this.body(&message).await {
                 Ok(body) => body,
                 Err(outcome) => return outcome,
             };

@@ -44,6 +44,8 @@ pub struct Consumed {
     pub dlq: Option<String>,
     /// `KmsMasterKeyId` of the queue and of its DLQ (SSE-KMS), as SQS reports them.
     pub kms_keys: Vec<String>,
+    /// `queues.<key>.claim_check_buckets`: where its offloaded bodies may be read.
+    pub claim_check_buckets: Vec<String>,
 }
 
 /// The resources the policy names.
@@ -163,6 +165,23 @@ fn run_statements(r: &Resources) -> Vec<Value> {
             "Resource": [r.bus_arn(bus)],
         }));
     }
+    let mut buckets: Vec<String> = r
+        .consumed
+        .iter()
+        .flat_map(|c| &c.claim_check_buckets)
+        .map(|b| format!("arn:aws:s3:::{b}/*"))
+        .collect();
+    buckets.sort();
+    buckets.dedup();
+    if !buckets.is_empty() {
+        statements.push(json!({
+            "Sid": "RunClaimChecks",
+            "Effect": "Allow",
+            // Bodies offloaded to S3 by the producers' extended clients: read only.
+            "Action": ["s3:GetObject"],
+            "Resource": buckets,
+        }));
+    }
     let (keys, by_alias) = r.kms();
     if !keys.is_empty() {
         statements.push(json!({
@@ -270,12 +289,14 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
                     name,
                     dlq: dlq_url.and_then(|u| u.rsplit('/').next().map(str::to_owned)),
                     kms_keys,
+                    claim_check_buckets: queue.claim_check_buckets.clone(),
                 });
             }
             Err(e) => {
                 tracing::warn!(error = %crate::safe::error_chain(&e), "queue not reachable; naming it from the config");
                 consumed.push(Consumed {
                     name: configured_name.unwrap_or_default(),
+                    claim_check_buckets: queue.claim_check_buckets.clone(),
                     ..Consumed::default()
                 });
             }
@@ -316,6 +337,7 @@ mod tests {
                     "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
                     AWS_MANAGED_SQS_KEY.into(),
                 ],
+                claim_check_buckets: vec!["drops".into()],
             }],
             bus: "default".into(),
             announce_bus: Some("results".into()),
@@ -360,6 +382,12 @@ mod tests {
         assert_eq!(
             statement(&run, "RunAnnounce")["Resource"][0],
             "arn:aws:events:eu-west-1:123456789012:event-bus/results"
+        );
+        assert_eq!(
+            statement(&run, "RunClaimChecks"),
+            json!({"Sid": "RunClaimChecks", "Effect": "Allow", "Action": ["s3:GetObject"],
+                   "Resource": ["arn:aws:s3:::drops/*"]}),
+            "read-only, the configured claim-check buckets only"
         );
         assert_eq!(
             statement(&run, "RunQueueKeys")["Resource"],

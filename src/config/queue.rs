@@ -19,6 +19,9 @@ pub struct QueueConfig {
     pub name: Option<String>,
     /// How bodies are written: `eventbridge`, `sns`, `s3` or `raw` (see `input`).
     pub format: crate::input::Format,
+    /// Buckets that claim-check pointers may name. A pointer to any other bucket is
+    /// dead-lettered: a producer cannot make the daemon read what its role can read elsewhere.
+    pub claim_check_buckets: Vec<String>,
     /// Concurrent long-pollers for this queue.
     pub pollers: u32,
     /// Messages received but not yet finished, across this queue's pollers.
@@ -121,6 +124,7 @@ impl Default for QueueConfig {
             url: None,
             name: None,
             format: crate::input::Format::default(),
+            claim_check_buckets: Vec::new(),
             pollers: 2,
             max_in_flight: 100,
             wait_time_secs: SQS_MAX_WAIT_SECS,
@@ -196,6 +200,19 @@ impl QueueConfig {
         let mut bad =
             |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         let key = |field: &str| format!("queues.{name}.{field}");
+        for bucket in &self.claim_check_buckets {
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !valid {
+                bad(
+                    &key("claim_check_buckets"),
+                    &format!("{bucket:?}"),
+                    "not an S3 bucket name (3–63 lowercase letters, digits, '.' or '-'); list bucket names, not ARNs or s3:// URLs",
+                );
+            }
+        }
         if !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')

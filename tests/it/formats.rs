@@ -234,7 +234,8 @@ async fn an_offloaded_envelope_is_fetched_from_s3_and_dead_letters_keep_the_poin
     let bucket = bucket(&s3, "it-claims").await;
     let k = key("claim");
     let routes = format!(
-        "[[queues.{k}.routes]]\ndetail_type = \"EnvelopeV1.*\"\ncontract = \"envelope_v1\"\npipelines = [\"payloads\"]"
+        "claim_check_buckets = [\"{bucket}\"]\n\
+         [[queues.{k}.routes]]\ndetail_type = \"EnvelopeV1.*\"\ncontract = \"envelope_v1\"\npipelines = [\"payloads\"]"
     );
     let payloads = Payloads::default();
     let daemon = InProcess::start(
@@ -309,6 +310,29 @@ async fn an_offloaded_envelope_is_fetched_from_s3_and_dead_letters_keep_the_poin
     let reason = string_attribute(&dead[0], "conveyor.error").unwrap();
     assert!(reason.contains("detail.content.format"), "{reason}");
 
+    // A pointer to a bucket the queue does not list: refused at once, naming the key to set.
+    let elsewhere = conveyor::input::claim_check::Pointer {
+        bucket: "someone-elses-bucket".into(),
+        key: "secrets.json".into(),
+    };
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(elsewhere.to_body())
+        .send()
+        .await
+        .unwrap();
+    let dead = drain_queue(&sqs, &q.dlq_url, 1, Duration::from_secs(30)).await;
+    let reason = string_attribute(&dead[0], "conveyor.error").unwrap();
+    assert!(
+        reason.contains("\"someone-elses-bucket\" is not in queues.")
+            && reason.contains(".claim_check_buckets"),
+        "{reason}"
+    );
+    assert_eq!(
+        string_attribute(&dead[0], "conveyor.receive_count"),
+        Some("1")
+    );
+
     // A pointer to nothing: retried, then dead-lettered naming bucket and key.
     let missing = conveyor::input::claim_check::Pointer {
         bucket: bucket.clone(),
@@ -348,6 +372,14 @@ fn config_errors_name_the_bad_format_contract_and_pipeline() {
     let out = check("[[queues.main.routes]]\ncontract = \"avro\"\npipelines = [\"noop\"]");
     assert!(
         out.contains("contract") && out.contains("envelope_v1") && out.contains("json"),
+        "{out}"
+    );
+    let out = check(
+        "claim_check_buckets = [\"s3://drops\"]\n[[queues.main.routes]]\npipelines = [\"noop\"]",
+    );
+    assert!(
+        out.contains("queues.main.claim_check_buckets = \"s3://drops\"")
+            && out.contains("bucket names, not ARNs"),
         "{out}"
     );
     let out = check("[[queues.main.routes]]\ncontract = \"json\"\npipelines = [\"projection\"]");
