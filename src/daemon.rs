@@ -18,7 +18,7 @@ use crate::extract::Extractions;
 use crate::input::claim_check::ClaimCheck;
 use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
-use crate::pipeline::{Registry, Resources};
+use crate::pipeline::{Registry, Shared};
 use crate::shutdown::Shutdown;
 use crate::sqs::QueueLookupError;
 use crate::{aws, bolt, postgres, telemetry};
@@ -84,18 +84,18 @@ pub async fn start_with(
             Some(sdk)
         }
     };
-    let resources = Resources::new(
+    let shared = Shared::new(
         config.clone(),
         breakers.clone(),
         readiness.clone(),
         pool.clone(),
         sdk.clone(),
     );
-    build_pipelines(&config, &mut registry, &resources).await?;
+    build_pipelines(&config, &mut registry, &shared).await?;
     let clients = Clients {
         postgres: pool,
-        graph: resources.built_graph(),
-        extractions: resources.built_extractions(),
+        graph: shared.built_graph(),
+        extractions: shared.built_extractions(),
     };
     tasks.spawn(watch_health(
         clients.clone(),
@@ -191,11 +191,11 @@ struct Clients {
 async fn build_pipelines(
     config: &Config,
     registry: &mut Registry,
-    resources: &Resources,
+    shared: &Shared,
 ) -> anyhow::Result<()> {
     for descriptor in config.routed_pipelines() {
         if registry.get(descriptor.name).is_none() {
-            let pipeline = (descriptor.build)(resources)
+            let pipeline = (descriptor.build)(shared)
                 .await
                 .with_context(|| format!("building the {} pipeline", descriptor.name))?;
             registry.add(pipeline);

@@ -330,20 +330,19 @@ impl Handler for Dispatcher {
     }
 
     fn handle(self: Arc<Self>, message: Arc<Received>) -> BoxFuture<'static, Outcome> {
-        let this = self;
         Box::pin(async move {
-            let body = match this.body(&message).await {
+            let body = match self.body(&message).await {
                 Ok(body) => body,
                 Err(outcome) => return outcome,
             };
-            let events = match input::decode(this.format, &body, &message.attributes) {
+            let events = match input::decode(self.format, &body, &message.attributes) {
                 Ok(Decoded::Events(events)) => events,
                 Ok(Decoded::Nothing(what)) => {
                     let _ = message.labels.set(Labels {
                         kind: what,
                         ..Labels::NONE
                     });
-                    tracing::info!(queue = %this.queue, message_id = %message.message_id, kind = what, "message carries no event: deleted");
+                    tracing::info!(queue = %self.queue, message_id = %message.message_id, kind = what, "message carries no event: deleted");
                     return Outcome::Success;
                 }
                 Err(e) => return poison(e),
@@ -351,11 +350,11 @@ impl Handler for Dispatcher {
             drop(body);
             if let [_] = events.as_slice() {
                 let event = events.into_iter().next().expect("one event");
-                let (outcome, labels) = this.event(&message, event).await;
+                let (outcome, labels) = self.event(&message, event).await;
                 let _ = message.labels.set(labels);
                 return outcome;
             }
-            let runs = events.into_iter().map(|event| this.event(&message, event));
+            let runs = events.into_iter().map(|event| self.event(&message, event));
             let (outcomes, labels): (Vec<Outcome>, Vec<Labels>) =
                 futures::future::join_all(runs).await.into_iter().unzip();
             if let Some(first) = labels.into_iter().next() {

@@ -345,7 +345,7 @@ async fn send_to_queue(
         let event_id = Uuid::new_v4().to_string();
         let body = json!({
             "version": "0", "id": event_id, "detail-type": event.detail_type,
-            "source": event.source, "account": "000000000000",
+            "source": event.source,
             "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "region": sdk.region().map(|r| r.to_string()), "resources": [],
             "detail": event.detail,

@@ -1,7 +1,5 @@
 //! EventBridge, the `announce` pipeline's bus, and what `conveyor infra` provisions.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Problems, SQS_MAX_RETENTION_SECS, SQS_MAX_VISIBILITY_SECS};
@@ -95,10 +93,8 @@ impl InfraConfig {
 
 impl EventBridgeConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if self.bus_name.trim().is_empty() {
-            bad(
+            problems.bad(
                 "eventbridge.bus_name",
                 &"\"\"",
                 "name an event bus (\"default\" is the account's default bus)",
@@ -109,31 +105,29 @@ impl EventBridgeConfig {
 
 impl InfraConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if !(60..=SQS_MAX_RETENTION_SECS).contains(&self.retention_secs) {
-            bad(
+            problems.bad(
                 "infra.retention_secs",
                 &self.retention_secs,
                 "must be 60..=1209600 (SQS keeps messages 1 minute to 14 days)",
             );
         }
         if self.visibility_timeout_secs > SQS_MAX_VISIBILITY_SECS {
-            bad(
+            problems.bad(
                 "infra.visibility_timeout_secs",
                 &self.visibility_timeout_secs,
                 "must be 0..=43200 (SQS's 12-hour cap)",
             );
         }
         if !(1..=1000).contains(&self.max_receive_count) {
-            bad(
+            problems.bad(
                 "infra.max_receive_count",
                 &self.max_receive_count,
                 "must be 1..=1000 (SQS RedrivePolicy range)",
             );
         }
         if self.sources.is_empty() {
-            bad(
+            problems.bad(
                 "infra.sources",
                 &"[]",
                 "name at least one event source for the rule to match",

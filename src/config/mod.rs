@@ -214,8 +214,6 @@ impl Config {
 
     /// What the routed pipelines need configured (the catalog says): secrets, URLs.
     fn validate_needs(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         // What the routed pipelines need, from the catalog.
         let needs = |need: crate::pipeline::Need| {
             self.routed_pipelines()
@@ -230,7 +228,7 @@ impl Config {
             needs(Need::Model),
         );
         if !graph_users.is_empty() && self.graph.uri.is_none() {
-            bad(
+            problems.bad(
                 "graph.uri",
                 &"(unset)",
                 &format!(
@@ -241,7 +239,7 @@ impl Config {
         }
         if !postgres_users.is_empty() && self.secrets.database_url.is_none() {
             for pipeline in postgres_users {
-                bad(
+                problems.bad(
                     "queues.*.routes.pipelines",
                     &format!("{pipeline:?}"),
                     &format!(
@@ -253,14 +251,14 @@ impl Config {
         let x = &self.extraction;
         if !model_users.is_empty() && x.extractor == ExtractorKind::Llm {
             if self.secrets.openai_api_key.is_none() {
-                bad(
+                problems.bad(
                     "extraction.extractor",
                     &"\"llm\"",
                     "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use extractor = \"patterns\" to run offline",
                 );
             }
             if url::Url::parse(&x.base_url).is_err() {
-                bad(
+                problems.bad(
                     "extraction.base_url",
                     &format!("{:?}", x.base_url),
                     "must be an absolute URL such as \"https://api.openai.com/v1\"",

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Config, Problems, SQS_MAX_BATCH, SQS_MAX_VISIBILITY_SECS, SQS_MAX_WAIT_SECS};
@@ -197,8 +195,6 @@ impl Default for RetryConfig {
 impl QueueConfig {
     /// Checks the queue `queues.<name>` and its routes.
     pub(super) fn validate(&self, name: &str, config: &Config, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         let key = |field: &str| format!("queues.{name}.{field}");
         for bucket in &self.claim_check_buckets {
             let valid = (3..=63).contains(&bucket.len())
@@ -206,7 +202,7 @@ impl QueueConfig {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
             if !valid {
-                bad(
+                problems.bad(
                     &key("claim_check_buckets"),
                     &format!("{bucket:?}"),
                     "not an S3 bucket name (3–63 lowercase letters, digits, '.' or '-'); list bucket names, not ARNs or s3:// URLs",
@@ -218,32 +214,32 @@ impl QueueConfig {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
             || name.is_empty()
         {
-            bad(
+            problems.bad(
                 &format!("queues.{name}"),
                 &format!("{name:?}"),
                 "queue keys must be lowercase letters, digits, '-' or '_' (so CONVEYOR_QUEUES__<KEY>__… can address them)",
             );
         }
         match (&self.url, &self.name) {
-            (None, None) => bad(&key("url"), &"(unset)", "set either url or name"),
-            (Some(_), Some(_)) => bad(&key("name"), &"(set)", "set url or name, not both"),
+            (None, None) => problems.bad(&key("url"), &"(unset)", "set either url or name"),
+            (Some(_), Some(_)) => problems.bad(&key("name"), &"(set)", "set url or name, not both"),
             _ => {}
         }
         if self.pollers == 0 {
-            bad(&key("pollers"), &0, "must be at least 1");
+            problems.bad(&key("pollers"), &0, "must be at least 1");
         }
         if self.max_in_flight == 0 {
-            bad(&key("max_in_flight"), &0, "must be at least 1");
+            problems.bad(&key("max_in_flight"), &0, "must be at least 1");
         }
         if self.wait_time_secs > SQS_MAX_WAIT_SECS {
-            bad(
+            problems.bad(
                 &key("wait_time_secs"),
                 &self.wait_time_secs,
                 "must be 0..=20 (SQS's long-poll maximum)",
             );
         }
         if self.receive_batch_size == 0 || self.receive_batch_size > SQS_MAX_BATCH {
-            bad(
+            problems.bad(
                 &key("receive_batch_size"),
                 &self.receive_batch_size,
                 "must be 1..=10 (SQS returns at most 10 messages per receive)",
@@ -252,7 +248,7 @@ impl QueueConfig {
         if self.visibility_timeout_secs < 2
             || self.visibility_timeout_secs > SQS_MAX_VISIBILITY_SECS
         {
-            bad(
+            problems.bad(
                 &key("visibility_timeout_secs"),
                 &self.visibility_timeout_secs,
                 "must be 2..=43200 (SQS's 12-hour visibility cap)",
@@ -261,7 +257,7 @@ impl QueueConfig {
         if self.lease_renew_before_secs == 0
             || self.lease_renew_before_secs >= self.visibility_timeout_secs
         {
-            bad(
+            problems.bad(
                 &key("lease_renew_before_secs"),
                 &self.lease_renew_before_secs,
                 &format!(
@@ -271,20 +267,20 @@ impl QueueConfig {
             );
         }
         if self.max_receive_count == 0 {
-            bad(&key("max_receive_count"), &0, "must be at least 1");
+            problems.bad(&key("max_receive_count"), &0, "must be at least 1");
         }
         if self.retry.base_secs == 0 {
-            bad(&key("retry.base_secs"), &0, "must be at least 1");
+            problems.bad(&key("retry.base_secs"), &0, "must be at least 1");
         }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
-            bad(
+            problems.bad(
                 &key("retry.multiplier"),
                 &self.retry.multiplier,
                 "must be a number >= 1.0",
             );
         }
         if self.routes.is_empty() {
-            bad(
+            problems.bad(
                 &key("routes"),
                 &"[]",
                 "add at least one [[queues.<name>.routes]] with pipelines, or every event would be unrouted",
@@ -304,7 +300,7 @@ impl QueueConfig {
             .chain(attributes)
             {
                 if pattern.is_empty() || pattern.trim_end_matches('*').contains('*') {
-                    bad(
+                    problems.bad(
                         &route_key(&field),
                         &format!("{pattern:?}"),
                         "use an exact value, a prefix ending in '*', or \"*\"",
@@ -312,12 +308,12 @@ impl QueueConfig {
                 }
             }
             if route.pipelines.is_empty() {
-                bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
+                problems.bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
             }
             for (field, names) in [("pipelines", &route.pipelines), ("after", &route.after)] {
                 for pipeline in names {
                     let Some(descriptor) = crate::pipeline::descriptor(pipeline) else {
-                        bad(
+                        problems.bad(
                             &route_key(field),
                             &format!("{pipeline:?}"),
                             &format!(
@@ -332,7 +328,7 @@ impl QueueConfig {
                         && !descriptor.accepts.is_empty()
                         && !descriptor.accepts.contains(&contract)
                     {
-                        bad(
+                        problems.bad(
                             &route_key("contract"),
                             &format!("{:?}", contract.as_str()),
                             &format!(
@@ -365,13 +361,13 @@ impl QueueConfig {
             .max()
             .unwrap_or_default();
         if self.deadline_secs == 0 || self.deadline_secs > u64::from(SQS_MAX_VISIBILITY_SECS) {
-            bad(
+            problems.bad(
                 &key("deadline_secs"),
                 &self.deadline_secs,
                 "must be 1..=43200 (no lease outlives SQS's 12-hour visibility cap)",
             );
         } else if self.deadline() <= longest_route {
-            bad(
+            problems.bad(
                 &key("deadline_secs"),
                 &self.deadline_secs,
                 &format!(
@@ -385,7 +381,7 @@ impl QueueConfig {
         if self.retry.cap_secs < self.retry.base_secs
             || self.retry.cap_secs > SQS_MAX_VISIBILITY_SECS
         {
-            bad(
+            problems.bad(
                 &key("retry.cap_secs"),
                 &self.retry.cap_secs,
                 &format!(
@@ -399,11 +395,8 @@ impl QueueConfig {
 
 impl PipelineConfig {
     pub(super) fn validate(&self, name: &str, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
-        let p = self;
         if crate::pipeline::descriptor(name).is_none() {
-            bad(
+            problems.bad(
                 &format!("pipelines.{name}"),
                 &"(section)",
                 &format!(
@@ -412,8 +405,8 @@ impl PipelineConfig {
                 ),
             );
         }
-        if p.timeout_secs == 0 {
-            bad(
+        if self.timeout_secs == 0 {
+            problems.bad(
                 &format!("pipelines.{name}.timeout_secs"),
                 &0,
                 "must be at least 1",

@@ -1,6 +1,5 @@
 //! The process's own settings: logging, the ops listener, AWS, shutdown, circuit breakers.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -109,10 +108,8 @@ impl Default for BreakerConfig {
 
 impl TelemetryConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            bad(
+            problems.bad(
                 "telemetry.log_level",
                 &format!("{:?}", self.log_level),
                 &format!(
@@ -125,23 +122,19 @@ impl TelemetryConfig {
 
 impl AwsConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if self.connect_timeout_secs == 0 {
-            bad("aws.connect_timeout_secs", &0, "must be at least 1");
+            problems.bad("aws.connect_timeout_secs", &0, "must be at least 1");
         }
         if self.call_timeout_secs == 0 {
-            bad("aws.call_timeout_secs", &0, "must be at least 1");
+            problems.bad("aws.call_timeout_secs", &0, "must be at least 1");
         }
     }
 }
 
 impl ShutdownConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if self.grace_secs == 0 {
-            bad(
+            problems.bad(
                 "shutdown.grace_secs",
                 &0,
                 "must be at least 1 so in-flight work can finish",
@@ -152,13 +145,11 @@ impl ShutdownConfig {
 
 impl BreakerConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if self.failures_to_open == 0 {
-            bad("breaker.failures_to_open", &0, "must be at least 1");
+            problems.bad("breaker.failures_to_open", &0, "must be at least 1");
         }
         if self.cooldown_secs == 0 {
-            bad(
+            problems.bad(
                 "breaker.cooldown_secs",
                 &0,
                 "must be at least 1, or a down dependency would be tried in a tight loop",

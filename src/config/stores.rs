@@ -1,7 +1,5 @@
 //! The stores and the model: PostgreSQL, the Bolt graph, action-item extraction.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Problems, Secrets};
@@ -114,17 +112,15 @@ impl Default for ExtractionConfig {
 
 impl DatabaseConfig {
     pub(super) fn validate(&self, secrets: &Secrets, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if self.required && secrets.database_url.is_none() {
-            bad(
+            problems.bad(
                 "database.required",
                 &true,
                 "DATABASE_URL is not set in the environment: export DATABASE_URL=postgres://… or set database.required = false",
             );
         }
         if self.max_connections == 0 {
-            bad("database.max_connections", &0, "must be at least 1");
+            problems.bad("database.max_connections", &0, "must be at least 1");
         }
         for (key, value) in [
             ("database.connect_timeout_secs", self.connect_timeout_secs),
@@ -136,7 +132,7 @@ impl DatabaseConfig {
         ] {
             // 0 would mean "no timeout" to PostgreSQL: exactly what these keys exist to prevent.
             if value == 0 {
-                bad(
+                problems.bad(
                     key,
                     &0,
                     "must be at least 1 (0 would mean no timeout at all)",
@@ -148,17 +144,15 @@ impl DatabaseConfig {
 
 impl GraphConfig {
     pub(super) fn validate(&self, secrets: &Secrets, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
         if let Some(uri) = &self.uri {
             if uri.trim().is_empty() {
-                bad(
+                problems.bad(
                     "graph.uri",
                     &"\"\"",
                     "set a Bolt address (host:port, bolt://… or neo4j://…) or leave it unset for no graph",
                 );
             } else if secrets.neo4j_password.is_none() {
-                bad(
+                problems.bad(
                     "graph.uri",
                     &format!("{uri:?}"),
                     "a graph is configured but NEO4J_PASSWORD is not set in the environment: export it (secrets never come from files)",
@@ -166,44 +160,41 @@ impl GraphConfig {
             }
         }
         if self.max_connections == 0 {
-            bad("graph.max_connections", &0, "must be at least 1");
+            problems.bad("graph.max_connections", &0, "must be at least 1");
         }
     }
 }
 
 impl ExtractionConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
-        let mut bad =
-            |key: &str, value: &dyn fmt::Display, want: &str| problems.bad(key, value, want);
-        let x = self;
         for (key, value) in [
-            ("extraction.timeout_secs", x.timeout_secs),
+            ("extraction.timeout_secs", self.timeout_secs),
             (
                 "extraction.requests_per_minute",
-                u64::from(x.requests_per_minute),
+                u64::from(self.requests_per_minute),
             ),
             (
                 "extraction.max_concurrent_requests",
-                u64::from(x.max_concurrent_requests),
+                u64::from(self.max_concurrent_requests),
             ),
             (
                 "extraction.max_output_tokens",
-                u64::from(x.max_output_tokens),
+                u64::from(self.max_output_tokens),
             ),
         ] {
             if value == 0 {
-                bad(key, &0, "must be at least 1");
+                problems.bad(key, &0, "must be at least 1");
             }
         }
-        if x.chunk_tokens < 256 {
-            bad(
+        if self.chunk_tokens < 256 {
+            problems.bad(
                 "extraction.chunk_tokens",
-                &x.chunk_tokens,
+                &self.chunk_tokens,
                 "must be at least 256, or the instructions would outweigh the content",
             );
         }
-        if x.model.trim().is_empty() {
-            bad("extraction.model", &"\"\"", "name the model to ask");
+        if self.model.trim().is_empty() {
+            problems.bad("extraction.model", &"\"\"", "name the model to ask");
         }
     }
 }

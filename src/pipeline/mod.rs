@@ -8,7 +8,7 @@ mod chaos;
 mod graph;
 mod log;
 mod projection;
-mod resources;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub use announce::{Announce, announcement_id};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
 pub use projection::Projection;
-pub use resources::Resources;
+pub use shared::Shared;
 
 /// Every pipeline a route may name.
 pub const CATALOG: &[Descriptor] = &[
@@ -49,7 +49,7 @@ pub struct Descriptor {
 }
 
 /// How a [`Descriptor`] builds its pipeline.
-pub type Build = fn(&Resources) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
+pub type Build = fn(&Shared) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
 
 /// A dependency a pipeline needs configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

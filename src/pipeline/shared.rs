@@ -18,7 +18,7 @@ use crate::extract::{Extractions, Extractor};
 use crate::ops::Readiness;
 
 /// What a pipeline may be built from.
-pub struct Resources {
+pub struct Shared {
     pub config: Config,
     pub breakers: Breakers,
     pub readiness: Readiness,
@@ -35,7 +35,7 @@ pub struct BoltGraph {
     pub schema_ready: Arc<AtomicBool>,
 }
 
-impl Resources {
+impl Shared {
     pub fn new(
         config: Config,
         breakers: Breakers,
