@@ -60,13 +60,25 @@ pub fn is_transient<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) 
         }
         SdkError::ServiceError(e) => {
             e.raw().status().is_server_error()
-                || matches!(
-                    e.err().code(),
-                    Some("ThrottlingException" | "RequestThrottled" | "ServiceUnavailable")
-                )
+                || is_throttling(e.err().code())
+                || e.err().code() == Some("ServiceUnavailable")
         }
         _ => false,
     }
+}
+
+/// Whether an AWS error code says the caller is being throttled.
+pub fn is_throttling(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ThrottlingException"
+                | "RequestThrottled"
+                | "Throttling"
+                | "AWS.SimpleQueueService.RequestThrottled"
+                | "SlowDown"
+        )
+    )
 }
 
 /// Whether the service refused the credentials (401/403, access denied, an unknown key):

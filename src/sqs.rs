@@ -19,6 +19,8 @@ pub struct QueueInfo {
     pub max_message_bytes: usize,
     /// KmsMasterKeyId: the KMS key of an SSE-KMS queue (a key id, ARN or alias).
     pub kms_key: Option<String>,
+    /// A FIFO queue (`FifoQueue`): ordered per message group.
+    pub fifo: bool,
 }
 
 /// The queue's native redrive policy (a JSON string attribute).
@@ -70,6 +72,22 @@ pub enum QueueLookupError {
     NotFound(String),
     #[error("shutdown requested before the queue could be reached")]
     Stopped,
+    /// A FIFO queue with a standard DLQ, or the reverse: SQS refuses every dead letter sent
+    /// across (a FIFO queue needs a group id, a standard one takes none).
+    #[error(
+        "queue {queue} is {} but its DLQ {dlq} is {}",
+        kind(*queue_fifo),
+        kind(!*queue_fifo)
+    )]
+    DeadLetterKind {
+        queue: String,
+        dlq: String,
+        queue_fifo: bool,
+    },
+}
+
+fn kind(fifo: bool) -> &'static str {
+    if fifo { "FIFO" } else { "a standard queue" }
 }
 
 impl QueueLookupError {
@@ -82,7 +100,8 @@ impl QueueLookupError {
             QueueLookupError::Redrive { .. }
             | QueueLookupError::Unnamed
             | QueueLookupError::NotFound(_)
-            | QueueLookupError::Stopped => false,
+            | QueueLookupError::Stopped
+            | QueueLookupError::DeadLetterKind { .. } => false,
         }
     }
 
@@ -100,6 +119,11 @@ impl QueueLookupError {
             QueueLookupError::Unnamed => "set queues.<key>.url or queues.<key>.name",
             QueueLookupError::NotFound(_) => "create the queue first",
             QueueLookupError::Stopped => "nothing: shutdown was requested",
+            QueueLookupError::DeadLetterKind { .. } => {
+                "a FIFO queue needs a FIFO DLQ (its name ends in .fifo) and a standard queue a \
+                 standard one: point queues.<key>.dlq_url or the queue's RedrivePolicy at a DLQ of \
+                 the same kind (`conveyor infra up` with infra.fifo = true creates both)"
+            }
         }
     }
 }
@@ -172,16 +196,27 @@ pub async fn describe_queue(
             .get(&QueueAttributeName::MaximumMessageSize)
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        fifo: is_fifo(&attributes, &url),
         url,
     })
 }
 
-/// The queue's MaximumMessageSize in bytes (body plus attributes).
-pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, QueueLookupError> {
+/// Whether a queue is FIFO: its `FifoQueue` attribute, or (when the attribute was not read)
+/// its name, which SQS requires to end in `.fifo` for exactly those queues.
+fn is_fifo(attributes: &std::collections::HashMap<QueueAttributeName, String>, url: &str) -> bool {
+    attributes
+        .get(&QueueAttributeName::FifoQueue)
+        .map_or_else(|| url.ends_with(".fifo"), |v| v == "true")
+}
+
+/// What dead-lettering into a queue needs to know: its MaximumMessageSize in bytes (body plus
+/// attributes) and whether it is FIFO.
+pub async fn dlq_facts(client: &Client, url: &str) -> Result<(usize, bool), QueueLookupError> {
     let attributes = client
         .get_queue_attributes()
         .queue_url(url)
         .attribute_names(QueueAttributeName::MaximumMessageSize)
+        .attribute_names(QueueAttributeName::FifoQueue)
         .send()
         .await
         .map_err(|e| QueueLookupError::Attributes {
@@ -191,10 +226,11 @@ pub async fn max_message_bytes(client: &Client, url: &str) -> Result<usize, Queu
         })?
         .attributes
         .unwrap_or_default();
-    Ok(attributes
+    let max_message_bytes = attributes
         .get(&QueueAttributeName::MaximumMessageSize)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES))
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    Ok((max_message_bytes, is_fifo(&attributes, url)))
 }
 
 /// The URL of a queue given its ARN (`arn:aws:sqs:<region>:<account>:<name>`).

@@ -101,6 +101,8 @@ pub const BREAKER_STATE: &str = "conveyor_breaker_state";
 pub const QUEUE_PAUSED: &str = "conveyor_queue_paused";
 pub const MESSAGES_REQUEUED: &str = "conveyor_messages_requeued_total";
 pub const DEAD_LETTERS_REFUSED: &str = "conveyor_dead_letters_refused_total";
+pub const FIFO_GROUPS_ACTIVE: &str = "conveyor_fifo_groups_active";
+pub const FIFO_RELEASED_AFTER_FAILURE: &str = "conveyor_fifo_released_after_failure_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +197,35 @@ impl QueueMetrics {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight(self.in_flight.clone())
+    }
+}
+
+/// A FIFO queue's lane metrics, registered once (for FIFO queues only).
+pub struct FifoMetrics {
+    groups_active: metrics::Gauge,
+    released_after_failure: metrics::Counter,
+}
+
+impl FifoMetrics {
+    pub fn new(queue: &str) -> Self {
+        Self {
+            groups_active: metrics::gauge!(FIFO_GROUPS_ACTIVE, "queue" => queue.to_owned()),
+            released_after_failure: metrics::counter!(FIFO_RELEASED_AFTER_FAILURE, "queue" => queue.to_owned()),
+        }
+    }
+
+    /// A message group's lane started (true) or ended (false).
+    pub fn group_active(&self, active: bool) {
+        if active {
+            self.groups_active.increment(1.0);
+        } else {
+            self.groups_active.decrement(1.0);
+        }
+    }
+
+    /// Messages of a group handed back unhandled because an earlier one of it failed.
+    pub fn released_after_failure(&self, count: usize) {
+        self.released_after_failure.increment(count as u64);
     }
 }
 
@@ -326,8 +357,8 @@ pub fn projection_written(seconds: f64) {
     metrics::histogram!(PROJECTION_WRITE_DURATION).record(seconds);
 }
 
-/// Counts a message as in flight until dropped.
-/// A message in flight, counted in `conveyor_messages_in_flight` while it lives.
+/// A message in flight (received, its outcome not yet applied), counted in `conveyor_in_flight`
+/// while it lives.
 pub struct InFlight(metrics::Gauge);
 
 impl Drop for InFlight {

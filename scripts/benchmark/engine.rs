@@ -61,7 +61,7 @@ async fn least_work_loop(n: usize, tasks: usize) -> (Duration, Duration) {
         let (queues, url) = (queues.clone(), url.clone());
         tokio::spawn(async move {
             loop {
-                let messages = queues.receive(&url, 10, 0, 60).await.unwrap();
+                let messages = queues.receive(&url, 10, 0, 60, None).await.unwrap();
                 if messages.is_empty() {
                     return;
                 }

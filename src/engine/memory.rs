@@ -2,8 +2,10 @@
 //! tokio's paused clock: a test of minutes of backoff runs in milliseconds) and its in-process
 //! benchmark. It models what the engine relies on: visibility timeouts, receipt handles that
 //! go stale when a message is received again, receive counts, redrive to a DLQ once a receive
-//! would pass maxReceiveCount, delays, long polls, and FIFO message groups (a group's later
-//! messages are not handed out while an earlier one is in flight). LocalStack and real SQS
+//! would pass maxReceiveCount, delays, long polls, and FIFO queues: message groups (a group's
+//! later messages are not handed out while an earlier one is in flight), deduplication ids
+//! (within SQS's 5-minute window) and receive request attempt ids (a receive repeated with the
+//! same id returns the same messages while none of them was touched). LocalStack and real SQS
 //! stay the reference: the integration tests run against them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -16,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::DeadLetterQueue;
-use super::queue::{EntryFailure, QueueApi, SendError};
+use super::queue::{EntryFailure, FifoIds, QueueApi, ReceiveError, SendError};
 use crate::config::QueueConfig;
 use crate::sqs::{QueueInfo, QueueLookupError, RedrivePolicy};
 
@@ -45,7 +47,14 @@ struct MemoryQueue {
     hidden: BTreeSet<(Instant, u64)>,
     /// FIFO queues: every id in send order.
     order: BTreeMap<u64, ()>,
+    /// FIFO queues: deduplication ids seen, with when they were sent.
+    deduplication: HashMap<String, Instant>,
+    /// FIFO queues: what each receive request attempt id returned (message id, receipt).
+    attempts: HashMap<String, Vec<(u64, u64)>>,
 }
+
+/// SQS's FIFO deduplication window.
+const DEDUPLICATION_WINDOW: Duration = Duration::from_secs(300);
 
 struct Stored {
     body: String,
@@ -65,6 +74,8 @@ pub struct Snapshot {
     pub receive_count: u32,
     pub in_flight: bool,
     pub attributes: HashMap<String, String>,
+    /// `MessageGroupId`, on FIFO queues.
+    pub group: Option<String>,
 }
 
 impl MemoryQueues {
@@ -92,6 +103,8 @@ impl MemoryQueues {
             ready: VecDeque::new(),
             hidden: BTreeSet::new(),
             order: BTreeMap::new(),
+            deduplication: HashMap::new(),
+            attempts: HashMap::new(),
         };
         self.lock().queues.insert(url.clone(), queue);
         url
@@ -105,6 +118,7 @@ impl MemoryQueues {
             body.into(),
             HashMap::new(),
             group.map(str::to_owned),
+            None,
             0,
         );
         drop(state);
@@ -115,7 +129,7 @@ impl MemoryQueues {
     pub fn push_many(&self, url: &str, bodies: impl IntoIterator<Item = String>) {
         let mut state = self.lock();
         for body in bodies {
-            state.insert(url, body, HashMap::new(), None, 0);
+            state.insert(url, body, HashMap::new(), None, None, 0);
         }
         drop(state);
         self.changed.notify_waiters();
@@ -140,6 +154,7 @@ impl MemoryQueues {
                         .iter()
                         .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
                         .collect(),
+                    group: m.group.clone(),
                 }
             })
             .collect()
@@ -159,6 +174,27 @@ impl MemoryQueues {
     }
 }
 
+/// A message as a receive returns it.
+fn built(id: u64, receipt: u64, message: &Stored) -> Message {
+    let mut built = Message::builder()
+        .message_id(id.to_string())
+        .receipt_handle(format!("{id}#{receipt}"))
+        .body(message.body.clone())
+        .set_message_attributes(Some(message.attributes.clone()))
+        .attributes(
+            MessageSystemAttributeName::ApproximateReceiveCount,
+            message.receive_count.to_string(),
+        )
+        .attributes(
+            MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+            message.first_received_ms.unwrap_or_default().to_string(),
+        );
+    if let Some(group) = &message.group {
+        built = built.attributes(MessageSystemAttributeName::MessageGroupId, group);
+    }
+    built.build()
+}
+
 fn arn(name: &str) -> String {
     format!("arn:aws:sqs:memory:000000000000:{name}")
 }
@@ -170,12 +206,23 @@ impl State {
         body: String,
         attributes: HashMap<String, MessageAttributeValue>,
         group: Option<String>,
+        deduplication_id: Option<String>,
         delay_secs: u32,
     ) {
         self.next_id += 1;
         let id = self.next_id;
         let queue = self.queues.get_mut(url).expect("no such in-memory queue");
         let visible_at = Instant::now() + Duration::from_secs(delay_secs.into());
+        if let Some(deduplication_id) = deduplication_id {
+            let now = Instant::now();
+            queue
+                .deduplication
+                .retain(|_, sent| now.duration_since(*sent) < DEDUPLICATION_WINDOW);
+            if queue.deduplication.insert(deduplication_id, now).is_some() {
+                // Accepted, and dropped: SQS answers a duplicate send with success.
+                return;
+            }
+        }
         queue.messages.insert(
             id,
             Stored {
@@ -204,9 +251,25 @@ impl State {
         url: &str,
         max: usize,
         visibility: Duration,
+        attempt: Option<&str>,
     ) -> Result<Vec<Message>, Option<Instant>> {
         let now = Instant::now();
         let queue = self.queues.get_mut(url).expect("no such in-memory queue");
+        if let Some(returned) = attempt.and_then(|a| queue.attempts.get(a)) {
+            // The same attempt again: the same messages, as long as none was touched since.
+            let unchanged = returned.iter().all(|(id, receipt)| {
+                queue
+                    .messages
+                    .get(id)
+                    .is_some_and(|m| m.receipt == Some(*receipt) && m.visible_at > now)
+            });
+            if unchanged && !returned.is_empty() {
+                return Ok(returned
+                    .iter()
+                    .map(|(id, receipt)| built(*id, *receipt, &queue.messages[id]))
+                    .collect());
+            }
+        }
         let picked = if queue.fifo {
             queue.pick_fifo(now, max)
         } else {
@@ -234,23 +297,17 @@ impl State {
             if !queue.fifo {
                 queue.hidden.insert((message.visible_at, id));
             }
-            let mut built = Message::builder()
-                .message_id(id.to_string())
-                .receipt_handle(format!("{id}#{}", self.next_id))
-                .body(message.body.clone())
-                .set_message_attributes(Some(message.attributes.clone()))
-                .attributes(
-                    MessageSystemAttributeName::ApproximateReceiveCount,
-                    message.receive_count.to_string(),
-                )
-                .attributes(
-                    MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
-                    message.first_received_ms.unwrap_or_default().to_string(),
-                );
-            if let Some(group) = &message.group {
-                built = built.attributes(MessageSystemAttributeName::MessageGroupId, group);
-            }
-            out.push(built.build());
+            out.push(built(id, self.next_id, message));
+        }
+        if let Some(attempt) = attempt {
+            let returned = out
+                .iter()
+                .filter_map(|m| {
+                    let (id, receipt) = m.receipt_handle()?.split_once('#')?;
+                    Some((id.parse().ok()?, receipt.parse().ok()?))
+                })
+                .collect();
+            queue.attempts.insert(attempt.to_owned(), returned);
         }
         let next = queue.next_visible(now);
         for (dlq_arn, message) in redriven {
@@ -260,7 +317,14 @@ impl State {
                 .find(|(_, q)| arn(&q.name) == dlq_arn)
                 .map(|(url, _)| url.clone())
                 .expect("the redrive target exists");
-            self.insert(&dlq_url, message.body, message.attributes, message.group, 0);
+            self.insert(
+                &dlq_url,
+                message.body,
+                message.attributes,
+                message.group,
+                None,
+                0,
+            );
         }
         if out.is_empty() { Err(next) } else { Ok(out) }
     }
@@ -374,13 +438,28 @@ impl QueueApi for MemoryQueues {
             let queue = state.queues.get(&url).ok_or_else(|| {
                 QueueLookupError::NotFound(format!("no in-memory queue at {url}"))
             })?;
-            let dlq = queue.redrive.as_ref().map(|r| DeadLetterQueue {
-                url: Self::url(
+            let dlq_url = match (&config.dlq_url, &queue.redrive) {
+                (Some(url), _) => Some(url.clone()),
+                (None, Some(r)) => Some(Self::url(
                     r.dead_letter_target_arn
                         .rsplit(':')
                         .next()
                         .unwrap_or_default(),
-                ),
+                )),
+                (None, None) => None,
+            };
+            if let Some(dlq) = &dlq_url {
+                let dlq_fifo = state.queues.get(dlq).is_some_and(|q| q.fifo);
+                if dlq_fifo != queue.fifo {
+                    return Err(QueueLookupError::DeadLetterKind {
+                        queue: url.clone(),
+                        dlq: dlq.clone(),
+                        queue_fifo: queue.fifo,
+                    });
+                }
+            }
+            let dlq = dlq_url.map(|url| DeadLetterQueue {
+                url,
                 max_message_bytes: 1_048_576,
             });
             let info = QueueInfo {
@@ -391,6 +470,7 @@ impl QueueApi for MemoryQueues {
                 approximate_in_flight: 0,
                 max_message_bytes: 1_048_576,
                 kms_key: None,
+                fifo: queue.fifo,
             };
             Ok((info, dlq))
         })
@@ -402,7 +482,8 @@ impl QueueApi for MemoryQueues {
         max: usize,
         wait_secs: u32,
         visibility_secs: u32,
-    ) -> BoxFuture<'a, Result<Vec<Message>, String>> {
+        attempt: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Message>, ReceiveError>> {
         Box::pin(async move {
             let deadline = Instant::now() + Duration::from_secs(wait_secs.into());
             let visibility = Duration::from_secs(visibility_secs.into());
@@ -410,7 +491,7 @@ impl QueueApi for MemoryQueues {
                 let changed = self.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let next = match self.lock().take(url, max, visibility) {
+                let next = match self.lock().take(url, max, visibility, attempt) {
                     Ok(messages) => return Ok(messages),
                     Err(next) => next,
                 };
@@ -483,16 +564,49 @@ impl QueueApi for MemoryQueues {
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
         delay_secs: u32,
+        fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let mut state = self.lock();
-            if !state.queues.contains_key(url) {
-                return Err(SendError {
-                    message: format!("AWS.SimpleQueueService.NonExistentQueue: {url}"),
+            let refused = |message: String| {
+                Err(SendError {
+                    message,
                     transient: false,
-                });
+                })
+            };
+            let Some(queue) = state.queues.get(url) else {
+                return refused(format!("AWS.SimpleQueueService.NonExistentQueue: {url}"));
+            };
+            // What SQS refuses: a FIFO send without a group or with a delay, a group on a
+            // standard queue.
+            match (queue.fifo, fifo) {
+                (true, None) => {
+                    return refused(
+                        "MissingParameter: The request must contain the parameter MessageGroupId."
+                            .to_owned(),
+                    );
+                }
+                (true, Some(_)) if delay_secs > 0 => {
+                    return refused(
+                        "InvalidParameterValue: DelaySeconds is not supported per message on FIFO queues"
+                            .to_owned(),
+                    );
+                }
+                (false, Some(_)) => {
+                    return refused(
+                        "InvalidParameterValue: MessageGroupId is only for FIFO queues".to_owned(),
+                    );
+                }
+                _ => {}
             }
-            state.insert(url, body.to_owned(), attributes, None, delay_secs);
+            state.insert(
+                url,
+                body.to_owned(),
+                attributes,
+                fifo.map(|ids| ids.group_id.to_owned()),
+                fifo.map(|ids| ids.deduplication_id.to_owned()),
+                delay_secs,
+            );
             drop(state);
             self.changed.notify_waiters();
             Ok(())
@@ -518,14 +632,18 @@ mod tests {
                 .map(|m| m.body().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
-        let first = queues.receive(&url, 10, 0, 30).await.unwrap();
+        let first = queues.receive(&url, 10, 0, 30, None).await.unwrap();
         assert_eq!(
             bodies(&first),
             ["a1", "b1", "a2", "b2"],
             "in order, groups together"
         );
         assert!(
-            queues.receive(&url, 10, 0, 30).await.unwrap().is_empty(),
+            queues
+                .receive(&url, 10, 0, 30, None)
+                .await
+                .unwrap()
+                .is_empty(),
             "every group in flight"
         );
         // a1 goes back (visibility 0), but a2 of its group is still in flight: the group stays
@@ -537,9 +655,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(failures, [None]);
-        assert!(queues.receive(&url, 10, 0, 30).await.unwrap().is_empty());
+        assert!(
+            queues
+                .receive(&url, 10, 0, 30, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(queues.delete_batch(&url, vec![&a2]).await.unwrap(), [None]);
-        let again = queues.receive(&url, 10, 0, 30).await.unwrap();
+        let again = queues.receive(&url, 10, 0, 30, None).await.unwrap();
         assert_eq!(
             bodies(&again),
             ["a1"],
@@ -556,13 +680,19 @@ mod tests {
             .change_visibility_batch(&url, vec![(&current, 0)])
             .await
             .unwrap();
-        assert!(queues.receive(&url, 10, 0, 30).await.unwrap().is_empty());
+        assert!(
+            queues
+                .receive(&url, 10, 0, 30, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             queues.messages(&MemoryQueues::url("dlq.fifo"))[0].body,
             "a1"
         );
         tokio::time::advance(Duration::from_secs(31)).await;
-        let last = queues.receive(&url, 10, 0, 30).await.unwrap();
+        let last = queues.receive(&url, 10, 0, 30, None).await.unwrap();
         assert_eq!(bodies(&last), ["b1", "b2"], "b's visibility ran out");
     }
 }

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use super::backoff;
 use super::batch::Action;
+use super::lease::LeaseGuard;
+use super::queue::FifoIds;
 use super::{Labels, Outcome, Queue, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::telemetry::{self, SqsOp};
@@ -58,22 +60,73 @@ enum Applied {
     Failed,
 }
 
-/// Handles one received message from lease to outcome. `received_at` is when the receive call
-/// was sent; `_permit` is its in-flight slot, freed when this returns.
-pub(super) async fn process(
-    queue: Arc<Queue>,
-    mut message: Message,
+/// A received message, leased (its visibility is kept from here until its outcome is applied)
+/// and holding its in-flight slot, waiting to be handled.
+pub(super) struct Leased {
+    message: Message,
+    receipt: String,
+    lease: LeaseGuard,
+    /// When the receive call was sent.
     received_at: Instant,
+    group_id: Option<String>,
+    _in_flight: telemetry::InFlight,
     _permit: OwnedSemaphorePermit,
-) {
-    let _in_flight = queue.endpoint.metrics.in_flight();
-    let message_id = message.message_id.clone().unwrap_or_default();
+}
+
+impl Leased {
+    /// `MessageGroupId`, on FIFO queues.
+    pub(super) fn group_id(&self) -> Option<&str> {
+        self.group_id.as_deref()
+    }
+}
+
+/// Starts tracking a message just received by a call sent at `received_at`; `None` (logged)
+/// for a message SQS sent without a receipt handle, which cannot be acted on at all.
+pub(super) fn lease(
+    queue: &Queue,
+    message: Message,
+    received_at: Instant,
+    permit: OwnedSemaphorePermit,
+) -> Option<Leased> {
     let Some(receipt) = message.receipt_handle.clone() else {
-        // SQS always sends one; without it the message cannot be acted on at all.
-        tracing::error!(queue = %queue.name, message_id, "message without a receipt handle; it will reappear after its visibility timeout");
-        return;
+        // SQS always sends one.
+        tracing::error!(queue = %queue.name, message_id = message.message_id().unwrap_or_default(), "message without a receipt handle; it will reappear after its visibility timeout");
+        return None;
     };
-    let lease = queue.leases.register(receipt.clone(), received_at);
+    Some(Leased {
+        _in_flight: queue.endpoint.metrics.in_flight(),
+        lease: queue.leases.register(receipt.clone(), received_at),
+        group_id: system_attribute(&message, MessageSystemAttributeName::MessageGroupId)
+            .map(str::to_owned),
+        receipt,
+        received_at,
+        message,
+        _permit: permit,
+    })
+}
+
+/// Whether the message's FIFO group may go on with its next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The message is done with: deleted after success, or dead-lettered.
+    Continue,
+    /// It is coming back (retried, released, requeued, its lease lost, its outcome not
+    /// applied): the group's later messages must not be handled before it.
+    Stop,
+}
+
+/// Handles one leased message from handler to applied outcome.
+pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
+    let Leased {
+        mut message,
+        receipt,
+        lease,
+        received_at,
+        group_id,
+        _in_flight,
+        _permit,
+    } = leased;
+    let message_id = message.message_id.clone().unwrap_or_default();
     let receive_count = system_attribute(
         &message,
         MessageSystemAttributeName::ApproximateReceiveCount,
@@ -88,8 +141,7 @@ pub(super) async fn process(
         attributes: string_attributes(&message),
         trace_header: system_attribute(&message, MessageSystemAttributeName::AwsTraceHeader)
             .map(str::to_owned),
-        group_id: system_attribute(&message, MessageSystemAttributeName::MessageGroupId)
-            .map(str::to_owned),
+        group_id,
         receive_count,
         labels: Default::default(),
     });
@@ -159,18 +211,14 @@ pub(super) async fn process(
             retry(&queue, &receipt, receive_count, after).await,
             Some(reason),
         ),
-        Verdict::Requeue { reason, after } => (
-            requeue(
-                &queue,
-                &message,
-                &received.body,
-                &receipt,
-                receive_count,
-                after,
-            )
-            .await,
-            Some(reason),
-        ),
+        Verdict::Requeue { reason, after } => {
+            let original = Original {
+                message: &message,
+                received: &received,
+                receipt: &receipt,
+            };
+            (requeue(&queue, original, after).await, Some(reason))
+        }
         Verdict::Decided(Outcome::DeadLetter {
             reason,
             label,
@@ -178,9 +226,8 @@ pub(super) async fn process(
         }) => {
             let original = Original {
                 message: &message,
-                body: &received.body,
+                received: &received,
                 receipt: &receipt,
-                receive_count,
             };
             let applied = dead_letter(&queue, original, &reason, pipeline.as_deref(), label).await;
             (applied, Some(reason))
@@ -218,6 +265,26 @@ pub(super) async fn process(
             tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "action_failed", latency_ms, "outcome could not be applied; the message reappears when its visibility runs out")
         }
     }
+    match applied {
+        Applied::Deleted | Applied::DeadLettered => Next::Continue,
+        _ => Next::Stop,
+    }
+}
+
+/// Hands a leased message back unhandled (visibility 0): a FIFO group's later message after an
+/// earlier one stopped the group, or one still waiting when shutdown began.
+pub(super) async fn release_waiting(queue: &Queue, leased: Leased) {
+    leased.lease.settle().await;
+    let applied = release(queue, &leased.receipt).await;
+    let message_id = leased.message.message_id().unwrap_or_default();
+    match applied {
+        Applied::Released => {
+            tracing::debug!(queue = %queue.name, message_id, outcome = "released", "released unhandled: its group goes back in order")
+        }
+        _ => {
+            tracing::warn!(queue = %queue.name, message_id, outcome = "action_failed", "could not release a waiting message; it reappears when its visibility runs out")
+        }
+    }
 }
 
 async fn delete(queue: &Queue, receipt: &str) -> Applied {
@@ -253,20 +320,24 @@ async fn retry(
 /// same body and attributes, `conveyor.requeues` counting how often, delayed by the backoff
 /// (at most SQS's 900 s DelaySeconds) — and the original deleted. If the send fails, it is
 /// retried as usual (and native redrive may then move it: nothing is lost either way).
-async fn requeue(
-    queue: &Queue,
-    message: &Message,
-    body: &str,
-    receipt: &str,
-    receive_count: u32,
-    after: Option<Duration>,
-) -> Applied {
+async fn requeue(queue: &Queue, original: Original<'_>, after: Option<Duration>) -> Applied {
     /// SQS's DelaySeconds maximum.
     const MAX_DELAY_SECS: u32 = 900;
+    let Original {
+        message,
+        received,
+        receipt,
+    } = original;
+    let receive_count = received.receive_count;
     let backoff = backoff::retry_delay_secs(&queue.config.retry, receive_count, &mut rand::rng());
-    let delay_secs = after
-        .map_or(backoff, |a| (a.as_secs() as u32).max(backoff))
-        .min(MAX_DELAY_SECS);
+    // A FIFO queue takes no per-message delay: the copy joins the back of its group at once.
+    let delay_secs = if queue.fifo {
+        0
+    } else {
+        after
+            .map_or(backoff, |a| (a.as_secs() as u32).max(backoff))
+            .min(MAX_DELAY_SECS)
+    };
     let mut attributes = message.message_attributes.clone().unwrap_or_default();
     let requeues = attributes
         .remove(REQUEUES_ATTRIBUTE)
@@ -284,7 +355,13 @@ async fn requeue(
         );
     }
     queue.endpoint.metrics.request(SqsOp::SendMessage);
-    let send = queue.api.send(&queue.url, body, attributes, delay_secs);
+    let send = queue.api.send(
+        &queue.url,
+        &received.body,
+        attributes,
+        delay_secs,
+        fifo_ids(queue, received),
+    );
     let sent = tokio::select! {
         () = queue.abandon.cancelled() => return release(queue, receipt).await,
         sent = send => sent,
@@ -301,6 +378,16 @@ async fn requeue(
         // ledger like any redelivery.
         other => other,
     }
+}
+
+/// A copy of a FIFO queue's message keeps its group; its deduplication id is the original's
+/// message id, so a send repeated after an unseen success leaves one copy.
+fn fifo_ids<'a>(queue: &Queue, received: &'a Received) -> Option<FifoIds<'a>> {
+    queue.fifo.then(|| FifoIds {
+        // SQS sends every FIFO message with its group id.
+        group_id: received.group_id.as_deref().unwrap_or("ungrouped"),
+        deduplication_id: &received.message_id,
+    })
 }
 
 /// A message received after shutdown began: hand it straight back, unprocessed.
@@ -337,13 +424,12 @@ async fn apply(queue: &Queue, receipt: &str, action: Action, applied: Applied) -
 /// Copies the message to the DLQ with the reason attached, then deletes the original. The
 /// original is never deleted without a DLQ copy: if the copy fails, it comes back after a
 /// backoff instead (and the queue's native redrive remains the backstop).
-/// The received message as it is dead-lettered: its body travels as received (a claim check's
-/// pointer, not the payload it points to).
+/// The received message as it is dead-lettered or requeued: its body travels as received (a
+/// claim check's pointer, not the payload it points to).
 struct Original<'a> {
     message: &'a Message,
-    body: &'a str,
+    received: &'a Received,
     receipt: &'a str,
-    receive_count: u32,
 }
 
 async fn dead_letter(
@@ -355,10 +441,10 @@ async fn dead_letter(
 ) -> Applied {
     let Original {
         message,
-        body,
+        received,
         receipt,
-        receive_count,
     } = original;
+    let (body, receive_count) = (received.body.as_str(), received.receive_count);
     let Some(dlq) = &queue.dlq else {
         tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
         return retry(queue, receipt, receive_count, None).await;
@@ -382,7 +468,11 @@ async fn dead_letter(
     let mut sent = false;
     for attributes in copies {
         queue.endpoint.metrics.request(SqsOp::SendMessage);
-        let send = queue.api.send(&dlq.url, body, attributes, 0);
+        // A FIFO DLQ (the only kind a FIFO queue may have, checked at startup) gets the
+        // group id and a deduplication id that is the same for the full and the minimal copy.
+        let send = queue
+            .api
+            .send(&dlq.url, body, attributes, 0, fifo_ids(queue, received));
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
         // copies; nothing is lost).

@@ -1,6 +1,7 @@
 //! The SQS engine: per queue, pollers that long-poll within a bound on messages in flight, a
 //! lease keeper, a batcher for deletes and visibility changes, and the shutdown sequence.
-//! A message's own life — lease, decide, apply — reads top to bottom in [`message`].
+//! A message's own life — lease, decide, apply — reads top to bottom in [`message`]; on a FIFO
+//! queue, [`fifo`] runs each message group's messages one after another.
 //!
 //! Shutdown, in order: stop receiving (a long poll in flight is aborted, so an idle daemon
 //! exits at once); let in-flight work finish until the grace period ends; release what is
@@ -9,6 +10,7 @@
 
 pub mod backoff;
 mod batch;
+mod fifo;
 mod lease;
 pub mod memory;
 mod message;
@@ -144,7 +146,7 @@ impl Endpoint {
     }
 }
 
-/// Where dead letters go.
+/// Where dead letters go (a FIFO queue's DLQ is FIFO too: checked at lookup).
 pub struct DeadLetterQueue {
     pub url: String,
     /// The DLQ's MaximumMessageSize: body plus attributes must fit.
@@ -168,6 +170,12 @@ struct Queue {
     abandon: CancellationToken,
     /// Receiving is paused because a dependency the handler needs is down.
     paused: std::sync::atomic::AtomicBool,
+    /// A FIFO queue: messages are ordered per group, sends carry group and deduplication ids.
+    fifo: bool,
+    /// FIFO queues only: the lanes of the message groups being handled.
+    lanes: Option<fifo::Lanes>,
+    /// Cancelled when shutdown begins.
+    draining: CancellationToken,
 }
 
 /// A running consumer of one queue.
@@ -228,6 +236,7 @@ impl Consumer {
         tracing::info!(
             queue = name,
             url = %info.url,
+            fifo = info.fifo,
             dlq = dlq.as_ref().map_or("none", |d| d.url.as_str()),
             max_receive_count,
             pollers = config.pollers,
@@ -265,6 +274,9 @@ impl Consumer {
             leases,
             abandon: CancellationToken::new(),
             paused: std::sync::atomic::AtomicBool::new(false),
+            fifo: info.fifo,
+            lanes: info.fifo.then(|| fifo::Lanes::new(&name)),
+            draining: context.shutdown.graceful.clone(),
             endpoint,
             config,
         });
@@ -320,6 +332,9 @@ async fn poll(
     // A long poll answers within its wait time; allow a margin for the network before
     // calling SQS unresponsive.
     let answer_within = Duration::from_secs(u64::from(queue.config.wait_time_secs) + 5);
+    // A FIFO receive's ReceiveRequestAttemptId, kept for the retry after a receive whose answer
+    // was lost (see `queue::ReceiveError`).
+    let mut attempt: Option<String> = None;
     loop {
         // A poller with no free slot does not poll.
         let mut held = tokio::select! {
@@ -344,26 +359,29 @@ async fn poll(
         // the receive on its side: messages arriving during the rest of its wait may still be
         // assigned to it and come back only after their visibility timeout (measured and
         // documented in the README's Shutdown section).
+        if queue.fifo && attempt.is_none() {
+            attempt = Some(uuid::Uuid::new_v4().to_string());
+        }
         let received = tokio::select! {
             () = shutdown.graceful.cancelled() => return,
-            received = receive(&queue, held.num_permits()) => received,
+            received = receive(&queue, held.num_permits(), attempt.as_deref()) => received,
         };
         drop(call);
         match received {
             Ok(messages) => {
+                attempt = None;
                 if backoff.failures() > 0 {
                     tracing::info!(queue = %queue.name, "SQS reachable again");
                 }
                 readiness.set(readiness_key.clone(), true);
                 backoff.reset();
                 queue.endpoint.metrics.received(messages.len());
-                for message in messages {
-                    // SQS never returns more than asked; if it ever did, the extra is handed back.
-                    let permit = held.split(1);
-                    spawn_message(&queue, &work, &shutdown, message, sent_at, permit);
-                }
+                hand_over(&queue, &work, &shutdown, messages, sent_at, held);
             }
             Err(error) => {
+                if !error.retry_same_attempt {
+                    attempt = None;
+                }
                 drop(held);
                 readiness.set(readiness_key.clone(), false);
                 let delay = backoff.next_delay(&mut rand::rng());
@@ -407,26 +425,43 @@ async fn admitted(queue: &Queue, shutdown: &Shutdown) -> Option<usize> {
     }
 }
 
-fn spawn_message(
+/// Starts the work on one receive's messages: each leased at once and handled in its own task
+/// (a message never waits for its batch-mates), or on a FIFO queue put on its group's lane.
+fn hand_over(
     queue: &Arc<Queue>,
     work: &TaskTracker,
     shutdown: &Shutdown,
-    message: Message,
+    messages: Vec<Message>,
     sent_at: Instant,
-    permit: Option<OwnedSemaphorePermit>,
+    mut held: OwnedSemaphorePermit,
 ) {
-    match permit {
-        Some(permit) if !shutdown.graceful.is_cancelled() => {
-            work.spawn(message::process(queue.clone(), message, sent_at, permit));
+    let mut leased = Vec::with_capacity(messages.len());
+    for message in messages {
+        match held.split(1) {
+            Some(permit) if !shutdown.graceful.is_cancelled() => {
+                leased.extend(message::lease(queue, message, sent_at, permit));
+            }
+            // Received while stopping (or beyond the in-flight bound, which SQS never
+            // returns): hand it straight back.
+            _ => {
+                work.spawn(message::release_unprocessed(queue.clone(), message));
+            }
         }
-        // Received while stopping (or beyond the in-flight bound): hand it straight back.
-        _ => {
-            work.spawn(message::release_unprocessed(queue.clone(), message));
+    }
+    if queue.lanes.is_some() {
+        fifo::Lanes::admit(queue, work, leased);
+    } else {
+        for leased in leased {
+            work.spawn(message::process(queue.clone(), leased));
         }
     }
 }
 
-async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
+async fn receive(
+    queue: &Queue,
+    max: usize,
+    attempt: Option<&str>,
+) -> Result<Vec<Message>, queue::ReceiveError> {
     queue.endpoint.metrics.request(SqsOp::ReceiveMessage);
     queue
         .api
@@ -435,6 +470,7 @@ async fn receive(queue: &Queue, max: usize) -> Result<Vec<Message>, String> {
             max,
             queue.config.wait_time_secs,
             queue.config.visibility_timeout_secs,
+            attempt,
         )
         .await
         .inspect_err(|_| queue.endpoint.metrics.error(SqsOp::ReceiveMessage))

@@ -19,6 +19,27 @@ use crate::sqs::{self, QueueInfo, QueueLookupError};
 /// fault (retrying cannot help).
 pub type EntryFailure = (String, bool);
 
+/// A failed ReceiveMessage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ReceiveError {
+    pub message: String,
+    /// No answer came (a network error or timeout) or SQS failed internally: the receive may
+    /// have taken messages whose answer was lost, so a FIFO receive is retried with the same
+    /// `ReceiveRequestAttemptId` to get them back. After any other error (throttling above
+    /// all) SQS refuses the old id: the retry takes a new one.
+    pub retry_same_attempt: bool,
+}
+
+/// What a send to a FIFO queue carries besides the body.
+#[derive(Debug, Clone, Copy)]
+pub struct FifoIds<'a> {
+    pub group_id: &'a str,
+    /// Stable across retries of the same send, so SQS keeps one copy (within its 5-minute
+    /// deduplication window) if an earlier attempt got through unseen.
+    pub deduplication_id: &'a str,
+}
+
 /// A failed SendMessage.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -39,13 +60,15 @@ pub trait QueueApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(QueueInfo, Option<DeadLetterQueue>), QueueLookupError>>;
 
     /// Long-polls for up to `max` messages (all attributes), hiding them for `visibility_secs`.
+    /// `attempt` is a FIFO queue's `ReceiveRequestAttemptId` (see [`ReceiveError`]).
     fn receive<'a>(
         &'a self,
         url: &'a str,
         max: usize,
         wait_secs: u32,
         visibility_secs: u32,
-    ) -> BoxFuture<'a, Result<Vec<Message>, String>>;
+        attempt: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Message>, ReceiveError>>;
 
     fn delete_batch<'a>(
         &'a self,
@@ -60,12 +83,15 @@ pub trait QueueApi: Send + Sync + 'static {
         entries: Vec<(&'a str, u32)>,
     ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>>;
 
+    /// Sends a message; `fifo` is set exactly when `url` is a FIFO queue (which takes no
+    /// per-message delay).
     fn send<'a>(
         &'a self,
         url: &'a str,
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
         delay_secs: u32,
+        fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>>;
 }
 
@@ -88,9 +114,11 @@ impl QueueApi for Sqs {
         max: usize,
         wait_secs: u32,
         visibility_secs: u32,
-    ) -> BoxFuture<'a, Result<Vec<Message>, String>> {
+        attempt: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Message>, ReceiveError>> {
         Box::pin(async move {
-            self.0
+            let receive = self
+                .0
                 .receive_message()
                 .queue_url(url)
                 .max_number_of_messages(max as i32)
@@ -104,11 +132,29 @@ impl QueueApi for Sqs {
                 )
                 .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .map(|out| out.messages.unwrap_or_default())
-                .map_err(|e| crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)))
+                .message_attribute_names("All");
+            let sent = match attempt {
+                // The SDK's own retries would resend the same attempt id after throttling
+                // too, which SQS refuses; the engine's poller retries instead, choosing the id
+                // by the error (see ReceiveError).
+                Some(attempt) => {
+                    receive
+                        .receive_request_attempt_id(attempt)
+                        .customize()
+                        .config_override(
+                            aws_sdk_sqs::config::Config::builder()
+                                .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+                        )
+                        .send()
+                        .await
+                }
+                None => receive.send().await,
+            };
+            sent.map(|out| out.messages.unwrap_or_default())
+                .map_err(|e| ReceiveError {
+                    retry_same_attempt: answer_lost(&e),
+                    message: crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)),
+                })
         })
     }
 
@@ -171,6 +217,7 @@ impl QueueApi for Sqs {
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
         delay_secs: u32,
+        fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let mut send = self
@@ -179,14 +226,37 @@ impl QueueApi for Sqs {
                 .queue_url(url)
                 .message_body(body)
                 .set_message_attributes(Some(attributes));
-            if delay_secs > 0 {
-                send = send.delay_seconds(delay_secs as i32);
+            match fifo {
+                Some(ids) => {
+                    send = send
+                        .message_group_id(ids.group_id)
+                        .message_deduplication_id(ids.deduplication_id);
+                }
+                None if delay_secs > 0 => send = send.delay_seconds(delay_secs as i32),
+                None => {}
             }
             send.send().await.map(|_| ()).map_err(|e| SendError {
                 transient: crate::aws::is_transient(&e),
                 message: crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)),
             })
         })
+    }
+}
+
+/// Whether a failed receive may have taken messages whose answer never arrived: no answer at
+/// all, or SQS failing internally — not throttling, nor any other answer.
+fn answer_lost<E: aws_sdk_sqs::error::ProvideErrorMetadata>(
+    error: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> bool {
+    use aws_sdk_sqs::error::SdkError;
+    match error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            e.raw().status().is_server_error() && !crate::aws::is_throttling(e.err().code())
+        }
+        _ => false,
     }
 }
 
@@ -225,7 +295,14 @@ async fn lookup(
     };
     let dlq = match dlq_url {
         Some(url) => {
-            let max_message_bytes = sqs::max_message_bytes(client, &url).await?;
+            let (max_message_bytes, fifo) = sqs::dlq_facts(client, &url).await?;
+            if fifo != info.fifo {
+                return Err(QueueLookupError::DeadLetterKind {
+                    queue: info.url,
+                    dlq: url,
+                    queue_fifo: info.fifo,
+                });
+            }
             if max_message_bytes < info.max_message_bytes {
                 tracing::error!(
                     queue = name,

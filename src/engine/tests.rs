@@ -2,6 +2,8 @@
 //! backoff, leases and grace periods in milliseconds of real time. The same behaviours are
 //! proven against LocalStack in `tests/it/engine.rs`.
 
+mod fifo;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
