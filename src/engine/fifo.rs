@@ -4,9 +4,12 @@
 //! starts, while different groups run side by side within the queue's `max_in_flight`.
 //!
 //! When a message is coming back (retried after its backoff, which on FIFO is its visibility;
-//! released; its lease lost), the group's later messages already received are released at once,
-//! unhandled, so that SQS hands the group back in order, starting with that message. A
-//! dead-lettered message does not stop its group.
+//! released; its lease lost), the group's later messages already received are handed back at
+//! once, unhandled, so that SQS hands the group back in order, starting with that message. They
+//! get the same visibility as the retried message: SQS would hold them behind it anyway (an
+//! in-flight message blocks its group), and an emulator that does not (LocalStack unblocks a
+//! group as soon as any received message of it is visible again) cannot hand them out ahead of
+//! it either. A dead-lettered message does not stop its group.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -93,23 +96,26 @@ async fn run(queue: Arc<Queue>, group: String) {
         // Once shutdown begins, a lane finishes the message it is on and hands the rest back
         // (in order, for whichever instance takes the group next) rather than starting more.
         if queue.draining.is_cancelled() {
-            message::release_waiting(&queue, leased).await;
+            message::hand_back(&queue, leased, queue.release_visibility_secs()).await;
             continue;
         }
-        if message::process(queue.clone(), leased).await == Next::Stop {
-            let rest = lanes.take_waiting(&group);
-            if rest.is_empty() {
-                continue;
-            }
-            if !queue.draining.is_cancelled() {
-                lanes.metrics.released_after_failure(rest.len());
-                tracing::info!(queue = %queue.name, released = rest.len(), "a message of a FIFO group is coming back: its group's later messages are released unhandled, to come back in order after it");
-            }
-            futures::future::join_all(
-                rest.into_iter()
-                    .map(|leased| message::release_waiting(&queue, leased)),
-            )
-            .await;
+        let Next::Stop { come_back_in_secs } = message::process(queue.clone(), leased).await else {
+            continue;
+        };
+        let rest = lanes.take_waiting(&group);
+        if rest.is_empty() {
+            continue;
         }
+        let come_back_in_secs = come_back_in_secs.max(queue.release_visibility_secs());
+        if !queue.draining.is_cancelled() {
+            lanes.metrics.released_after_failure(rest.len());
+            tracing::info!(queue = %queue.name, released = rest.len(), come_back_in_secs, "a message of a FIFO group is coming back: its group's later messages are handed back unhandled, to come back in order after it");
+        }
+        // Together, so that they go out in one batch call.
+        futures::future::join_all(
+            rest.into_iter()
+                .map(|leased| message::hand_back(&queue, leased, come_back_in_secs)),
+        )
+        .await;
     }
 }

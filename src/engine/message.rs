@@ -111,8 +111,10 @@ pub(super) enum Next {
     /// The message is done with: deleted after success, or dead-lettered.
     Continue,
     /// It is coming back (retried, released, requeued, its lease lost, its outcome not
-    /// applied): the group's later messages must not be handled before it.
-    Stop,
+    /// applied): the group's later messages must not be handled before it. They are handed
+    /// back to come back no sooner than it does: after this many seconds (its backoff when
+    /// retried, else 0).
+    Stop { come_back_in_secs: u32 },
 }
 
 /// Handles one leased message from handler to applied outcome.
@@ -267,22 +269,34 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
     }
     match applied {
         Applied::Deleted | Applied::DeadLettered => Next::Continue,
-        _ => Next::Stop,
+        Applied::Retried { delay_secs } => Next::Stop {
+            come_back_in_secs: delay_secs,
+        },
+        _ => Next::Stop {
+            come_back_in_secs: 0,
+        },
     }
 }
 
-/// Hands a leased message back unhandled (visibility 0): a FIFO group's later message after an
-/// earlier one stopped the group, or one still waiting when shutdown began.
-pub(super) async fn release_waiting(queue: &Queue, leased: Leased) {
+/// Hands a leased message back unhandled, visible again in `visibility_secs`: a FIFO group's
+/// later message after an earlier one stopped the group, or one still waiting when shutdown
+/// began.
+pub(super) async fn hand_back(queue: &Queue, leased: Leased, visibility_secs: u32) {
     leased.lease.settle().await;
-    let applied = release(queue, &leased.receipt).await;
+    let applied = apply(
+        queue,
+        &leased.receipt,
+        Action::SetVisibility(visibility_secs),
+        Applied::Released,
+    )
+    .await;
     let message_id = leased.message.message_id().unwrap_or_default();
     match applied {
         Applied::Released => {
-            tracing::debug!(queue = %queue.name, message_id, outcome = "released", "released unhandled: its group goes back in order")
+            tracing::debug!(queue = %queue.name, message_id, outcome = "released", visibility_secs, "handed back unhandled: its group comes back in order")
         }
         _ => {
-            tracing::warn!(queue = %queue.name, message_id, outcome = "action_failed", "could not release a waiting message; it reappears when its visibility runs out")
+            tracing::warn!(queue = %queue.name, message_id, outcome = "action_failed", "could not hand back a waiting message; it reappears when its visibility runs out")
         }
     }
 }
@@ -397,9 +411,17 @@ pub(super) async fn release_unprocessed(queue: Arc<Queue>, message: Message) {
     }
 }
 
-/// Makes the message visible to any consumer at once.
+/// Hands the message back at shutdown: visible to any consumer at once (on FIFO queues, once
+/// the receives aborted at shutdown are over; see `Queue::release_visibility_secs`).
 async fn release(queue: &Queue, receipt: &str) -> Applied {
-    apply(queue, receipt, Action::SetVisibility(0), Applied::Released).await
+    let visibility = queue.release_visibility_secs();
+    apply(
+        queue,
+        receipt,
+        Action::SetVisibility(visibility),
+        Applied::Released,
+    )
+    .await
 }
 
 /// Performs a batched action and counts it as `applied`, or reports that it did not get through.

@@ -16,7 +16,7 @@ pub mod memory;
 mod message;
 pub mod queue;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
@@ -176,6 +176,34 @@ struct Queue {
     lanes: Option<fifo::Lanes>,
     /// Cancelled when shutdown begins.
     draining: CancellationToken,
+    /// Per poller, until when its receive in flight may take messages on SQS's side (`None`
+    /// when it has none): a receive aborted at shutdown goes on there for the rest of its wait.
+    open_receives: Mutex<Vec<Option<Instant>>>,
+}
+
+impl Queue {
+    /// The visibility a message handed back at shutdown gets. On a FIFO queue it stays hidden
+    /// until the receives aborted at shutdown have ended on SQS's side: one of them taking it
+    /// would hold its whole group for the visibility timeout, and count a receive of each of
+    /// the group's messages it took. Otherwise 0: another consumer takes it at once.
+    fn release_visibility_secs(&self) -> u32 {
+        if !self.fifo || !self.draining.is_cancelled() {
+            return 0;
+        }
+        let now = Instant::now();
+        let open = self.open_receives.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .flatten()
+            .filter(|until| **until > now)
+            .map(|until| (*until - now).as_secs_f64().ceil() as u32)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn receive_open(&self, poller: usize, until: Option<Instant>) {
+        let mut open = self.open_receives.lock().unwrap_or_else(|e| e.into_inner());
+        open[poller] = until;
+    }
 }
 
 /// A running consumer of one queue.
@@ -277,14 +305,16 @@ impl Consumer {
             fifo: info.fifo,
             lanes: info.fifo.then(|| fifo::Lanes::new(&name)),
             draining: context.shutdown.graceful.clone(),
+            open_receives: Mutex::new(vec![None; config.pollers as usize]),
             endpoint,
             config,
         });
 
         let pollers = TaskTracker::new();
         let work = TaskTracker::new();
-        for _ in 0..queue.config.pollers {
+        for index in 0..queue.config.pollers as usize {
             pollers.spawn(poll(
+                index,
                 queue.clone(),
                 permits.clone(),
                 work.clone(),
@@ -320,6 +350,7 @@ impl Consumer {
 /// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
 /// its own task at once (a message never waits for its batch-mates), repeat.
 async fn poll(
+    index: usize,
     queue: Arc<Queue>,
     permits: Arc<Semaphore>,
     work: TaskTracker,
@@ -362,10 +393,19 @@ async fn poll(
         if queue.fifo && attempt.is_none() {
             attempt = Some(uuid::Uuid::new_v4().to_string());
         }
+        // SQS may assign messages to a receive until its wait ends, plus a margin for the
+        // request's way there.
+        let open_until = sent_at + Duration::from_secs(u64::from(queue.config.wait_time_secs) + 1);
+        queue.receive_open(index, Some(open_until));
         let received = tokio::select! {
-            () = shutdown.graceful.cancelled() => return,
+            // An answer already here is taken (its messages are handed back, not left hidden
+            // for the visibility timeout).
+            biased;
             received = receive(&queue, held.num_permits(), attempt.as_deref()) => received,
+            // Left open: see `Queue::release_visibility_secs`.
+            () = shutdown.graceful.cancelled() => return,
         };
+        queue.receive_open(index, None);
         drop(call);
         match received {
             Ok(messages) => {

@@ -338,6 +338,70 @@ pub async fn queue_with_dlq(
     TestQueue { name, url, dlq_url }
 }
 
+/// A FIFO queue (content-based deduplication) with a FIFO DLQ and a RedrivePolicy, as
+/// `conveyor infra up` with `infra.fifo = true` creates them.
+pub async fn fifo_queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    max_receive_count: u32,
+) -> TestQueue {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let name = unique(prefix);
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq.fifo"))
+        .attributes(A::FifoQueue, "true")
+        .attributes(A::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = queue_arn(sqs, &dlq_url).await;
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{name}.fifo"))
+        .attributes(A::FifoQueue, "true")
+        .attributes(A::ContentBasedDeduplication, "true")
+        .attributes(
+            A::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    TestQueue { name, url, dlq_url }
+}
+
+/// Sends (group id, body) pairs to a FIFO queue in batches of 10, in order.
+pub async fn send_grouped(sqs: &aws_sdk_sqs::Client, url: &str, messages: &[(String, String)]) {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (group, body))| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .message_group_id(group)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+    }
+}
+
 /// A queue's ARN.
 pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
     use aws_sdk_sqs::types::QueueAttributeName as A;

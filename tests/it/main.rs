@@ -6,6 +6,7 @@ mod dispatch;
 mod dlq;
 mod engine;
 mod fake_llm;
+mod fifo;
 mod formats;
 mod foundation;
 mod hardening;
