@@ -258,14 +258,20 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     }
 
     let retention = infra.retention_secs.to_string();
+    // FifoQueue can only be set at creation: a queue of the other kind under the same name
+    // cannot exist (SQS ties the .fifo suffix to it), so the diff never has to change it.
+    let fifo: Vec<(Q, String)> = if infra.fifo {
+        vec![
+            (Q::FifoQueue, "true".to_owned()),
+            (Q::ContentBasedDeduplication, "true".to_owned()),
+        ]
+    } else {
+        Vec::new()
+    };
     let dlq_name = infra.dlq_name();
-    let (dlq_url, dlq_arn, dlq_change) = ensure_queue(
-        c,
-        &dlq_name,
-        BTreeMap::from([(Q::MessageRetentionPeriod, retention.clone())]),
-        dry_run,
-    )
-    .await?;
+    let mut dlq_attributes = BTreeMap::from([(Q::MessageRetentionPeriod, retention.clone())]);
+    dlq_attributes.extend(fifo.clone());
+    let (dlq_url, dlq_arn, dlq_change) = ensure_queue(c, &dlq_name, dlq_attributes, dry_run).await?;
     changes.push(dlq_change);
     ids.dlq_url = dlq_url;
     let dlq_arn = dlq_arn.unwrap_or_else(|| format!("(arn of {dlq_name})"));
@@ -273,20 +279,17 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     let redrive =
         json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": infra.max_receive_count})
             .to_string();
-    let (queue_url, queue_arn, queue_change) = ensure_queue(
-        c,
-        &infra.queue_name,
-        BTreeMap::from([
-            (
-                Q::VisibilityTimeout,
-                infra.visibility_timeout_secs.to_string(),
-            ),
-            (Q::MessageRetentionPeriod, retention),
-            (Q::RedrivePolicy, redrive),
-        ]),
-        dry_run,
-    )
-    .await?;
+    let mut queue_attributes = BTreeMap::from([
+        (
+            Q::VisibilityTimeout,
+            infra.visibility_timeout_secs.to_string(),
+        ),
+        (Q::MessageRetentionPeriod, retention),
+        (Q::RedrivePolicy, redrive),
+    ]);
+    queue_attributes.extend(fifo);
+    let (queue_url, queue_arn, queue_change) =
+        ensure_queue(c, &infra.queue_name, queue_attributes, dry_run).await?;
     changes.push(queue_change);
     ids.queue_url = queue_url.clone();
     let queue_arn = queue_arn.unwrap_or_else(|| format!("(arn of {})", infra.queue_name));
@@ -343,15 +346,38 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
         Vec::new()
     };
     let target_resource = format!("target {TARGET_ID} → {}", infra.queue_name);
+    let group_id = infra.fifo.then_some(infra.fifo_group_id.as_str());
     let action = match targets.iter().find(|t| t.id() == TARGET_ID) {
-        Some(t) if t.arn() == queue_arn => ("exists", vec![]),
-        Some(t) => ("updated", vec![format!("arn: {} → {queue_arn}", t.arn())]),
+        Some(t) => {
+            let mut differences = Vec::new();
+            if t.arn() != queue_arn {
+                differences.push(format!("arn: {} → {queue_arn}", t.arn()));
+            }
+            let current = t.sqs_parameters().and_then(|p| p.message_group_id());
+            if current != group_id {
+                differences.push(format!(
+                    "message group id: {} → {}",
+                    current.unwrap_or("(unset)"),
+                    group_id.unwrap_or("(unset)")
+                ));
+            }
+            if differences.is_empty() {
+                ("exists", differences)
+            } else {
+                ("updated", differences)
+            }
+        }
         None => ("created", vec![]),
     };
     if action.0 != "exists" && !dry_run {
         let target = Target::builder()
             .id(TARGET_ID)
             .arn(&queue_arn)
+            .set_sqs_parameters(group_id.map(|group| {
+                aws_sdk_eventbridge::types::SqsParameters::builder()
+                    .message_group_id(group)
+                    .build()
+            }))
             .build()
             .map_err(|e| InfraError::Other(e.to_string()))?;
         let out =

@@ -63,6 +63,14 @@ pub struct InfraConfig {
     pub sources: Vec<String>,
     /// Detail-types the rule matches; empty = any.
     pub detail_types: Vec<String>,
+    /// Create a FIFO queue and a FIFO DLQ (names ending in `.fifo`, content-based
+    /// deduplication) and give the rule's target a message group id.
+    pub fifo: bool,
+    /// With `fifo`: the MessageGroupId EventBridge sends every event with. A rule target takes
+    /// one fixed id, so all of the rule's events form one group, handled one at a time in
+    /// order; producers that want a group per tenant (say) send to the queue directly with
+    /// their own group ids.
+    pub fifo_group_id: String,
 }
 
 impl Default for InfraConfig {
@@ -79,15 +87,21 @@ impl Default for InfraConfig {
                 "com.eq.email-pipeline".to_owned(),
             ],
             detail_types: Vec::new(),
+            fifo: false,
+            fifo_group_id: "conveyor-events".to_owned(),
         }
     }
 }
 
 impl InfraConfig {
+    /// `<queue_name>-dlq`, or for a FIFO queue `<name>-dlq.fifo`.
     pub fn dlq_name(&self) -> String {
-        self.dlq_name
-            .clone()
-            .unwrap_or_else(|| format!("{}-dlq", self.queue_name))
+        self.dlq_name.clone().unwrap_or_else(|| {
+            match self.queue_name.strip_suffix(".fifo") {
+                Some(base) => format!("{base}-dlq.fifo"),
+                None => format!("{}-dlq", self.queue_name),
+            }
+        })
     }
 }
 
@@ -131,6 +145,49 @@ impl InfraConfig {
                 "infra.sources",
                 &"[]",
                 "name at least one event source for the rule to match",
+            );
+        }
+        let fifo_name = self.queue_name.ends_with(".fifo");
+        if self.fifo && !fifo_name {
+            problems.bad(
+                "infra.queue_name",
+                &self.queue_name,
+                "with infra.fifo = true the queue is FIFO, and SQS requires its name to end in \
+                 .fifo (e.g. \"conveyor-events.fifo\")",
+            );
+        }
+        if !self.fifo && fifo_name {
+            problems.bad(
+                "infra.queue_name",
+                &self.queue_name,
+                "a name ending in .fifo is a FIFO queue: set infra.fifo = true, or drop the suffix",
+            );
+        }
+        if let Some(dlq) = &self.dlq_name
+            && dlq.ends_with(".fifo") != self.fifo
+        {
+            problems.bad(
+                "infra.dlq_name",
+                dlq,
+                if self.fifo {
+                    "a FIFO queue's DLQ is FIFO too: its name must end in .fifo"
+                } else {
+                    "a standard queue's DLQ is a standard queue: drop the .fifo suffix"
+                },
+            );
+        }
+        if self.fifo
+            && (self.fifo_group_id.is_empty()
+                || self.fifo_group_id.len() > 128
+                || !self
+                    .fifo_group_id
+                    .chars()
+                    .all(|c| c.is_ascii_graphic()))
+        {
+            problems.bad(
+                "infra.fifo_group_id",
+                &self.fifo_group_id,
+                "1 to 128 printable ASCII characters without spaces (SQS's MessageGroupId)",
             );
         }
     }

@@ -360,3 +360,108 @@ async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_acc
         );
     }
 }
+
+#[tokio::test]
+async fn up_with_fifo_creates_fifo_queue_and_dlq_and_events_arrive_with_the_group_id() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let n = Names {
+        queue: format!("{}.fifo", unique("it-infra-fifo")),
+        ..names()
+    };
+    let fifo = || {
+        Conveyor::new(&format!(
+            "[eventbridge]\nbus_name = \"{}\"\n[infra]\nqueue_name = \"{}\"\nrule_name = \"{}\"\n\
+             sources = [\"conveyor.tests.fifo\"]\nfifo = true\nfifo_group_id = \"all-events\"\n",
+            n.bus, n.queue, n.rule
+        ))
+    };
+    let up = fifo().output(&["infra", "up"]);
+    assert_eq!(up.code, Some(0), "{}", up.all());
+    let url = queue_url(&sqs, &n.queue).await.expect("queue created");
+    let base = n.queue.trim_end_matches(".fifo");
+    let dlq = queue_url(&sqs, &format!("{base}-dlq.fifo"))
+        .await
+        .expect("FIFO DLQ created");
+    for queue in [&url, &dlq] {
+        assert_eq!(attribute(&sqs, queue, Q::FifoQueue).await, "true");
+        assert_eq!(
+            attribute(&sqs, queue, Q::ContentBasedDeduplication).await,
+            "true"
+        );
+    }
+    let redrive: Value =
+        serde_json::from_str(&attribute(&sqs, &url, Q::RedrivePolicy).await).unwrap();
+    assert!(
+        redrive["deadLetterTargetArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("-dlq.fifo")
+    );
+    let again = fifo().output(&["infra", "up", "--output", "json"]);
+    let again: Value = serde_json::from_str(again.stdout.trim()).unwrap();
+    assert!(
+        again["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["action"] == "exists"),
+        "idempotent: {again}"
+    );
+
+    let eb = aws_sdk_eventbridge::Client::new(&aws_sdk().await);
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .event_bus_name(&n.bus)
+        .source("conveyor.tests.fifo")
+        .detail_type("Test.event")
+        .detail(r#"{"n": 1}"#)
+        .build();
+    let out = eb.put_events().entries(entry).send().await.unwrap();
+    assert_eq!(out.failed_entry_count, 0);
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(S::MessageGroupId)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 1, "the event reached the FIFO queue");
+    assert_eq!(
+        got[0]
+            .attributes()
+            .and_then(|a| a.get(&S::MessageGroupId))
+            .map(String::as_str),
+        Some("all-events")
+    );
+
+    let down = fifo().output(&["infra", "down", "--yes"]);
+    assert_eq!(down.code, Some(0), "{}", down.all());
+    assert_eq!(queue_url(&sqs, &n.queue).await, None);
+}
+
+#[test]
+fn fifo_settings_that_cannot_work_name_the_key_and_the_fix() {
+    let out = Conveyor::new("[infra]\nqueue_name = \"orders\"\nfifo = true\n").output(&["check"]);
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains("infra.queue_name") && out.all().contains("end in .fifo"),
+        "{}",
+        out.all()
+    );
+    let out = Conveyor::new("[infra]\nqueue_name = \"orders.fifo\"\n").output(&["check"]);
+    assert!(
+        out.all().contains("infra.queue_name") && out.all().contains("set infra.fifo = true"),
+        "{}",
+        out.all()
+    );
+}
