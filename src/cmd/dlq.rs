@@ -343,13 +343,35 @@ async fn redrive(
             let destination = DeadLetter::of(&m)
                 .source_queue
                 .unwrap_or_else(|| target.source_url.clone());
-            let sent = client
+            let mut send = client
                 .send_message()
                 .queue_url(&destination)
                 .message_body(m.body().unwrap_or_default())
-                .set_message_attributes(Some(cleaned_attributes(&m)))
-                .send()
-                .await;
+                .set_message_attributes(Some(cleaned_attributes(&m)));
+            // Back into a FIFO queue (SQS ties the .fifo suffix to FIFO queues) with the group
+            // it was dead-lettered from, deduplicated by the dead letter's own id: a redrive
+            // repeated after a send whose delete failed leaves one copy (within SQS's 5-minute
+            // window).
+            if destination.ends_with(".fifo") {
+                let group = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
+                let Some(group) = group else {
+                    failed += 1;
+                    eprintln!(
+                        "\ncould not send {} back to the FIFO queue {destination}: it has no MessageGroupId (left in the DLQ)",
+                        m.message_id().unwrap_or("?")
+                    );
+                    continue;
+                };
+                send = send
+                    .message_group_id(group)
+                    .message_deduplication_id(format!(
+                        "redrive-{}",
+                        m.message_id().unwrap_or_default()
+                    ));
+            }
+            let sent = send.send().await;
             match sent {
                 Ok(_) => {
                     let deleted = client

@@ -179,3 +179,82 @@ async fn redrive_after_a_fix_processes_every_dead_letter_with_attributes_cleaned
     );
     assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
 }
+
+#[tokio::test]
+async fn redrive_into_a_fifo_queue_keeps_each_dead_letters_group_and_order() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = fifo_queue_with_dlq(&sqs, "it-redrive-fifo", 3).await;
+    let run = unique("rf");
+    let messages: Vec<(String, String)> = (0..3)
+        .flat_map(|seq| {
+            let run = run.clone();
+            (0..2).map(move |g| {
+                let id = format!("{run}-g{g}-{seq}");
+                (format!("g{g}"), event_body(&id, json!({"seq": seq})))
+            })
+        })
+        .collect();
+    send_grouped(&sqs, &q.url, &messages).await;
+
+    let fixable = Fixable::default();
+    let k = format!("r{:08x}", rand::random::<u32>());
+    let broken = daemon(&q, &k, &fixable).await;
+    eventually("all 6 dead-lettered", Duration::from_secs(60), async || {
+        queue_depth(&sqs, &q.dlq_url).await.0 == 6
+    })
+    .await;
+    broken.stop().await;
+    tokio::time::sleep(Duration::from_secs(POLL_SECS + 1)).await;
+
+    let redriven = lines(
+        &Conveyor::new(&format!(
+            "[queues.main]\nurl = \"{}\"\n[[queues.main.routes]]\npipelines = [\"noop\"]\n",
+            q.url
+        ))
+        .output(&["dlq", "redrive"]),
+    );
+    assert_eq!(redriven.last().unwrap()["redriven"], 6);
+    // Back with their groups (peeked without consuming: visibility 0 right after).
+    let mut groups = HashSet::new();
+    for _ in 0..10 {
+        let batch = sqs
+            .receive_message()
+            .queue_url(&q.url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .message_system_attribute_names(S::MessageGroupId)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        groups.extend(
+            batch
+                .iter()
+                .filter_map(|m| m.attributes()?.get(&S::MessageGroupId).cloned()),
+        );
+        if groups.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(groups, HashSet::from(["g0".to_owned(), "g1".to_owned()]));
+
+    fixable.fixed.store(true, Ordering::SeqCst);
+    let fixed = daemon(&q, &k, &fixable).await;
+    eventually("all 6 processed", Duration::from_secs(60), async || {
+        fixable.processed.lock().unwrap().len() == 6
+    })
+    .await;
+    fixed.stop().await;
+    let processed = fixable.processed.lock().unwrap().clone();
+    for g in 0..2 {
+        let order: Vec<&String> = processed
+            .iter()
+            .filter(|key| key.contains(&format!("-g{g}-")))
+            .collect();
+        let expected: Vec<String> = (0..3).map(|seq| format!("{run}-g{g}-{seq}")).collect();
+        assert_eq!(order, expected.iter().collect::<Vec<_>>(), "g{g} in order");
+    }
+}
