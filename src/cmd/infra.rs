@@ -271,7 +271,8 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     let dlq_name = infra.dlq_name();
     let mut dlq_attributes = BTreeMap::from([(Q::MessageRetentionPeriod, retention.clone())]);
     dlq_attributes.extend(fifo.clone());
-    let (dlq_url, dlq_arn, dlq_change) = ensure_queue(c, &dlq_name, dlq_attributes, dry_run).await?;
+    let (dlq_url, dlq_arn, dlq_change) =
+        ensure_queue(c, &dlq_name, dlq_attributes, dry_run).await?;
     changes.push(dlq_change);
     ids.dlq_url = dlq_url;
     let dlq_arn = dlq_arn.unwrap_or_else(|| format!("(arn of {dlq_name})"));

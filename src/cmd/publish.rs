@@ -336,10 +336,19 @@ async fn send_to_queue(
         )
     })?;
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let url = crate::sqs::describe_queue(&sqs, queue)
+    let info = crate::sqs::describe_queue(&sqs, queue)
         .await
-        .map_err(|e| anyhow::anyhow!("queues.{key}: {}", crate::safe::error_chain(&e)))?
-        .url;
+        .map_err(|e| anyhow::anyhow!("queues.{key}: {}", crate::safe::error_chain(&e)))?;
+    match (info.fifo, &args.group_id) {
+        (true, None) => anyhow::bail!(
+            "queues.{key} is a FIFO queue: pass --group-id (events of one group are handled in order)"
+        ),
+        (false, Some(_)) => {
+            anyhow::bail!("queues.{key} is a standard queue: --group-id is for FIFO queues only")
+        }
+        _ => {}
+    }
+    let url = info.url;
     let claim_check = ClaimCheck::new(crate::aws::s3_client(sdk));
     for event in events {
         let event_id = Uuid::new_v4().to_string();
@@ -352,6 +361,11 @@ async fn send_to_queue(
         })
         .to_string();
         let mut send = sqs.send_message().queue_url(&url);
+        if let Some(group) = &args.group_id {
+            send = send
+                .message_group_id(group)
+                .message_deduplication_id(&event_id);
+        }
         let mut offloaded = None;
         match (args.offload_over, &args.offload_bucket) {
             (Some(limit), Some(bucket)) if body.len() > limit => {
@@ -548,6 +562,10 @@ pub struct Args {
     /// The bucket offloaded bodies go to.
     #[arg(long, value_name = "NAME", requires = "offload_over")]
     pub offload_bucket: Option<String>,
+    /// With --queue on a FIFO queue (required there): the MessageGroupId of every event sent.
+    /// Each event's deduplication id is its event id.
+    #[arg(long, value_name = "ID", requires = "queue")]
+    pub group_id: Option<String>,
 }
 
 /// Runs `conveyor publish`: prepares and validates every event first, then sends them 10 per

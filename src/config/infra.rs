@@ -96,12 +96,12 @@ impl Default for InfraConfig {
 impl InfraConfig {
     /// `<queue_name>-dlq`, or for a FIFO queue `<name>-dlq.fifo`.
     pub fn dlq_name(&self) -> String {
-        self.dlq_name.clone().unwrap_or_else(|| {
-            match self.queue_name.strip_suffix(".fifo") {
+        self.dlq_name
+            .clone()
+            .unwrap_or_else(|| match self.queue_name.strip_suffix(".fifo") {
                 Some(base) => format!("{base}-dlq.fifo"),
                 None => format!("{}-dlq", self.queue_name),
-            }
-        })
+            })
     }
 }
 
@@ -179,10 +179,7 @@ impl InfraConfig {
         if self.fifo
             && (self.fifo_group_id.is_empty()
                 || self.fifo_group_id.len() > 128
-                || !self
-                    .fifo_group_id
-                    .chars()
-                    .all(|c| c.is_ascii_graphic()))
+                || !self.fifo_group_id.chars().all(|c| c.is_ascii_graphic()))
         {
             problems.bad(
                 "infra.fifo_group_id",

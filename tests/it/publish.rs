@@ -207,3 +207,90 @@ async fn an_invalid_mock_tenant_is_replaced_with_a_warning_naming_it() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn publish_to_a_fifo_queue_needs_a_group_id_and_sends_with_it() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let fifo = fifo_queue_with_dlq(&sqs, "it-publish-fifo", 3).await;
+    let standard = queue_with_dlq(&sqs, "it-publish-std", 3).await;
+    let cli = || {
+        Conveyor::new(&format!(
+            "[queues.orders]\nurl = \"{}\"\n[[queues.orders.routes]]\npipelines = [\"noop\"]\n\
+             [queues.plain]\nurl = \"{}\"\n[[queues.plain.routes]]\npipelines = [\"noop\"]\n",
+            fifo.url, standard.url
+        ))
+    };
+    let base = ["publish", "--type", "transcript", "--sample"];
+
+    let missing = cli().output(&[&base[..], &["--queue", "orders"]].concat());
+    assert_ne!(missing.code, Some(0));
+    assert!(
+        missing
+            .all()
+            .contains("queues.orders is a FIFO queue: pass --group-id"),
+        "{}",
+        missing.all()
+    );
+    let wrong = cli().output(&[&base[..], &["--queue", "plain", "--group-id", "t1"]].concat());
+    assert_ne!(wrong.code, Some(0));
+    assert!(
+        wrong.all().contains("--group-id is for FIFO queues only"),
+        "{}",
+        wrong.all()
+    );
+    assert_eq!(queue_depth(&sqs, &standard.url).await, (0, 0));
+
+    let sent = cli().output(
+        &[
+            &base[..],
+            &[
+                "--queue",
+                "orders",
+                "--group-id",
+                "tenant-a",
+                "--count",
+                "3",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(sent.code, Some(0), "{}", sent.all());
+    let ids: Vec<String> = sent
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let got = sqs
+        .receive_message()
+        .queue_url(&fifo.url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(S::MessageGroupId)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    let received: Vec<String> = got
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                m.attributes()
+                    .and_then(|a| a.get(&S::MessageGroupId))
+                    .map(String::as_str),
+                Some("tenant-a")
+            );
+            conveyor::input::eventbridge::decode(m.body().unwrap())
+                .unwrap()
+                .id
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(received, ids, "all three, in the order published");
+}
