@@ -39,11 +39,15 @@ def depth(url):
     return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
 
 
+FIFO_GROUPS = 100
+
+
 def fresh_queue(label, fill="fill"):
     slug = re.sub(r"[^A-Za-z0-9-]+", "-", label)
     name = f"bench-{slug}-{os.getpid()}-{int(time.time())}"
-    url = subprocess.check_output([HELPER, "create", name], text=True).strip()
-    subprocess.check_call([HELPER, fill, url, str(N)])
+    fifo = fill == "fill-fifo"
+    url = subprocess.check_output([HELPER, "create-fifo" if fifo else "create", name], text=True).strip()
+    subprocess.check_call([HELPER, fill, url, str(N)] + ([str(FIFO_GROUPS)] if fifo else []))
     deadline = time.time() + 30
     while depth(url) != (N, 0):
         if time.time() > deadline:
@@ -167,14 +171,17 @@ def write_conveyor_config(cfg, url, pollers):
                 f'[[queues.main.routes]]\npipelines = ["noop"]\n')
 
 
-def conveyor_row(ledger_in_postgres=False):
+def conveyor_row(ledger_in_postgres=False, fifo=False):
     cfg = f"/tmp/conveyor-bench-{os.getpid()}.toml"
     label = "conveyor + PostgreSQL ledger" if ledger_in_postgres else "conveyor"
+    if fifo:
+        label = f"conveyor, FIFO queue ({FIFO_GROUPS} groups)"
     pg_before = postgres_cpu_seconds()
     row = run(
         label, [CONVEYOR, "run"], env=conveyor_env(cfg, ledger_in_postgres),
         prepare=lambda url: write_conveyor_config(cfg, url, TASKS),
         requests_at_drain=lambda: metric_sum(conveyor_metrics(PORT), "conveyor_sqs_requests_total"),
+        fill="fill-fifo" if fifo else "fill",
     )
     row["pg_cpu_per_1k"] = (postgres_cpu_seconds() - pg_before) / (N / 1000)
     return row
@@ -284,10 +291,10 @@ def main():
         run(f"raw-loop-{TASKS}-tasks", [HELPER, "raw-loop", "{url}", str(TASKS), str(N)], exits_when_done=True),
         run("sqs-consumer-1", node + ["1"]),
         run("sqs-consumer-4", node + ["4"]),
+        conveyor_row(fifo=True),
     ]
-    idle = idle_cost()
-    raw = rows[1]
-    peer4 = rows[3]
+    idle = idle_cost() if IDLE_SECS >= 20 else None
+    standard, raw, peer4, fifo = rows[0], rows[1], rows[3], rows[4]
     header = "| consumer | msg/s | vs raw loop | CPU s / 1k msgs | vs sqs-consumer ×4 | peak RSS MB | SQS requests / msg |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -298,7 +305,12 @@ def main():
     summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores. "
                f"{N} EventBridge-wrapped ~1 KiB messages per consumer, one fresh queue each, same LocalStack, "
                f"{TASKS} pollers/tasks for conveyor and the raw loop; conveyor routes to the `noop` pipeline.\n"
-               f"Idle cost: {idle:.1f} SQS requests per minute per poller (20 s long polls).")
+               f"FIFO: the same messages into a FIFO queue, round-robin over {FIFO_GROUPS} message groups "
+               f"(each group handled one message at a time, its delete applied before the next starts): "
+               f"{fifo['msgs_per_s'] / standard['msgs_per_s']:.2f}× the standard queue's msg/s, "
+               f"{fifo['cpu_per_1k'] / standard['cpu_per_1k']:.2f}× its CPU per 1k messages.\n"
+               + (f"Idle cost: {idle:.1f} SQS requests per minute per poller (20 s long polls)." if idle is not None
+                  else f"Idle cost: not measured in this run (BENCH_IDLE_SECS={IDLE_SECS} is shorter than one 20 s long poll)."))
     report("engine", lines, summary)
 
 

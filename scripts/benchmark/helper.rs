@@ -1,7 +1,11 @@
 //! Benchmark helper for `scripts/bench` (not part of the daemon):
 //!
 //!   bench create NAME            create a queue, print its URL
+//!   bench create-fifo NAME       create the FIFO queue NAME.fifo, print its URL
 //!   bench fill URL COUNT         send COUNT EventBridge-wrapped ~1 KiB messages
+//!   bench fill-fifo URL COUNT GROUPS
+//!                                the same into a FIFO queue, spread round-robin over GROUPS
+//!                                message groups
 //!   bench fill-transcripts URL COUNT
 //!                                send COUNT EnvelopeV1.transcript events (~2 KiB transcripts,
 //!                                three `ACTION:` lines each for the fake model), one fresh
@@ -41,8 +45,25 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{url}");
         }
-        ["fill", url, count] => fill(&client, url, bodies(count.parse()?)).await?,
-        ["fill-transcripts", url, count] => fill(&client, url, transcripts(count.parse()?)).await?,
+        ["create-fifo", name] => {
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            let url = client
+                .create_queue()
+                .queue_name(format!("{name}.fifo"))
+                .attributes(A::FifoQueue, "true")
+                .send()
+                .await?
+                .queue_url
+                .unwrap_or_default();
+            println!("{url}");
+        }
+        ["fill", url, count] => fill(&client, url, bodies(count.parse()?), None).await?,
+        ["fill-fifo", url, count, groups] => {
+            fill(&client, url, bodies(count.parse()?), Some(groups.parse()?)).await?
+        }
+        ["fill-transcripts", url, count] => {
+            fill(&client, url, transcripts(count.parse()?), None).await?
+        }
         ["depth", url] => {
             use aws_sdk_sqs::types::QueueAttributeName as A;
             let a = client
@@ -64,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             raw_loop(client, url, tasks.parse()?, total.parse()?).await?
         }
         _ => anyhow::bail!(
-            "usage: bench create NAME | fill URL COUNT | depth URL | raw-loop URL TASKS N"
+            "usage: bench create NAME | create-fifo NAME | fill URL COUNT | fill-fifo URL COUNT GROUPS | depth URL | raw-loop URL TASKS N"
         ),
     }
     Ok(())
@@ -112,8 +133,16 @@ fn transcripts(count: usize) -> Vec<String> {
         .collect()
 }
 
-async fn fill(client: &Client, url: &str, bodies: Vec<String>) -> anyhow::Result<()> {
-    let chunks: Vec<Vec<String>> = bodies.chunks(10).map(<[String]>::to_vec).collect();
+/// Sends 10 per call from 8 concurrent senders; into a FIFO queue (`groups` set), message `i`
+/// goes to group `i % groups`, deduplicated by its index.
+async fn fill(
+    client: &Client,
+    url: &str,
+    bodies: Vec<String>,
+    groups: Option<usize>,
+) -> anyhow::Result<()> {
+    let numbered: Vec<(usize, String)> = bodies.into_iter().enumerate().collect();
+    let chunks: Vec<Vec<(usize, String)>> = numbered.chunks(10).map(<[_]>::to_vec).collect();
     let chunks = Arc::new(std::sync::Mutex::new(chunks));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -126,11 +155,17 @@ async fn fill(client: &Client, url: &str, bodies: Vec<String>) -> anyhow::Result
                 let entries = chunk
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| {
-                        SendMessageBatchRequestEntry::builder()
+                    .map(|(i, (n, b))| {
+                        let entry = SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
-                            .message_body(b)
-                            .build()
+                            .message_body(b);
+                        match groups {
+                            Some(groups) => entry
+                                .message_group_id(format!("group-{}", n % groups))
+                                .message_deduplication_id(n.to_string()),
+                            None => entry,
+                        }
+                        .build()
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let out = client

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::engine::queue::QueueApi;
 use crate::extract::Extractor;
 use crate::safe::error_chain;
 use crate::{aws, bolt, postgres, sqs};
@@ -74,17 +75,21 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
                     name: "aws region".into(),
                     result: Ok(region),
                 });
-                let client = aws_sdk_sqs::Client::new(&sdk);
+                // What the daemon reads at startup, with the same checks (a FIFO queue's DLQ
+                // must be FIFO).
+                let api = crate::engine::queue::Sqs(aws_sdk_sqs::Client::new(&sdk));
                 for (name, queue) in &config.queues {
-                    let result =
-                        match tokio::time::timeout(timeout, sqs::describe_queue(&client, queue))
-                            .await
-                        {
-                            Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
-                            Ok(Err(e)) => Err(error_chain(&e)),
-                            Ok(Ok(info)) => Ok(format!(
-                            "{} ({} visible, {} in flight, {})",
+                    let result = match tokio::time::timeout(timeout, api.lookup(name, queue)).await
+                    {
+                        Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
+                        Ok(Err(e @ sqs::QueueLookupError::DeadLetterKind { .. })) => {
+                            Err(format!("{e}: {}", e.fix()))
+                        }
+                        Ok(Err(e)) => Err(error_chain(&e)),
+                        Ok(Ok((info, _))) => Ok(format!(
+                            "{}{} ({} visible, {} in flight, {})",
                             info.url,
+                            if info.fifo { ", FIFO" } else { "" },
                             info.approximate_visible,
                             info.approximate_in_flight,
                             match &info.redrive {
@@ -97,7 +102,7 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
                                         .into(),
                             }
                         )),
-                        };
+                    };
                     probes.push(Probe {
                         name: format!("sqs queue {name}"),
                         result,

@@ -74,7 +74,7 @@ pub enum Command {
     /// Publish EnvelopeV1 or BatchProcessingCompleted events to EventBridge (or straight to a
     /// queue), validated with the consumer's own parser first. Prints one JSON line per event
     /// (ids, never content).
-    Publish(publish::Args),
+    Publish(Box<publish::Args>),
     /// Print the least-privilege IAM policy (JSON) of one role for this configuration: `run`
     /// (the daemon's task role), `publish` or `infra` (operators, CI). One document per role:
     /// the daemon never holds what provisioning needs.
@@ -110,7 +110,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(&config, &cli.config.env, args).await,
         Command::Migrate => migrate::run(&config).await,
         Command::Infra(args) => infra::run(&config, args).await,
-        Command::Publish(args) => publish::run(&config, args).await,
+        Command::Publish(args) => publish::run(&config, *args).await,
         Command::Policy(args) => policy::run(&config, args).await,
         Command::Dlq(args) => dlq::run(&config, args).await,
         Command::Health(args) => health::run(&config, args).await,

@@ -96,7 +96,9 @@ async fn run(queue: Arc<Queue>, group: String) {
         // Once shutdown begins, a lane finishes the message it is on and hands the rest back
         // (in order, for whichever instance takes the group next) rather than starting more.
         if queue.draining.is_cancelled() {
-            message::hand_back(&queue, leased, queue.release_visibility_secs()).await;
+            let mut rest = lanes.take_waiting(&group);
+            rest.insert(0, leased);
+            hand_back_all(&queue, rest, queue.release_visibility_secs()).await;
             continue;
         }
         let Next::Stop { come_back_in_secs } = message::process(queue.clone(), leased).await else {
@@ -111,11 +113,16 @@ async fn run(queue: Arc<Queue>, group: String) {
             lanes.metrics.released_after_failure(rest.len());
             tracing::info!(queue = %queue.name, released = rest.len(), come_back_in_secs, "a message of a FIFO group is coming back: its group's later messages are handed back unhandled, to come back in order after it");
         }
-        // Together, so that they go out in one batch call.
-        futures::future::join_all(
-            rest.into_iter()
-                .map(|leased| message::hand_back(&queue, leased, come_back_in_secs)),
-        )
-        .await;
+        hand_back_all(&queue, rest, come_back_in_secs).await;
     }
+}
+
+/// Hands messages back together, so that they go out in as few batch calls as possible.
+async fn hand_back_all(queue: &Queue, messages: Vec<Leased>, visibility_secs: u32) {
+    futures::future::join_all(
+        messages
+            .into_iter()
+            .map(|leased| message::hand_back(queue, leased, visibility_secs)),
+    )
+    .await;
 }

@@ -375,22 +375,30 @@ async fn a_fifo_queue_with_a_standard_dlq_fails_startup_naming_both() {
     let sqs = sqs_client().await;
     let q = fifo_queue_with_dlq(&sqs, "it-fifo-kind", 3).await;
     let standard = create_queue(&sqs, &unique("it-fifo-plain-dlq")).await;
-    let out = tokio::task::spawn_blocking(move || {
-        let out = Conveyor::new(&format!(
-            "[queues.orders]\nurl = \"{}\"\ndlq_url = \"{standard}\"\n[[queues.orders.routes]]\npipelines = [\"noop\"]\n",
-            q.url
-        ))
-        .output(&["run"]);
-        (out, q.url, standard)
+    let toml = format!(
+        "[queues.orders]\nurl = \"{}\"\ndlq_url = \"{standard}\"\n[[queues.orders.routes]]\npipelines = [\"noop\"]\n",
+        q.url
+    );
+    let (run, check) = tokio::task::spawn_blocking(move || {
+        (
+            Conveyor::new(&toml).output(&["run"]),
+            Conveyor::new(&toml).output(&["check"]),
+        )
     })
     .await
     .unwrap();
-    let (out, url, standard) = out;
-    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(
-        out.stderr.contains(&url) && out.stderr.contains(&standard),
+        run.stderr.contains(&q.url) && run.stderr.contains(&standard),
         "{}",
-        out.stderr
+        run.stderr
     );
-    assert!(out.stderr.contains("FIFO DLQ"), "{}", out.stderr);
+    assert!(run.stderr.contains("FIFO DLQ"), "{}", run.stderr);
+    // `conveyor check` says the same before a deploy.
+    assert_eq!(check.code, Some(1), "{}", check.all());
+    assert!(
+        check.all().contains("is FIFO but its DLQ") && check.all().contains("FIFO DLQ"),
+        "{}",
+        check.all()
+    );
 }
