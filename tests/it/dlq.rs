@@ -182,7 +182,6 @@ async fn redrive_after_a_fix_processes_every_dead_letter_with_attributes_cleaned
 
 #[tokio::test]
 async fn redrive_into_a_fifo_queue_keeps_each_dead_letters_group_and_order() {
-    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = fifo_queue_with_dlq(&sqs, "it-redrive-fifo", 3).await;
@@ -219,22 +218,8 @@ async fn redrive_into_a_fifo_queue_keeps_each_dead_letters_group_and_order() {
     // Back with their groups (peeked without consuming: visibility 0 right after).
     let mut groups = HashSet::new();
     for _ in 0..10 {
-        let batch = sqs
-            .receive_message()
-            .queue_url(&q.url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .message_system_attribute_names(S::MessageGroupId)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        groups.extend(
-            batch
-                .iter()
-                .filter_map(|m| m.attributes()?.get(&S::MessageGroupId).cloned()),
-        );
+        let batch = receive_grouped(&sqs, &q.url, 0).await;
+        groups.extend(batch.iter().filter_map(|m| Some(group_id(m)?.to_owned())));
         if groups.len() == 2 {
             break;
         }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -305,10 +304,7 @@ async fn a_permanent_failure_lands_in_the_fifo_dlq_with_its_reason_and_group_and
         .detail;
     assert_eq!(detail["seq"], 2);
     assert_eq!(
-        dead[0]
-            .attributes()
-            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-            .map(String::as_str),
+        group_id(&dead[0]),
         Some("g1"),
         "the dead letter keeps its group"
     );

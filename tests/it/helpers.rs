@@ -312,29 +312,14 @@ pub async fn queue_with_dlq(
 ) -> TestQueue {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let name = unique(prefix);
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .attributes(A::MaximumMessageSize, "1048576")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = queue_arn(sqs, &dlq_url).await;
-    let url = sqs
-        .create_queue()
-        .queue_name(&name)
-        .attributes(A::MaximumMessageSize, "1048576")
-        .attributes(
-            A::RedrivePolicy,
-            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (url, dlq_url) = create_with_dlq(
+        sqs,
+        &name,
+        &format!("{name}-dlq"),
+        &[(A::MaximumMessageSize, "1048576")],
+        max_receive_count,
+    )
+    .await;
     TestQueue { name, url, dlq_url }
 }
 
@@ -347,22 +332,39 @@ pub async fn fifo_queue_with_dlq(
 ) -> TestQueue {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let name = unique(prefix);
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq.fifo"))
-        .attributes(A::FifoQueue, "true")
-        .attributes(A::ContentBasedDeduplication, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (url, dlq_url) = create_with_dlq(
+        sqs,
+        &format!("{name}.fifo"),
+        &format!("{name}-dlq.fifo"),
+        &[
+            (A::FifoQueue, "true"),
+            (A::ContentBasedDeduplication, "true"),
+        ],
+        max_receive_count,
+    )
+    .await;
+    TestQueue { name, url, dlq_url }
+}
+
+/// Creates a DLQ and a queue redriving to it, both with `attributes`; returns their URLs.
+async fn create_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    dlq_name: &str,
+    attributes: &[(aws_sdk_sqs::types::QueueAttributeName, &str)],
+    max_receive_count: u32,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let create = |name: &str| {
+        let mut create = sqs.create_queue().queue_name(name);
+        for (attribute, value) in attributes {
+            create = create.attributes(attribute.clone(), *value);
+        }
+        create
+    };
+    let dlq_url = create(dlq_name).send().await.unwrap().queue_url.unwrap();
     let dlq_arn = queue_arn(sqs, &dlq_url).await;
-    let url = sqs
-        .create_queue()
-        .queue_name(format!("{name}.fifo"))
-        .attributes(A::FifoQueue, "true")
-        .attributes(A::ContentBasedDeduplication, "true")
+    let url = create(name)
         .attributes(
             A::RedrivePolicy,
             serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}).to_string(),
@@ -372,34 +374,46 @@ pub async fn fifo_queue_with_dlq(
         .unwrap()
         .queue_url
         .unwrap();
-    TestQueue { name, url, dlq_url }
+    (url, dlq_url)
+}
+
+/// Receives up to 10 messages with their `MessageGroupId` (see [`group_id`]), waiting up to a
+/// second and leaving them hidden for `visibility_secs`.
+pub async fn receive_grouped(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    visibility_secs: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .visibility_timeout(visibility_secs)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+        )
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+/// A FIFO message's `MessageGroupId`, when it was received with it.
+pub fn group_id(m: &aws_sdk_sqs::types::Message) -> Option<&str> {
+    m.attributes()?
+        .get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+        .map(String::as_str)
 }
 
 /// Sends (group id, body) pairs to a FIFO queue in batches of 10, in order.
 pub async fn send_grouped(sqs: &aws_sdk_sqs::Client, url: &str, messages: &[(String, String)]) {
-    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-    for chunk in messages.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, (group, body))| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(body)
-                    .message_group_id(group)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = sqs
-            .send_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
-    }
+    let messages: Vec<(Option<&str>, &str)> = messages
+        .iter()
+        .map(|(group, body)| (Some(group.as_str()), body.as_str()))
+        .collect();
+    send_batches(sqs, url, &messages).await;
 }
 
 /// A queue's ARN.
@@ -477,15 +491,22 @@ pub fn event_body(id: &str, detail: serde_json::Value) -> String {
 
 /// Sends bodies in batches of 10.
 pub async fn send_all(sqs: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) {
+    let messages: Vec<(Option<&str>, &str)> = bodies.iter().map(|b| (None, b.as_str())).collect();
+    send_batches(sqs, url, &messages).await;
+}
+
+/// Sends (group id, body) pairs in batches of 10, in order.
+async fn send_batches(sqs: &aws_sdk_sqs::Client, url: &str, messages: &[(Option<&str>, &str)]) {
     use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-    for chunk in bodies.chunks(10) {
+    for chunk in messages.chunks(10) {
         let entries = chunk
             .iter()
             .enumerate()
-            .map(|(i, body)| {
+            .map(|(i, (group, body))| {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(body)
+                    .message_body(*body)
+                    .set_message_group_id(group.map(str::to_owned))
                     .build()
                     .unwrap()
             })

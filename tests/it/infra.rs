@@ -363,7 +363,6 @@ async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_acc
 
 #[tokio::test]
 async fn up_with_fifo_creates_fifo_queue_and_dlq_and_events_arrive_with_the_group_id() {
-    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let n = Names {
@@ -421,28 +420,13 @@ async fn up_with_fifo_creates_fifo_queue_and_dlq_and_events_arrive_with_the_grou
     assert_eq!(out.failed_entry_count, 0);
     let mut got = Vec::new();
     for _ in 0..20 {
-        got = sqs
-            .receive_message()
-            .queue_url(&url)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(S::MessageGroupId)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
+        got = receive_grouped(&sqs, &url, 30).await;
         if !got.is_empty() {
             break;
         }
     }
     assert_eq!(got.len(), 1, "the event reached the FIFO queue");
-    assert_eq!(
-        got[0]
-            .attributes()
-            .and_then(|a| a.get(&S::MessageGroupId))
-            .map(String::as_str),
-        Some("all-events")
-    );
+    assert_eq!(group_id(&got[0]), Some("all-events"));
 
     let down = fifo().output(&["infra", "down", "--yes"]);
     assert_eq!(down.code, Some(0), "{}", down.all());

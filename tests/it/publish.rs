@@ -210,7 +210,6 @@ async fn an_invalid_mock_tenant_is_replaced_with_a_warning_naming_it() {
 
 #[tokio::test]
 async fn publish_to_a_fifo_queue_needs_a_group_id_and_sends_with_it() {
-    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let fifo = fifo_queue_with_dlq(&sqs, "it-publish-fifo", 3).await;
@@ -267,25 +266,11 @@ async fn publish_to_a_fifo_queue_needs_a_group_id_and_sends_with_it() {
                 .to_owned()
         })
         .collect();
-    let got = sqs
-        .receive_message()
-        .queue_url(&fifo.url)
-        .max_number_of_messages(10)
-        .message_system_attribute_names(S::MessageGroupId)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let got = receive_grouped(&sqs, &fifo.url, 30).await;
     let received: Vec<String> = got
         .iter()
         .map(|m| {
-            assert_eq!(
-                m.attributes()
-                    .and_then(|a| a.get(&S::MessageGroupId))
-                    .map(String::as_str),
-                Some("tenant-a")
-            );
+            assert_eq!(group_id(m), Some("tenant-a"));
             conveyor::input::eventbridge::decode(m.body().unwrap())
                 .unwrap()
                 .id
