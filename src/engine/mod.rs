@@ -348,7 +348,8 @@ impl Consumer {
 }
 
 /// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
-/// its own task at once (a message never waits for its batch-mates), repeat.
+/// its own task at once (a message never waits for its batch-mates) or, on a FIFO queue, to its
+/// group's lane; repeat.
 async fn poll(
     index: usize,
     queue: Arc<Queue>,
