@@ -114,6 +114,7 @@ pub async fn start_with(
             grace: Duration::from_secs(config.shutdown.grace_secs),
             call_timeout: Duration::from_secs(config.aws.call_timeout_secs),
             readiness: readiness.clone(),
+            clock: engine::Clock::System,
         };
         for (name, queue) in &config.queues {
             let dispatcher = Dispatcher::new(

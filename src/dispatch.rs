@@ -310,15 +310,21 @@ fn poison(e: input::PoisonError) -> Outcome {
 
 /// One outcome for a message that carried several events (an S3 notification's records): any
 /// retry retries the message (events already done are skipped by the ledger next time), else
-/// any dead letter dead-letters it, else it succeeded.
+/// any dead letter dead-letters it, else any deferral defers it (until the latest), else it
+/// succeeded.
 fn combine(outcomes: Vec<Outcome>) -> Outcome {
+    let rank = |o: &Outcome| match o {
+        Outcome::Success => 0,
+        Outcome::Defer { .. } => 1,
+        Outcome::DeadLetter { .. } => 2,
+        Outcome::Retry { .. } => 3,
+    };
     let mut combined = Outcome::Success;
     for outcome in outcomes {
         combined = match (&combined, &outcome) {
-            (Outcome::Retry { .. }, _) => combined,
-            (_, Outcome::Retry { .. }) => outcome,
-            (Outcome::DeadLetter { .. }, _) => combined,
-            _ => outcome,
+            (Outcome::Defer { until: a, .. }, Outcome::Defer { until: b, .. }) if b > a => outcome,
+            _ if rank(&outcome) > rank(&combined) => outcome,
+            _ => combined,
         };
     }
     combined
@@ -643,6 +649,32 @@ mod tests {
         assert!(!Pattern::parse("EnvelopeV1.*").matches("BatchProcessingCompleted"));
         assert!(Pattern::parse("BatchProcessingCompleted").matches("BatchProcessingCompleted"));
         assert!(!Pattern::parse("Batch").matches("BatchProcessingCompleted"));
+    }
+
+    #[test]
+    fn a_message_of_several_events_takes_its_most_serious_outcome() {
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let defer = |secs| Outcome::Defer {
+            until: at(secs),
+            reason: "later".into(),
+        };
+        let dead = || Outcome::DeadLetter {
+            reason: "bad".into(),
+            label: "permanent",
+            pipeline: None,
+        };
+        let retry = || Outcome::Retry {
+            reason: "down".into(),
+            pipeline: None,
+            after: None,
+            outage: false,
+        };
+        assert_eq!(combine(vec![]), Outcome::Success);
+        assert_eq!(combine(vec![Outcome::Success, defer(5)]), defer(5));
+        assert_eq!(combine(vec![defer(5), Outcome::Success]), defer(5));
+        assert_eq!(combine(vec![defer(5), defer(9), defer(7)]), defer(9));
+        assert_eq!(combine(vec![defer(5), dead(), Outcome::Success]), dead());
+        assert_eq!(combine(vec![dead(), retry(), defer(5)]), retry());
     }
 
     #[test]

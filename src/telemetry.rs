@@ -100,6 +100,7 @@ pub const DEADLINES_EXCEEDED: &str = "conveyor_deadlines_exceeded_total";
 pub const BREAKER_STATE: &str = "conveyor_breaker_state";
 pub const QUEUE_PAUSED: &str = "conveyor_queue_paused";
 pub const MESSAGES_REQUEUED: &str = "conveyor_messages_requeued_total";
+pub const MESSAGES_DEFERRED: &str = "conveyor_messages_deferred_total";
 pub const DEAD_LETTERS_REFUSED: &str = "conveyor_dead_letters_refused_total";
 pub const FIFO_GROUPS_ACTIVE: &str = "conveyor_fifo_groups_active";
 pub const FIFO_RELEASED_AFTER_FAILURE: &str = "conveyor_fifo_released_after_failure_total";
@@ -281,6 +282,11 @@ pub fn queue_paused(queue: &str, paused: bool) {
 /// was sent back to its queue as a fresh copy instead of being dead-lettered.
 pub fn message_requeued(queue: &str) {
     metrics::counter!(MESSAGES_REQUEUED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// A message was deferred: sent back as a delayed copy (or, on FIFO, hidden) until its time.
+pub fn message_deferred(queue: &str) {
+    metrics::counter!(MESSAGES_DEFERRED, "queue" => queue.to_owned()).increment(1);
 }
 
 /// A message could not be dead-lettered: its body alone is larger than the DLQ accepts.

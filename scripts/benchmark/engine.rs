@@ -88,6 +88,7 @@ async fn engine(n: usize, handler: Arc<dyn Handler>) -> (Duration, Duration) {
         grace: Duration::from_secs(5),
         call_timeout: Duration::from_secs(10),
         readiness: Default::default(),
+        clock: Default::default(),
     };
     let (cpu0, wall0) = (cpu(), Instant::now());
     let consumer = Consumer::start("bench", queue_config(&url), handler, &context)

@@ -23,6 +23,12 @@ use crate::telemetry::{self, SqsOp};
 const MAX_ATTRIBUTES: usize = 10;
 /// How often a message was sent back to its queue by [`requeue`].
 const REQUEUES_ATTRIBUTE: &str = "conveyor.requeues";
+/// On a deferred copy: when it may be handled (Unix milliseconds).
+const DEFER_UNTIL_ATTRIBUTE: &str = "conveyor.defer_until";
+/// On a deferred copy: how often a handler deferred the message.
+const DEFERRALS_ATTRIBUTE: &str = "conveyor.deferrals";
+/// SQS's DelaySeconds maximum.
+const MAX_DELAY_SECS: u32 = 900;
 /// Longest `conveyor.error` written to the DLQ; reasons are one line, but a pipeline may
 /// produce a long one.
 const MAX_REASON_CHARS: usize = 1024;
@@ -41,6 +47,8 @@ enum Verdict {
         reason: String,
         after: Option<Duration>,
     },
+    /// A deferred copy back before its time: deferred again, unhandled.
+    Hop { until: std::time::SystemTime },
 }
 
 /// What was applied, for the message's log line.
@@ -53,6 +61,9 @@ enum Applied {
     DeadLettered,
     Released,
     Requeued {
+        delay_secs: u32,
+    },
+    Deferred {
         delay_secs: u32,
     },
     LeaseLost,
@@ -145,12 +156,20 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
             .map(str::to_owned),
         group_id,
         receive_count,
+        deferrals: number_attribute(&message, DEFERRALS_ATTRIBUTE).unwrap_or(0) as u32,
         labels: Default::default(),
     });
 
-    // Decide.
+    // Decide. A deferred copy that came back before its time (a deferral longer than SQS's
+    // 15-minute delay) is deferred again without the handler seeing it.
     let deadline = queue.config.deadline();
-    let verdict = tokio::select! {
+    let still_deferred = number_attribute(&message, DEFER_UNTIL_ATTRIBUTE)
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .filter(|until| *until > queue.clock.now());
+    let verdict = if let Some(until) = still_deferred {
+        Verdict::Hop { until }
+    } else {
+        tokio::select! {
         biased;
         () = lease.lost() => Verdict::LeaseLost,
         () = queue.abandon.cancelled() => Verdict::Release,
@@ -171,11 +190,14 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
                 }
             }))
         }
+        }
     };
-    queue
-        .endpoint
-        .metrics
-        .handler_finished(received_at.elapsed().as_secs_f64());
+    if still_deferred.is_none() {
+        queue
+            .endpoint
+            .metrics
+            .handler_finished(received_at.elapsed().as_secs_f64());
+    }
 
     // A retry at the queue's maxReceiveCount is dead-lettered here, with the reason, rather
     // than left to SQS's native redrive, which would move it without one — unless only a
@@ -221,6 +243,22 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
             };
             (requeue(&queue, original, after).await, Some(reason))
         }
+        Verdict::Decided(Outcome::Defer { until, reason }) => {
+            let original = Original {
+                message: &message,
+                received: &received,
+                receipt: &receipt,
+            };
+            (defer(&queue, original, until, true).await, Some(reason))
+        }
+        Verdict::Hop { until } => {
+            let original = Original {
+                message: &message,
+                received: &received,
+                receipt: &receipt,
+            };
+            (defer(&queue, original, until, false).await, None)
+        }
         Verdict::Decided(Outcome::DeadLetter {
             reason,
             label,
@@ -257,6 +295,14 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
         Applied::Requeued { delay_secs } => {
             tracing::warn!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "requeued", delay_secs, latency_ms, reason = reason.as_deref().unwrap_or_default(), "a dependency outage spent the message's receives: sent back to the queue as a fresh copy, not dead-lettered")
         }
+        Applied::Deferred { delay_secs } => match &reason {
+            Some(reason) => {
+                tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "deferred", delay_secs, latency_ms, reason, "message deferred")
+            }
+            None => {
+                tracing::debug!(queue = %queue.name, message_id, outcome = "deferred", delay_secs, "deferred message not due yet: deferred again")
+            }
+        },
         Applied::Released => {
             tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "released", latency_ms, "message released at shutdown")
         }
@@ -269,7 +315,7 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
     }
     match applied {
         Applied::Deleted | Applied::DeadLettered => Next::Continue,
-        Applied::Retried { delay_secs } => Next::Stop {
+        Applied::Retried { delay_secs } | Applied::Deferred { delay_secs } => Next::Stop {
             come_back_in_secs: delay_secs,
         },
         _ => Next::Stop {
@@ -335,8 +381,6 @@ async fn retry(
 /// (at most SQS's 900 s DelaySeconds) — and the original deleted. If the send fails, it is
 /// retried as usual (and native redrive may then move it: nothing is lost either way).
 async fn requeue(queue: &Queue, original: Original<'_>, after: Option<Duration>) -> Applied {
-    /// SQS's DelaySeconds maximum.
-    const MAX_DELAY_SECS: u32 = 900;
     let Original {
         message,
         received,
@@ -390,6 +434,101 @@ async fn requeue(queue: &Queue, original: Original<'_>, after: Option<Duration>)
         Applied::Deleted => Applied::Requeued { delay_secs },
         // The copy is in the queue; the original comes back too and is deduplicated by the
         // ledger like any redelivery.
+        other => other,
+    }
+}
+
+/// Defers the message until `until` without spending a receive: a copy delayed by at most
+/// SQS's 15 minutes, carrying `conveyor.defer_until` (so that a copy back before its time is
+/// deferred again) and `conveyor.deferrals` (counted when a handler deferred, not on the
+/// engine's own hops), then the original deleted. On a FIFO queue (no per-message delay), or
+/// when the copy cannot be sent or has no room for its two attributes, the message is hidden
+/// until then instead (at most 12 hours; a receive is spent).
+async fn defer(
+    queue: &Queue,
+    original: Original<'_>,
+    until: std::time::SystemTime,
+    by_handler: bool,
+) -> Applied {
+    let Original {
+        message,
+        received,
+        receipt,
+    } = original;
+    let remaining_secs = until
+        .duration_since(queue.clock.now())
+        .unwrap_or_default()
+        .as_secs_f64()
+        .ceil() as u64;
+    let hide = |why: &str| {
+        let secs = remaining_secs.min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32;
+        if !why.is_empty() {
+            tracing::warn!(queue = %queue.name, message_id = %received.message_id, why, "deferring by visibility instead of a delayed copy: the message counts a receive");
+        }
+        async move {
+            apply(
+                queue,
+                receipt,
+                Action::SetVisibility(secs),
+                Applied::Deferred { delay_secs: secs },
+            )
+            .await
+        }
+    };
+    if queue.fifo {
+        telemetry::message_deferred(&queue.name);
+        return hide("").await;
+    }
+    let mut attributes = message.message_attributes.clone().unwrap_or_default();
+    attributes.remove(DEFER_UNTIL_ATTRIBUTE);
+    let deferrals = attributes
+        .remove(DEFERRALS_ATTRIBUTE)
+        .and_then(|v| v.string_value.and_then(|s| s.parse::<u64>().ok()))
+        .unwrap_or(0)
+        + u64::from(by_handler);
+    if attributes.len() + 2 > MAX_ATTRIBUTES {
+        return hide(
+            "the message has no room for conveyor's two deferral attributes (SQS allows 10)",
+        )
+        .await;
+    }
+    let until_ms = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    for (name, value) in [
+        (DEFER_UNTIL_ATTRIBUTE, until_ms.to_string()),
+        (DEFERRALS_ATTRIBUTE, deferrals.to_string()),
+    ] {
+        attributes.insert(
+            name.to_owned(),
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(value)
+                .build()
+                .expect("data type is set"),
+        );
+    }
+    let delay_secs = remaining_secs.min(u64::from(MAX_DELAY_SECS)) as u32;
+    queue.endpoint.metrics.request(SqsOp::SendMessage);
+    let send = queue
+        .api
+        .send(&queue.url, &received.body, attributes, delay_secs, None);
+    let sent = tokio::select! {
+        () = queue.abandon.cancelled() => return release(queue, receipt).await,
+        sent = send => sent,
+    };
+    if let Err(error) = sent {
+        queue.endpoint.metrics.error(SqsOp::SendMessage);
+        tracing::error!(queue = %queue.name, %error, "sending the deferred copy failed");
+        telemetry::message_deferred(&queue.name);
+        return hide("the delayed copy could not be sent").await;
+    }
+    telemetry::message_deferred(&queue.name);
+    match delete(queue, receipt).await {
+        Applied::Deleted => Applied::Deferred { delay_secs },
+        // The copy is in the queue; the original comes back too, and the ledger deduplicates
+        // whichever is handled second.
         other => other,
     }
 }
@@ -655,6 +794,17 @@ fn string_attributes(message: &Message) -> std::collections::BTreeMap<String, St
         .flatten()
         .filter_map(|(name, v)| Some((name.clone(), v.string_value.clone()?)))
         .collect()
+}
+
+/// A message attribute holding a whole number (conveyor's own counters and instants).
+fn number_attribute(message: &Message, name: &str) -> Option<u64> {
+    message
+        .message_attributes
+        .as_ref()?
+        .get(name)?
+        .string_value()?
+        .parse()
+        .ok()
 }
 
 fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> Option<&str> {

@@ -56,6 +56,16 @@ pub enum Outcome {
         /// instead of being dead-lettered (its queue pauses meanwhile; see `breaker`).
         outage: bool,
     },
+    /// Not now: handle it again no sooner than `until`, without spending a receive. The engine
+    /// sends a copy delayed by at most SQS's 15 minutes (again and again for a later `until`,
+    /// without handing it to the handler in between) and deletes the original, so a message may
+    /// wait hours — for a user's quiet hours, a rate limit — and never near the DLQ. On a FIFO
+    /// queue, which takes no per-message delay, the message is made visible again at `until`
+    /// instead (at most 12 hours), which does count a receive.
+    Defer {
+        until: std::time::SystemTime,
+        reason: String,
+    },
     /// Can never succeed: dead-letter now with the reason.
     DeadLetter {
         reason: String,
@@ -80,6 +90,8 @@ pub struct Received {
     pub group_id: Option<String>,
     /// `ApproximateReceiveCount`: 1 on the first delivery.
     pub receive_count: u32,
+    /// How often a handler deferred this message before ([`Outcome::Defer`]); 0 at first.
+    pub deferrals: u32,
     /// What the handler found out about the message, for the engine's log line about it.
     pub labels: std::sync::OnceLock<Labels>,
 }
@@ -124,6 +136,38 @@ pub struct Context {
     /// How long a non-polling SQS call may go unanswered before SQS counts as unresponsive.
     pub call_timeout: Duration,
     pub readiness: Readiness,
+    /// Wall-clock time, for deferrals ([`Outcome::Defer`]).
+    pub clock: Clock,
+}
+
+/// Wall-clock time as the engine reads it: the system's; in tests on tokio's paused clock, one
+/// that moves with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// `wall` at tokio's `at`, moving with tokio's clock.
+    Tokio {
+        wall: std::time::SystemTime,
+        at: Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that moves with tokio's, starting at the system's time now.
+    pub fn tokio() -> Self {
+        Clock::Tokio {
+            wall: std::time::SystemTime::now(),
+            at: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> std::time::SystemTime {
+        match self {
+            Clock::System => std::time::SystemTime::now(),
+            Clock::Tokio { wall, at } => *wall + at.elapsed(),
+        }
+    }
 }
 
 /// How a queue's tasks reach SQS and report on it.
@@ -176,6 +220,7 @@ struct Queue {
     lanes: Option<fifo::Lanes>,
     /// Cancelled when shutdown begins.
     draining: CancellationToken,
+    clock: Clock,
     /// Per poller, until when its receive in flight may take messages on SQS's side (`None`
     /// when it has none): a receive aborted at shutdown goes on there for the rest of its wait.
     open_receives: Mutex<Vec<Option<Instant>>>,
@@ -305,6 +350,7 @@ impl Consumer {
             fifo: info.fifo,
             lanes: info.fifo.then(|| fifo::Lanes::new(&name)),
             draining: context.shutdown.graceful.clone(),
+            clock: context.clock,
             open_receives: Mutex::new(vec![None; config.pollers as usize]),
             endpoint,
             config,

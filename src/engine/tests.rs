@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::memory::MemoryQueues;
-use super::{Consumer, Context, Handler, Outcome, Received};
+use super::{Clock, Consumer, Context, Handler, Outcome, Received};
 use crate::config::{Jitter, QueueConfig};
 use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
@@ -76,6 +76,7 @@ async fn start(
         grace,
         call_timeout: Duration::from_secs(10),
         readiness: Readiness::default(),
+        clock: Clock::tokio(),
     };
     let consumer = Consumer::start("test", config, handler, &context)
         .await
@@ -284,4 +285,53 @@ async fn permanent_failures_are_dead_lettered_at_once_and_outages_are_requeued_n
     assert_eq!(requeued[0].body, "outage");
     assert_eq!(requeued[0].attributes["conveyor.requeues"], "1");
     running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_message_comes_back_at_its_time_unhandled_in_between_and_without_spending_receives()
+ {
+    let (queues, url, dlq, config) = setup("defer");
+    queues.push(&url, "later", None);
+    let clock = Clock::tokio();
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = calls.clone();
+    let running = start(
+        &queues,
+        config,
+        handler(move |m| {
+            record
+                .lock()
+                .unwrap()
+                .push((m.receive_count, m.deferrals, Instant::now()));
+            let outcome = if m.deferrals == 0 {
+                // An hour: four times SQS's longest delay.
+                Outcome::Defer {
+                    until: clock.now() + Duration::from_secs(3600),
+                    reason: "quiet hours".into(),
+                }
+            } else {
+                Outcome::Success
+            };
+            Box::pin(async move { outcome })
+        }),
+        Duration::from_secs(25),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3000)).await;
+    assert_eq!(calls.lock().unwrap().len(), 1, "not before its time");
+    until("handled after its deferral", || queues.is_empty(&url)).await;
+    running.stop().await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "the copies in between were not handed over");
+    let waited = calls[1].2 - calls[0].2;
+    assert!(
+        waited >= Duration::from_secs(3600) && waited < Duration::from_secs(3602),
+        "{waited:?}"
+    );
+    assert_eq!(
+        (calls[1].0, calls[1].1),
+        (1, 1),
+        "a fresh copy (receive count 1), deferred once by the handler"
+    );
+    assert!(queues.is_empty(&dlq));
 }

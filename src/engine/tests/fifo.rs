@@ -16,7 +16,7 @@ use super::{handler, retry, start, until};
 use crate::config::{Jitter, QueueConfig};
 use crate::engine::memory::MemoryQueues;
 use crate::engine::queue::{EntryFailure, FifoIds, QueueApi, ReceiveError, SendError};
-use crate::engine::{Consumer, Context, DeadLetterQueue, Outcome};
+use crate::engine::{Clock, Consumer, Context, DeadLetterQueue, Outcome};
 use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
 use crate::sqs::{QueueInfo, QueueLookupError};
@@ -271,6 +271,7 @@ async fn a_fifo_queue_with_a_standard_dlq_does_not_start_and_the_error_names_bot
         grace: Duration::from_secs(1),
         call_timeout: Duration::from_secs(10),
         readiness: Readiness::default(),
+        clock: Clock::tokio(),
     };
     let config = QueueConfig {
         url: Some(fifo.clone()),
@@ -391,6 +392,7 @@ async fn receive_through(lose_answer: bool) -> (Vec<Option<String>>, Duration) {
         grace: Duration::from_secs(5),
         call_timeout: Duration::from_secs(10),
         readiness: Readiness::default(),
+        clock: Clock::tokio(),
     };
     let handled = Arc::new(AtomicU32::new(0));
     let count = handled.clone();
@@ -431,4 +433,43 @@ async fn a_throttled_receive_is_retried_with_a_new_attempt_id() {
     let (attempts, _) = receive_through(false).await;
     assert!(attempts[0].is_some() && attempts[1].is_some());
     assert_ne!(attempts[0], attempts[1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferral_on_a_fifo_queue_hides_the_message_and_holds_its_group() {
+    let (queues, url, _, config) = setup("later");
+    send_groups(&queues, &url, 1, 2);
+    let clock = Clock::tokio();
+    let handled: Spans = Arc::default();
+    let log = handled.clone();
+    let running = start(
+        &queues,
+        config,
+        handler(move |m| {
+            let now = Instant::now();
+            log.lock().unwrap().push((m.body.clone(), now, now));
+            let outcome = if m.body == "g0:0" && m.receive_count == 1 {
+                Outcome::Defer {
+                    until: clock.now() + Duration::from_secs(30),
+                    reason: "not yet".into(),
+                }
+            } else {
+                Outcome::Success
+            };
+            Box::pin(async move { outcome })
+        }),
+        Duration::from_secs(25),
+    )
+    .await;
+    until("both done", || queues.is_empty(&url)).await;
+    running.stop().await;
+    let handled = handled.lock().unwrap().clone();
+    let bodies: Vec<&str> = handled.iter().map(|(b, _, _)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["g0:0", "g0:0", "g0:1"],
+        "the group waited behind it"
+    );
+    let waited = handled[1].1 - handled[0].1;
+    assert!(waited >= Duration::from_secs(30), "{waited:?}");
 }
