@@ -3,10 +3,12 @@
 //!
 //! - `envelope_v1`: an EnvelopeV1 interaction (see `envelope`).
 //! - `batch_completed_v1`: a BatchProcessingCompleted v1.0 transcript.
+//! - `notification_event_v1`: a NotificationEvent v1 (`notify::event`).
+//! - `ranked_notification_v1`: a RankedNotification v1 (`notify::ranked`).
 //! - `json`: anything; pipelines get the payload untyped.
 //! - `auto` (the default): chosen per event by its type, as EventBridge publishers name them —
 //!   `EnvelopeV1.*` → `envelope_v1`, `BatchProcessingCompleted` → `batch_completed_v1`,
-//!   anything else → `json`.
+//!   `NotificationRequested` → `notification_event_v1`, anything else → `json`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +17,8 @@ use crate::envelope::{
     self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, FieldError, Interaction,
 };
 use crate::input::Event;
+use crate::notify::event::{NOTIFICATION_REQUESTED, NotificationEvent};
+use crate::notify::ranked::RankedNotification;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,17 +27,38 @@ pub enum Contract {
     Auto,
     EnvelopeV1,
     BatchCompletedV1,
+    NotificationEventV1,
+    RankedNotificationV1,
     Json,
 }
 
+/// What validation produced: the typed value a route's pipelines work on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Validated {
+    /// `json`: the payload as it came.
+    Untyped,
+    Interaction(Box<Interaction>),
+    Notification(Box<NotificationEvent>),
+    Ranked(Box<RankedNotification>),
+}
+
 impl Contract {
-    pub const ALL: &'static [&'static str] = &["auto", "envelope_v1", "batch_completed_v1", "json"];
+    pub const ALL: &'static [&'static str] = &[
+        "auto",
+        "envelope_v1",
+        "batch_completed_v1",
+        "notification_event_v1",
+        "ranked_notification_v1",
+        "json",
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Contract::Auto => "auto",
             Contract::EnvelopeV1 => "envelope_v1",
             Contract::BatchCompletedV1 => "batch_completed_v1",
+            Contract::NotificationEventV1 => "notification_event_v1",
+            Contract::RankedNotificationV1 => "ranked_notification_v1",
             Contract::Json => "json",
         }
     }
@@ -47,14 +72,16 @@ impl Contract {
             Contract::Auto if event.detail_type == BATCH_PROCESSING_COMPLETED => {
                 Contract::BatchCompletedV1
             }
+            Contract::Auto if event.detail_type == NOTIFICATION_REQUESTED => {
+                Contract::NotificationEventV1
+            }
             Contract::Auto => Contract::Json,
             other => other,
         }
     }
 
-    /// Validates the event's payload: the interaction for the interaction contracts, `None` for
-    /// `json`.
-    pub fn validate(self, event: &Event) -> Result<Option<Interaction>, FieldError> {
+    /// Validates the event's payload into its typed value.
+    pub fn validate(self, event: &Event) -> Result<Validated, FieldError> {
         let object = || match &event.payload {
             Value::Object(map) => Ok(map),
             _ => Err(FieldError {
@@ -62,16 +89,24 @@ impl Contract {
                 problem: "must be a JSON object".to_owned(),
             }),
         };
-        match self.for_event(event) {
-            Contract::EnvelopeV1 => {
-                envelope::parse_envelope_v1(object()?, event.payload_path, &event.detail_type)
-                    .map(Some)
-            }
+        let path = event.payload_path;
+        Ok(match self.for_event(event) {
+            Contract::EnvelopeV1 => Validated::Interaction(Box::new(envelope::parse_envelope_v1(
+                object()?,
+                path,
+                &event.detail_type,
+            )?)),
             Contract::BatchCompletedV1 => {
-                envelope::parse_batch_completed(object()?, event.payload_path).map(Some)
+                Validated::Interaction(Box::new(envelope::parse_batch_completed(object()?, path)?))
             }
-            Contract::Json | Contract::Auto => Ok(None),
-        }
+            Contract::NotificationEventV1 => {
+                Validated::Notification(Box::new(NotificationEvent::parse(object()?, path)?))
+            }
+            Contract::RankedNotificationV1 => {
+                Validated::Ranked(Box::new(RankedNotification::parse(object()?, path)?))
+            }
+            Contract::Json | Contract::Auto => Validated::Untyped,
+        })
     }
 }
 
@@ -100,8 +135,12 @@ mod tests {
             Contract::Auto.for_event(&event("Other", json!({}))),
             Contract::Json
         );
+        assert_eq!(
+            Contract::Auto.for_event(&event("NotificationRequested", json!({}))),
+            Contract::NotificationEventV1
+        );
         assert_eq!(Contract::Json.for_event(&e), Contract::Json);
-        assert_eq!(Contract::Json.validate(&e), Ok(None));
+        assert_eq!(Contract::Json.validate(&e), Ok(Validated::Untyped));
         let err = Contract::EnvelopeV1
             .validate(&event("", json!({})))
             .unwrap_err();

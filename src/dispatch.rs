@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admission, Breakers, Dependency};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
-use crate::contract::Contract;
+use crate::contract::{Contract, Validated};
 use crate::engine::{Handler, Labels, Outcome, Received};
 use crate::input::claim_check::{ClaimCheck, FetchError, Pointer};
 use crate::input::{self, Decoded, Event, Format};
@@ -266,8 +266,8 @@ impl Dispatcher {
         };
         let contract = route.contract.for_event(&event);
         labels.kind = contract.as_str();
-        let interaction = match route.contract.validate(&event) {
-            Ok(interaction) => interaction,
+        let validated = match route.contract.validate(&event) {
+            Ok(validated) => validated,
             Err(e) => {
                 let outcome = Outcome::DeadLetter {
                     reason: format!("invalid event: {e}"),
@@ -277,9 +277,20 @@ impl Dispatcher {
                 return (outcome, labels);
             }
         };
-        if let Some(i) = &interaction {
-            labels.tenant_id = Some(i.tenant_id.to_string());
-            labels.kind = i.interaction_type.as_str();
+        match &validated {
+            Validated::Interaction(i) => {
+                labels.tenant_id = Some(i.tenant_id.to_string());
+                labels.kind = i.interaction_type.as_str();
+            }
+            Validated::Notification(n) => {
+                labels.tenant_id = Some(n.tenant_id.to_string());
+                labels.event_id = Some(n.event_id.clone());
+            }
+            Validated::Ranked(r) => {
+                labels.tenant_id = Some(r.tenant_id.to_string());
+                labels.event_id = Some(r.event_id.clone());
+            }
+            Validated::Untyped => {}
         }
         let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
         let delivery = Arc::new(Delivery::new(
@@ -288,7 +299,7 @@ impl Dispatcher {
             message.receive_count,
             event,
             contract,
-            interaction,
+            validated,
         ));
         let mut results = run_stage(pipelines, &delivery, &self.ledger).await;
         // `after` pipelines (an announcement) run only once the work they report is done.

@@ -7,11 +7,13 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub use crate::fields::FieldError;
+use crate::fields::Fields;
 use crate::input::eventbridge::EventBridgeEvent;
 
 /// `detail-type` prefix of EnvelopeV1 events (`EnvelopeV1.transcript`, …).
@@ -121,14 +123,6 @@ pub struct Interaction {
     pub raw_transcript: Option<String>,
 }
 
-/// A field that failed validation: its path from the EventBridge event and the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {problem}")]
-pub struct FieldError {
-    pub path: String,
-    pub problem: String,
-}
-
 /// Parses the event's `detail` if its `detail-type` names an interaction event. `Ok(None)` for
 /// other detail-types (they may still be routed to pipelines that do not need one).
 pub fn parse(event: &EventBridgeEvent) -> Result<Option<Interaction>, FieldError> {
@@ -148,10 +142,7 @@ pub fn parse_envelope_v1(
     path: &str,
     event_type: &str,
 ) -> Result<Interaction, FieldError> {
-    let interaction = envelope_v1(&Fields {
-        path: path.to_owned(),
-        map: payload,
-    })?;
+    let interaction = envelope_v1(&Fields::new(path, payload))?;
     if let Some(suffix) = event_type.strip_prefix(ENVELOPE_V1_PREFIX)
         && suffix != interaction.interaction_type.as_str()
     {
@@ -173,10 +164,7 @@ pub fn parse_batch_completed(
     payload: &Map<String, Value>,
     path: &str,
 ) -> Result<Interaction, FieldError> {
-    batch_processing_completed(&Fields {
-        path: path.to_owned(),
-        map: payload,
-    })
+    batch_processing_completed(&Fields::new(path, payload))
 }
 
 fn envelope_v1(d: &Fields<'_>) -> Result<Interaction, FieldError> {
@@ -248,128 +236,6 @@ fn batch_processing_completed(d: &Fields<'_>) -> Result<Interaction, FieldError>
         account_id: d.optional_string("account_id")?.map(str::to_owned),
         raw_transcript: Some(data.string("raw_transcript")?.to_owned()),
     })
-}
-
-/// An object being validated, with its path for error messages.
-struct Fields<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
-}
-
-impl<'a> Fields<'a> {
-    fn error(&self, key: &str, problem: impl Into<String>) -> FieldError {
-        FieldError {
-            path: format!("{}.{key}", self.path),
-            problem: problem.into(),
-        }
-    }
-
-    /// The value, or `None` when absent or null.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn require(&self, key: &str) -> Result<&'a Value, FieldError> {
-        self.get(key).ok_or_else(|| self.error(key, "missing"))
-    }
-
-    fn string(&self, key: &str) -> Result<&'a str, FieldError> {
-        match self.require(key)? {
-            Value::String(s) => Ok(s),
-            other => Err(self.error(key, format!("expected a string, found {}", kind(other)))),
-        }
-    }
-
-    fn non_empty_string(&self, key: &str) -> Result<&'a str, FieldError> {
-        let s = self.string(key)?;
-        if s.trim().is_empty() {
-            return Err(self.error(key, "must not be empty"));
-        }
-        Ok(s)
-    }
-
-    fn optional_string(&self, key: &str) -> Result<Option<&'a str>, FieldError> {
-        self.get(key).map(|_| self.string(key)).transpose()
-    }
-
-    fn object(&self, key: &str) -> Result<Fields<'a>, FieldError> {
-        match self.require(key)? {
-            Value::Object(map) => Ok(Fields {
-                path: format!("{}.{key}", self.path),
-                map,
-            }),
-            other => Err(self.error(key, format!("expected an object, found {}", kind(other)))),
-        }
-    }
-
-    fn optional_object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>, FieldError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(map)),
-            Some(other) => {
-                Err(self.error(key, format!("expected an object, found {}", kind(other))))
-            }
-        }
-    }
-
-    fn uuid(&self, key: &str, require_v4: bool) -> Result<Uuid, FieldError> {
-        let s = self.string(key)?;
-        let id = Uuid::parse_str(s).map_err(|_| self.error(key, "not a UUID"))?;
-        if require_v4 && id.get_version_num() != 4 {
-            return Err(self.error(
-                key,
-                format!("must be a UUID v4, found version {}", id.get_version_num()),
-            ));
-        }
-        Ok(id)
-    }
-
-    fn optional_uuid(&self, key: &str) -> Result<Option<Uuid>, FieldError> {
-        self.get(key).map(|_| self.uuid(key, false)).transpose()
-    }
-
-    fn one_of<T>(
-        &self,
-        key: &str,
-        parse: fn(&str) -> Option<T>,
-        allowed: &[&str],
-    ) -> Result<T, FieldError> {
-        let s = self.string(key)?;
-        parse(s).ok_or_else(|| {
-            self.error(
-                key,
-                format!(
-                    "unknown variant {}, expected one of {}",
-                    crate::safe::token(s),
-                    allowed.join(", ")
-                ),
-            )
-        })
-    }
-
-    /// RFC 3339 with an offset (converted to UTC), or an ISO 8601 date-time without one (taken
-    /// as UTC, as the publishers' Python models do).
-    fn timestamp(&self, key: &str) -> Result<DateTime<Utc>, FieldError> {
-        let s = self.string(key)?;
-        if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-            return Ok(t.with_timezone(&Utc));
-        }
-        NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-            .map(|t| t.and_utc())
-            .map_err(|_| self.error(key, "not an ISO 8601 / RFC 3339 timestamp"))
-    }
-}
-
-/// JSON type names for "expected …, found …".
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 impl Interaction {

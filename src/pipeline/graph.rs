@@ -26,8 +26,9 @@ use serde_json::Value;
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::{Breakers, Dependency};
 use crate::contract::Contract;
-use crate::envelope::{Interaction, kind};
+use crate::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
+use crate::fields::kind;
 use crate::{bolt, telemetry};
 
 /// Transient conflicts are retried this many times in place, with a short random pause,

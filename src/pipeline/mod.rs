@@ -16,9 +16,11 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::breaker::Dependency;
-use crate::contract::Contract;
+use crate::contract::{Contract, Validated};
 use crate::envelope::Interaction;
 use crate::input::Event;
+use crate::notify::event::NotificationEvent;
+use crate::notify::ranked::RankedNotification;
 
 pub use announce::{Announce, announcement_id};
 pub use chaos::Chaos;
@@ -92,12 +94,17 @@ pub struct Delivery {
     pub contract: Contract,
     /// The validated interaction, for the `envelope_v1` and `batch_completed_v1` contracts.
     pub interaction: Option<Interaction>,
-    /// The idempotency key: `interaction_id` when present, else the event's id, else the SQS
-    /// message id. Never used alone: see `tenant`.
+    /// The validated notification, for the `notification_event_v1` contract.
+    pub notification: Option<Box<NotificationEvent>>,
+    /// The ranked notification, for the `ranked_notification_v1` contract.
+    pub ranked: Option<Box<RankedNotification>>,
+    /// The idempotency key: `interaction_id` when present (a notification's `eventId`), else
+    /// the event's id, else the SQS message id. Never used alone: see `tenant`.
     pub key: String,
-    /// Whose data this is: the tenant id of an interaction, empty for events that carry no
-    /// tenant. Every idempotency lookup (ledger, stored extractions, single-flight) is keyed
-    /// by (tenant, key), so two tenants reusing an `interaction_id` never share a result.
+    /// Whose data this is: the tenant id of an interaction or notification, empty for events
+    /// that carry no tenant. Every idempotency lookup (ledger, stored extractions,
+    /// single-flight) is keyed by (tenant, key), so two tenants reusing an id never share a
+    /// result.
     pub tenant: String,
 }
 
@@ -108,18 +115,33 @@ impl Delivery {
         receive_count: u32,
         event: Event,
         contract: Contract,
-        interaction: Option<Interaction>,
+        validated: Validated,
     ) -> Self {
-        let key = interaction
-            .as_ref()
-            .and_then(|i| i.interaction_id)
-            .map(|id| id.to_string())
+        let (mut interaction, mut notification, mut ranked) = (None, None, None);
+        let (key, tenant) = match validated {
+            Validated::Interaction(i) => {
+                let identity = (
+                    i.interaction_id.map(|id| id.to_string()),
+                    i.tenant_id.to_string(),
+                );
+                interaction = Some(*i);
+                identity
+            }
+            Validated::Notification(n) => {
+                let identity = (Some(n.event_id.clone()), n.tenant_id.to_string());
+                notification = Some(n);
+                identity
+            }
+            Validated::Ranked(r) => {
+                let identity = (Some(r.event_id.clone()), r.tenant_id.to_string());
+                ranked = Some(r);
+                identity
+            }
+            Validated::Untyped => (None, String::new()),
+        };
+        let key = key
             .or_else(|| event.id.clone())
             .unwrap_or_else(|| message_id.clone());
-        let tenant = interaction
-            .as_ref()
-            .map(|i| i.tenant_id.to_string())
-            .unwrap_or_default();
         Self {
             queue,
             message_id,
@@ -127,6 +149,8 @@ impl Delivery {
             event,
             contract,
             interaction,
+            notification,
+            ranked,
             key,
             tenant,
         }
