@@ -169,6 +169,30 @@ impl MemoryQueues {
         self.len(url) == 0
     }
 
+    /// Acts on each entry whose receipt handle is still current, as a batch call does: one
+    /// result per entry, in order. Wakes long polls afterwards (a FIFO group may be free now).
+    fn each_current<T>(
+        &self,
+        url: &str,
+        entries: Vec<(&str, T)>,
+        mut act: impl FnMut(&mut MemoryQueue, u64, T),
+    ) -> Vec<Option<EntryFailure>> {
+        let mut state = self.lock();
+        let results = entries
+            .into_iter()
+            .map(|(receipt, value)| match state.by_receipt(url, receipt) {
+                Ok(id) => {
+                    act(state.queues.get_mut(url).expect("checked"), id, value);
+                    None
+                }
+                Err(failure) => Some(failure),
+            })
+            .collect();
+        drop(state);
+        self.changed.notify_waiters();
+        results
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -512,24 +536,12 @@ impl QueueApi for MemoryQueues {
         url: &'a str,
         receipts: Vec<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
+        let entries = receipts.into_iter().map(|r| (r, ())).collect();
         Box::pin(async move {
-            let mut state = self.lock();
-            let results = receipts
-                .into_iter()
-                .map(|receipt| match state.by_receipt(url, receipt) {
-                    Ok(id) => {
-                        let queue = state.queues.get_mut(url).expect("checked");
-                        queue.messages.remove(&id);
-                        queue.order.remove(&id);
-                        None
-                    }
-                    Err(failure) => Some(failure),
-                })
-                .collect();
-            drop(state);
-            // A FIFO group may be free now.
-            self.changed.notify_waiters();
-            Ok(results)
+            Ok(self.each_current(url, entries, |queue, id, ()| {
+                queue.messages.remove(&id);
+                queue.order.remove(&id);
+            }))
         })
     }
 
@@ -540,21 +552,9 @@ impl QueueApi for MemoryQueues {
     ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>> {
         Box::pin(async move {
             let now = Instant::now();
-            let mut state = self.lock();
-            let results = entries
-                .into_iter()
-                .map(|(receipt, secs)| match state.by_receipt(url, receipt) {
-                    Ok(id) => {
-                        let queue = state.queues.get_mut(url).expect("checked");
-                        queue.hide(id, now + Duration::from_secs(secs.into()));
-                        None
-                    }
-                    Err(failure) => Some(failure),
-                })
-                .collect();
-            drop(state);
-            self.changed.notify_waiters();
-            Ok(results)
+            Ok(self.each_current(url, entries, |queue, id, secs| {
+                queue.hide(id, now + Duration::from_secs(secs.into()));
+            }))
         })
     }
 

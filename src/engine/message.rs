@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::backoff;
 use super::batch::Action;
 use super::lease::LeaseGuard;
-use super::queue::FifoIds;
+use super::queue::{FifoIds, SendError};
 use super::{Labels, Outcome, Queue, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::telemetry::{self, SqsOp};
@@ -397,44 +397,23 @@ async fn requeue(queue: &Queue, original: Original<'_>, after: Option<Duration>)
             .min(MAX_DELAY_SECS)
     };
     let mut attributes = message.message_attributes.clone().unwrap_or_default();
-    let requeues = attributes
-        .remove(REQUEUES_ATTRIBUTE)
-        .and_then(|v| v.string_value.and_then(|s| s.parse::<u64>().ok()))
-        .unwrap_or(0)
-        + 1;
+    let requeues = take_counter(&mut attributes, REQUEUES_ATTRIBUTE) + 1;
     if attributes.len() < MAX_ATTRIBUTES {
-        attributes.insert(
-            REQUEUES_ATTRIBUTE.to_owned(),
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(requeues.to_string())
-                .build()
-                .expect("data type is set"),
-        );
+        attributes.insert(REQUEUES_ATTRIBUTE.to_owned(), number(requeues));
     }
-    queue.endpoint.metrics.request(SqsOp::SendMessage);
-    let send = queue.api.send(
-        &queue.url,
-        &received.body,
-        attributes,
-        delay_secs,
-        fifo_ids(queue, received),
-    );
-    let sent = tokio::select! {
-        () = queue.abandon.cancelled() => return release(queue, receipt).await,
-        sent = send => sent,
-    };
-    if let Err(error) = sent {
-        queue.endpoint.metrics.error(SqsOp::SendMessage);
-        tracing::error!(queue = %queue.name, %error, "sending the fresh copy failed; retrying the original instead");
-        return retry(queue, receipt, receive_count, after).await;
-    }
-    telemetry::message_requeued(&queue.name);
-    match delete(queue, receipt).await {
-        Applied::Deleted => Applied::Requeued { delay_secs },
-        // The copy is in the queue; the original comes back too and is deduplicated by the
-        // ledger like any redelivery.
-        other => other,
+    match replace_with_copy(queue, receipt, received, attributes, delay_secs).await {
+        Ok(applied) => {
+            telemetry::message_requeued(&queue.name);
+            match applied {
+                Applied::Deleted => Applied::Requeued { delay_secs },
+                other => other,
+            }
+        }
+        Err(NotReplaced::Abandoned(applied)) => applied,
+        Err(NotReplaced::Failed(error)) => {
+            tracing::error!(queue = %queue.name, %error, "sending the fresh copy failed; retrying the original instead");
+            retry(queue, receipt, receive_count, after).await
+        }
     }
 }
 
@@ -455,82 +434,102 @@ async fn defer(
         received,
         receipt,
     } = original;
+    telemetry::message_deferred(&queue.name);
     let remaining_secs = until
         .duration_since(queue.clock.now())
         .unwrap_or_default()
         .as_secs_f64()
         .ceil() as u64;
-    let hide = |why: &str| {
-        let secs = remaining_secs.min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32;
-        if !why.is_empty() {
+    // By visibility: on FIFO by design; otherwise a fallback, said why.
+    let hide = |fallback: Option<&str>| {
+        if let Some(why) = fallback {
             tracing::warn!(queue = %queue.name, message_id = %received.message_id, why, "deferring by visibility instead of a delayed copy: the message counts a receive");
         }
-        async move {
-            apply(
-                queue,
-                receipt,
-                Action::SetVisibility(secs),
-                Applied::Deferred { delay_secs: secs },
-            )
-            .await
-        }
+        let secs = remaining_secs.min(u64::from(SQS_MAX_VISIBILITY_SECS)) as u32;
+        let applied = Applied::Deferred { delay_secs: secs };
+        apply(queue, receipt, Action::SetVisibility(secs), applied)
     };
     if queue.fifo {
-        telemetry::message_deferred(&queue.name);
-        return hide("").await;
+        return hide(None).await;
     }
     let mut attributes = message.message_attributes.clone().unwrap_or_default();
     attributes.remove(DEFER_UNTIL_ATTRIBUTE);
-    let deferrals = attributes
-        .remove(DEFERRALS_ATTRIBUTE)
-        .and_then(|v| v.string_value.and_then(|s| s.parse::<u64>().ok()))
-        .unwrap_or(0)
-        + u64::from(by_handler);
+    let deferrals = take_counter(&mut attributes, DEFERRALS_ATTRIBUTE) + u64::from(by_handler);
     if attributes.len() + 2 > MAX_ATTRIBUTES {
-        return hide(
-            "the message has no room for conveyor's two deferral attributes (SQS allows 10)",
-        )
+        return hide(Some(
+            "no room for conveyor's two deferral attributes (SQS allows 10)",
+        ))
         .await;
     }
     let until_ms = until
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    for (name, value) in [
-        (DEFER_UNTIL_ATTRIBUTE, until_ms.to_string()),
-        (DEFERRALS_ATTRIBUTE, deferrals.to_string()),
-    ] {
-        attributes.insert(
-            name.to_owned(),
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(value)
-                .build()
-                .expect("data type is set"),
-        );
-    }
+    attributes.insert(DEFER_UNTIL_ATTRIBUTE.to_owned(), number(until_ms));
+    attributes.insert(DEFERRALS_ATTRIBUTE.to_owned(), number(deferrals));
     let delay_secs = remaining_secs.min(u64::from(MAX_DELAY_SECS)) as u32;
+    match replace_with_copy(queue, receipt, received, attributes, delay_secs).await {
+        Ok(Applied::Deleted) => Applied::Deferred { delay_secs },
+        Ok(other) | Err(NotReplaced::Abandoned(other)) => other,
+        Err(NotReplaced::Failed(error)) => {
+            tracing::error!(queue = %queue.name, %error, "sending the deferred copy failed");
+            hide(Some("the delayed copy could not be sent")).await
+        }
+    }
+}
+
+/// Why a copy did not replace the original.
+enum NotReplaced {
+    /// Shutdown's grace period ran out first: the original was released instead (applied).
+    Abandoned(Applied),
+    Failed(SendError),
+}
+
+/// Sends a copy of the message — its body as received, `attributes` — to its own queue,
+/// delayed by `delay_secs`, then deletes the original; returns what the delete applied. A
+/// failed delete leaves the original to come back too, deduplicated by the ledger like any
+/// redelivery.
+async fn replace_with_copy(
+    queue: &Queue,
+    receipt: &str,
+    received: &Received,
+    attributes: HashMap<String, MessageAttributeValue>,
+    delay_secs: u32,
+) -> Result<Applied, NotReplaced> {
     queue.endpoint.metrics.request(SqsOp::SendMessage);
-    let send = queue
-        .api
-        .send(&queue.url, &received.body, attributes, delay_secs, None);
+    let send = queue.api.send(
+        &queue.url,
+        &received.body,
+        attributes,
+        delay_secs,
+        fifo_ids(queue, received),
+    );
     let sent = tokio::select! {
-        () = queue.abandon.cancelled() => return release(queue, receipt).await,
+        () = queue.abandon.cancelled() => return Err(NotReplaced::Abandoned(release(queue, receipt).await)),
         sent = send => sent,
     };
     if let Err(error) = sent {
         queue.endpoint.metrics.error(SqsOp::SendMessage);
-        tracing::error!(queue = %queue.name, %error, "sending the deferred copy failed");
-        telemetry::message_deferred(&queue.name);
-        return hide("the delayed copy could not be sent").await;
+        return Err(NotReplaced::Failed(error));
     }
-    telemetry::message_deferred(&queue.name);
-    match delete(queue, receipt).await {
-        Applied::Deleted => Applied::Deferred { delay_secs },
-        // The copy is in the queue; the original comes back too, and the ledger deduplicates
-        // whichever is handled second.
-        other => other,
-    }
+    Ok(delete(queue, receipt).await)
+}
+
+/// Removes one of conveyor's counters from `attributes`, returning its value (0 when absent).
+fn take_counter(attributes: &mut HashMap<String, MessageAttributeValue>, name: &str) -> u64 {
+    attributes
+        .remove(name)
+        .and_then(|v| v.string_value?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `Number` message attribute.
+fn number(value: impl ToString) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(value.to_string())
+        .build()
+        .expect("data type is set")
 }
 
 /// A copy of a FIFO queue's message keeps its group; its deduplication id is the original's
@@ -730,14 +729,7 @@ fn dead_letter_attributes(
         ("conveyor.error", string(&reason)),
         // SQS rejects empty attribute values.
         ("conveyor.pipeline", string(pipeline.unwrap_or("none"))),
-        (
-            "conveyor.receive_count",
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(receive_count.to_string())
-                .build()
-                .expect("data type is set"),
-        ),
+        ("conveyor.receive_count", number(receive_count)),
         ("conveyor.first_received_at", string(&first_received_at)),
         ("conveyor.source_queue", string(source_queue)),
     ];
