@@ -36,6 +36,10 @@ pub enum Dependency {
     Graph,
     Model,
     EventBridge,
+    /// SQS as a destination: the notification stages sending to the next stage's queue.
+    Sqs,
+    /// S3: the notification drops `notify-ingest` reads.
+    S3,
 }
 
 impl Dependency {
@@ -45,6 +49,8 @@ impl Dependency {
             Dependency::Graph => "graph",
             Dependency::Model => "model",
             Dependency::EventBridge => "eventbridge",
+            Dependency::Sqs => "sqs",
+            Dependency::S3 => "s3",
         }
     }
 }

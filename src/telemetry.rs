@@ -104,6 +104,12 @@ pub const MESSAGES_DEFERRED: &str = "conveyor_messages_deferred_total";
 pub const DEAD_LETTERS_REFUSED: &str = "conveyor_dead_letters_refused_total";
 pub const FIFO_GROUPS_ACTIVE: &str = "conveyor_fifo_groups_active";
 pub const FIFO_RELEASED_AFTER_FAILURE: &str = "conveyor_fifo_released_after_failure_total";
+pub const NOTIFY_DROPS: &str = "conveyor_notify_drops_total";
+pub const NOTIFY_INGESTED: &str = "conveyor_notify_ingested_total";
+pub const NOTIFY_REJECTED: &str = "conveyor_notify_rejected_total";
+pub const NOTIFY_SCORES: &str = "conveyor_notify_scores_total";
+pub const NOTIFY_RANKED: &str = "conveyor_notify_ranked_total";
+pub const NOTIFY_DEFERRED: &str = "conveyor_notify_deferred_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -361,6 +367,40 @@ pub fn graph_written(seconds: f64) {
 
 pub fn projection_written(seconds: f64) {
     metrics::histogram!(PROJECTION_WRITE_DURATION).record(seconds);
+}
+
+/// A drop (an S3 object) read by `notify-ingest`: `read`, or `skipped` (a rejects object,
+/// an event other than ObjectCreated).
+pub fn notify_drop(result: &'static str) {
+    metrics::counter!(NOTIFY_DROPS, "result" => result).increment(1);
+}
+
+/// Lines of drops: `accepted` (sent to the incoming queue) or `rejected`.
+pub fn notify_ingested(result: &'static str, lines: u64) {
+    metrics::counter!(NOTIFY_INGESTED, "result" => result).increment(lines);
+}
+
+/// A rejected line: `reason` is `not_json`, `not_an_object`, `too_long` or `invalid`; `field`
+/// the top-level field an `invalid` line failed on (`user`, `content`, …), else empty.
+pub fn notify_rejected(reason: &'static str, field: &str) {
+    metrics::counter!(NOTIFY_REJECTED, "reason" => reason, "field" => field.to_owned())
+        .increment(1);
+}
+
+/// A score asked for: `stored` (reused), `rules` or `model` (computed now), or `failed`.
+pub fn notify_scored(result: &'static str) {
+    metrics::counter!(NOTIFY_SCORES, "result" => result).increment(1);
+}
+
+/// A notification ranked and sent to the priority queue.
+pub fn notify_ranked(channel: &'static str, priority: u8) {
+    metrics::counter!(NOTIFY_RANKED, "channel" => channel, "priority" => priority.to_string())
+        .increment(1);
+}
+
+/// A notification held back: `quiet_hours` (its `sendAfter` is their end).
+pub fn notify_deferred(reason: &'static str) {
+    metrics::counter!(NOTIFY_DEFERRED, "reason" => reason).increment(1);
 }
 
 /// A message in flight (received, its outcome not yet applied), counted in `conveyor_in_flight`

@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod health;
 pub mod infra;
 pub mod migrate;
+pub mod notify;
 pub mod policy;
 pub mod publish;
 pub mod run;
@@ -79,6 +80,9 @@ pub enum Command {
     /// (the daemon's task role), `publish` or `infra` (operators, CI). One document per role:
     /// the daemon never holds what provisioning needs.
     Policy(policy::Args),
+    /// The notification system: publish a NotificationEvent (send), upload a JSON-lines drop
+    /// (drop), read and write users' preferences (prefs get|set|import).
+    Notify(notify::Args),
     /// Inspect a queue's dead-letter queue (stats, peek) and move messages back (redrive).
     Dlq(dlq::Args),
     /// Ask the running daemon's ops listener (ops.listen_addr) whether it is alive (/healthz)
@@ -113,6 +117,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(&config, *args).await,
         Command::Policy(args) => policy::run(&config, args).await,
         Command::Dlq(args) => dlq::run(&config, args).await,
+        Command::Notify(args) => notify::run(&config, args).await,
         Command::Health(args) => health::run(&config, args).await,
     }
 }

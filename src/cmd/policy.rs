@@ -61,6 +61,22 @@ pub struct Resources {
     pub infra_queue: String,
     pub infra_dlq: String,
     pub infra_rule: String,
+    /// `[notify]`: the stages' bucket, queues and rule, and which stages this daemon runs.
+    pub notify: Option<NotifyResources>,
+}
+
+/// The notification stages' resources.
+#[derive(Debug, Clone)]
+pub struct NotifyResources {
+    pub bucket: String,
+    pub ingest_queue: String,
+    pub incoming_queue: String,
+    pub priority_queue: String,
+    pub rule: String,
+    /// A route runs `notify-ingest` (reads drops, writes rejects, sends to `incoming`).
+    pub runs_ingest: bool,
+    /// A route runs `notify-rank` (sends to `priority`).
+    pub runs_rank: bool,
 }
 
 /// SQS's AWS managed key: its key policy already lets every principal of the account use it
@@ -80,6 +96,10 @@ impl Resources {
     }
 
     fn rule_arn(&self) -> String {
+        self.named_rule_arn(&self.infra_rule)
+    }
+
+    fn named_rule_arn(&self, rule: &str) -> String {
         // Rules on the default bus have no bus segment in their ARN.
         let bus = if self.bus == "default" {
             String::new()
@@ -87,8 +107,8 @@ impl Resources {
             format!("{}/", self.bus)
         };
         format!(
-            "arn:aws:events:{}:{}:rule/{bus}{}",
-            self.region, self.account, self.infra_rule
+            "arn:aws:events:{}:{}:rule/{bus}{rule}",
+            self.region, self.account
         )
     }
 
@@ -122,12 +142,24 @@ impl Resources {
 pub fn document(r: &Resources, role: Role) -> Value {
     let statements = match role {
         Role::Run => run_statements(r),
-        Role::Publish => vec![json!({
-            "Sid": "Publish",
-            "Effect": "Allow",
-            "Action": ["events:PutEvents"],
-            "Resource": [r.bus_arn(&r.bus)],
-        })],
+        Role::Publish => {
+            let mut statements = vec![json!({
+                "Sid": "Publish",
+                "Effect": "Allow",
+                "Action": ["events:PutEvents"],
+                "Resource": [r.bus_arn(&r.bus)],
+            })];
+            if let Some(n) = &r.notify {
+                statements.push(json!({
+                    "Sid": "PublishNotifyDrops",
+                    "Effect": "Allow",
+                    // `notify drop`: uploads, multipart for large files (aborted on failure).
+                    "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                    "Resource": [format!("arn:aws:s3:::{}/*", n.bucket)],
+                }));
+            }
+            statements
+        }
         Role::Infra => infra_statements(r),
     };
     json!({"Version": "2012-10-17", "Statement": statements})
@@ -182,6 +214,35 @@ fn run_statements(r: &Resources) -> Vec<Value> {
             "Resource": buckets,
         }));
     }
+    if let Some(n) = r.notify.as_ref().filter(|n| n.runs_ingest) {
+        statements.push(json!({
+            "Sid": "NotifyIngestDrops",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [format!("arn:aws:s3:::{}/*", n.bucket)],
+        }));
+        statements.push(json!({
+            "Sid": "NotifyIngestRejects",
+            "Effect": "Allow",
+            // Only the rejects objects next to the drops.
+            "Action": ["s3:PutObject"],
+            "Resource": [format!("arn:aws:s3:::{}/*{}", n.bucket, crate::notify::drop::REJECTS_SUFFIX)],
+        }));
+        statements.push(json!({
+            "Sid": "NotifyIngestSend",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
+            "Resource": [r.queue(&n.incoming_queue)],
+        }));
+    }
+    if let Some(n) = r.notify.as_ref().filter(|n| n.runs_rank) {
+        statements.push(json!({
+            "Sid": "NotifyRankSend",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
+            "Resource": [r.queue(&n.priority_queue)],
+        }));
+    }
     let (keys, by_alias) = r.kms();
     if !keys.is_empty() {
         statements.push(json!({
@@ -224,6 +285,39 @@ fn infra_statements(r: &Resources) -> Vec<Value> {
             "Resource": [r.rule_arn(), r.bus_arn(&r.bus)],
         }),
     ];
+    if let Some(n) = &r.notify {
+        let queues: Vec<String> = [&n.ingest_queue, &n.incoming_queue, &n.priority_queue]
+            .into_iter()
+            .flat_map(|q| {
+                [
+                    r.queue(q),
+                    r.queue(&crate::config::NotifyConfig::dlq_name(q)),
+                ]
+            })
+            .collect();
+        statements.push(json!({
+            "Sid": "InfraNotifyQueues",
+            "Effect": "Allow",
+            "Action": ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
+                       "sqs:SetQueueAttributes"],
+            "Resource": queues,
+        }));
+        statements.push(json!({
+            "Sid": "InfraNotifyRule",
+            "Effect": "Allow",
+            "Action": ["events:PutRule", "events:DescribeRule", "events:DeleteRule", "events:PutTargets",
+                       "events:RemoveTargets", "events:ListTargetsByRule"],
+            "Resource": [r.named_rule_arn(&n.rule)],
+        }));
+        statements.push(json!({
+            "Sid": "InfraNotifyBucket",
+            "Effect": "Allow",
+            // HeadBucket is authorised as ListBucket.
+            "Action": ["s3:CreateBucket", "s3:ListBucket", "s3:GetBucketNotification",
+                       "s3:PutBucketNotification"],
+            "Resource": [format!("arn:aws:s3:::{}", n.bucket)],
+        }));
+    }
     if r.bus != "default" {
         statements.push(json!({
             "Sid": "InfraBus",
@@ -319,6 +413,15 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
         infra_queue: config.infra.queue_name.clone(),
         infra_dlq: config.infra.dlq_name(),
         infra_rule: config.infra.rule_name.clone(),
+        notify: config.notify.as_ref().map(|n| NotifyResources {
+            bucket: n.bucket.clone(),
+            ingest_queue: n.ingest_queue.clone(),
+            incoming_queue: n.incoming_queue.clone(),
+            priority_queue: n.priority_queue.clone(),
+            rule: n.rule_name.clone(),
+            runs_ingest: config.routes_to("notify-ingest"),
+            runs_rank: config.routes_to("notify-rank"),
+        }),
     })
 }
 
@@ -344,6 +447,7 @@ mod tests {
             infra_queue: "events".into(),
             infra_dlq: "events-dlq".into(),
             infra_rule: "events-rule".into(),
+            notify: None,
         }
     }
 
@@ -425,6 +529,50 @@ mod tests {
                 "no wildcard resources"
             );
         }
+    }
+
+    #[test]
+    fn each_notification_stage_gets_its_own_statements_and_no_more() {
+        let mut r = resources();
+        r.notify = Some(NotifyResources {
+            bucket: "drops".into(),
+            ingest_queue: "n-ingest".into(),
+            incoming_queue: "n-incoming".into(),
+            priority_queue: "n-priority".into(),
+            rule: "n-rule".into(),
+            runs_ingest: true,
+            runs_rank: false,
+        });
+        let run = document(&r, Role::Run);
+        assert_eq!(
+            statement(&run, "NotifyIngestRejects")["Resource"],
+            json!(["arn:aws:s3:::drops/*.rejects.jsonl"])
+        );
+        assert_eq!(
+            statement(&run, "NotifyIngestSend")["Resource"],
+            json!(["arn:aws:sqs:eu-west-1:123456789012:n-incoming"])
+        );
+        assert!(
+            !run.to_string().contains("NotifyRankSend"),
+            "rank not routed here"
+        );
+        let infra = document(&r, Role::Infra);
+        assert_eq!(
+            statement(&infra, "InfraNotifyRule")["Resource"],
+            json!(["arn:aws:events:eu-west-1:123456789012:rule/n-rule"])
+        );
+        assert_eq!(
+            statement(&infra, "InfraNotifyQueues")["Resource"]
+                .as_array()
+                .unwrap()
+                .len(),
+            6
+        );
+        let publish = document(&r, Role::Publish);
+        assert_eq!(
+            statement(&publish, "PublishNotifyDrops")["Resource"],
+            json!(["arn:aws:s3:::drops/*"])
+        );
     }
 
     #[test]

@@ -61,18 +61,22 @@ pub struct Config {
     pub extraction: ExtractionConfig,
     /// When a dependency counts as down and its queues pause (see `src/breaker.rs`).
     pub breaker: BreakerConfig,
+    /// The notification system's stages; absent when it does not run here.
+    pub notify: Option<NotifyConfig>,
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
 }
 
 mod infra;
+mod notify;
 mod queue;
 mod secrets;
 mod service;
 mod stores;
 
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
+pub use notify::{NotifyConfig, Scorer};
 pub use queue::{Ack, Jitter, PipelineConfig, QueueConfig, RetryConfig, RouteConfig, Unrouted};
 pub use secrets::{Secret, Secrets};
 pub use service::{
@@ -209,6 +213,9 @@ impl Config {
         self.eventbridge.validate(&mut problems);
         self.infra.validate(&mut problems);
         self.breaker.validate(&mut problems);
+        if let Some(notify) = &self.notify {
+            notify.validate(&self.secrets, &mut problems);
+        }
         problems.into_result()
     }
 
@@ -244,6 +251,17 @@ impl Config {
                     &format!("{pipeline:?}"),
                     &format!(
                         "the {pipeline} pipeline writes to PostgreSQL: export DATABASE_URL, or remove it from the route"
+                    ),
+                );
+            }
+        }
+        if self.notify.is_none() {
+            for pipeline in needs(Need::Notify) {
+                problems.bad(
+                    "notify",
+                    &"(absent)",
+                    &format!(
+                        "a route names the {pipeline} pipeline, which sends to the notification stages' queues: add a [notify] section (see config/default.toml)"
                     ),
                 );
             }

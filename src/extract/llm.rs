@@ -349,23 +349,76 @@ impl Llm {
     }
 
     async fn complete(&self, system: &str, chunk: &str) -> Result<Completion, ExtractError> {
+        let asked = self
+            .ask(&Question {
+                name: "action_items",
+                description: "Action items found in the content",
+                schema: schema(),
+                system,
+                user: chunk,
+            })
+            .await?;
+        let reply: Reply = match asked.parse() {
+            Ok(reply) => reply,
+            Err(malformed) => return Ok(Completion::Malformed(malformed)),
+        };
+        let mut items = Vec::with_capacity(reply.action_items.len());
+        for value in reply.action_items {
+            match serde_json::from_value::<RawItem>(value)
+                .map_err(|_| "not_an_item")
+                .and_then(super::validate)
+            {
+                Ok(item) => items.push(item),
+                Err(reason) => telemetry::llm_item_dropped(reason),
+            }
+        }
+        Ok(Completion::Parsed(ChunkResult {
+            items,
+            prompt_tokens: asked.prompt_tokens,
+            completion_tokens: asked.completion_tokens,
+        }))
+    }
+
+    /// A structured answer to `question`, asked once more if the first reply does not parse as
+    /// `T` — the rule extraction follows, for any caller (notification scoring).
+    pub async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        question: &Question<'_>,
+    ) -> Result<T, ExtractError> {
+        let first = match self.ask(question).await?.parse() {
+            Ok(answer) => return Ok(answer),
+            Err(malformed) => malformed,
+        };
+        telemetry::llm_malformed();
+        self.ask(question).await?.parse().map_err(|second| {
+            ExtractError::retryable(format!(
+                "the model's reply did not match the schema twice ({first}; {second})"
+            ))
+        })
+    }
+
+    /// One request through the shared limiter, its outcome classified and counted; the reply's
+    /// text is returned unparsed.
+    async fn ask(&self, question: &Question<'_>) -> Result<Asked, ExtractError> {
         let request = CreateChatCompletionRequestArgs::default()
             .model(&self.model)
             .max_completion_tokens(self.max_output_tokens)
             .temperature(0.0_f32)
             .response_format(ResponseFormat::JsonSchema {
                 json_schema: ResponseFormatJsonSchema {
-                    name: "action_items".to_owned(),
-                    description: Some("Action items found in the content".to_owned()),
-                    schema: schema(),
+                    name: question.name.to_owned(),
+                    description: Some(question.description.to_owned()),
+                    schema: question.schema.clone(),
                     strict: Some(true),
                 },
             })
             .messages(vec![
                 ChatCompletionRequestMessage::from(ChatCompletionRequestSystemMessage::from(
-                    system,
+                    question.system,
                 )),
-                ChatCompletionRequestMessage::from(ChatCompletionRequestUserMessage::from(chunk)),
+                ChatCompletionRequestMessage::from(ChatCompletionRequestUserMessage::from(
+                    question.user,
+                )),
             ])
             .build()
             .map_err(|e| ExtractError::Permanent(format!("building the request: {e}")))?;
@@ -401,42 +454,16 @@ impl Llm {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
         telemetry::llm_tokens(prompt_tokens, completion_tokens);
-        let Some(content) = response
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-        else {
-            telemetry::llm_request("malformed", seconds);
-            return Ok(Completion::Malformed("no content in the reply".into()));
-        };
-        let reply: Reply = match serde_json::from_str(&content) {
-            Ok(reply) => reply,
-            Err(e) => {
-                telemetry::llm_request("malformed", seconds);
-                return Ok(Completion::Malformed(format!(
-                    "reply of {} bytes is not the schema's JSON: {}",
-                    content.len(),
-                    crate::safe::json_error(&e)
-                )));
-            }
-        };
-        telemetry::llm_request("ok", seconds);
-        let mut items = Vec::with_capacity(reply.action_items.len());
-        for value in reply.action_items {
-            match serde_json::from_value::<RawItem>(value)
-                .map_err(|_| "not_an_item")
-                .and_then(super::validate)
-            {
-                Ok(item) => items.push(item),
-                Err(reason) => telemetry::llm_item_dropped(reason),
-            }
-        }
-        Ok(Completion::Parsed(ChunkResult {
-            items,
+        Ok(Asked {
+            content: response
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content),
+            seconds,
             prompt_tokens,
             completion_tokens,
-        }))
+        })
     }
 
     /// `GET {base_url}/models`: the endpoint answers and accepts the key.
@@ -463,6 +490,45 @@ struct ChunkResult {
 enum Completion {
     Parsed(ChunkResult),
     Malformed(String),
+}
+
+/// What to ask the model: instructions, the text, and the JSON schema its reply must match.
+pub struct Question<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub schema: serde_json::Value,
+    pub system: &'a str,
+    pub user: &'a str,
+}
+
+/// A reply, not yet parsed.
+struct Asked {
+    content: Option<String>,
+    seconds: f64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+impl Asked {
+    /// The reply as `T`, counted `ok`; or why it is malformed (lengths, never the text),
+    /// counted `malformed`.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let parsed = match &self.content {
+            None => Err("no content in the reply".to_owned()),
+            Some(content) => serde_json::from_str(content).map_err(|e| {
+                format!(
+                    "reply of {} bytes is not the schema's JSON: {}",
+                    content.len(),
+                    crate::safe::json_error(&e)
+                )
+            }),
+        };
+        telemetry::llm_request(
+            if parsed.is_ok() { "ok" } else { "malformed" },
+            self.seconds,
+        );
+        parsed
+    }
 }
 
 /// The request outcome's metric label and what it means for the message.

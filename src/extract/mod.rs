@@ -339,7 +339,8 @@ pub struct Extraction {
 
 /// The configured extractor.
 pub enum Extractor {
-    Llm(Box<llm::Llm>),
+    /// Shared with every other user of the model in the process (one client, one limiter).
+    Llm(std::sync::Arc<llm::Llm>),
     Patterns,
 }
 
@@ -360,7 +361,7 @@ impl Extractor {
                         "extraction.extractor = \"llm\" needs OPENAI_API_KEY in the environment"
                     )
                 })?;
-                Extractor::Llm(Box::new(llm::Llm::new(config, key)?))
+                Extractor::Llm(std::sync::Arc::new(llm::Llm::new(config, key)?))
             }
         })
     }

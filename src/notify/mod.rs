@@ -3,8 +3,13 @@
 //! [`ranked::RankedNotification`] v1, what ranking hands to delivery — validated at the edge
 //! like every contract (`contract.rs`), with a JSON Schema each in `docs/schemas/`.
 
+pub mod drop;
 pub mod event;
+pub mod outbox;
+pub mod prefs;
+pub mod rank;
 pub mod ranked;
+pub mod score;
 
 use std::fmt;
 
@@ -14,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::fields::{FieldError, Fields};
 
 /// A delivery channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Email,

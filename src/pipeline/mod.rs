@@ -7,6 +7,8 @@ mod announce;
 mod chaos;
 mod graph;
 mod log;
+mod notify_ingest;
+mod notify_rank;
 mod projection;
 mod shared;
 
@@ -25,6 +27,7 @@ use crate::notify::ranked::RankedNotification;
 pub use announce::{Announce, announcement_id};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
+pub use notify_rank::{RANKED_SOURCE, RANKED_TYPE};
 pub use projection::Projection;
 pub use shared::Shared;
 
@@ -36,6 +39,8 @@ pub const CATALOG: &[Descriptor] = &[
     NOOP,
     chaos::DESCRIPTOR,
     log::DESCRIPTOR,
+    notify_ingest::DESCRIPTOR,
+    notify_rank::DESCRIPTOR,
 ];
 
 /// What config validation, the daemon and `conveyor check` know of a pipeline before it exists.
@@ -64,6 +69,8 @@ pub enum Need {
     Model,
     /// EventBridge, through the AWS credential chain.
     EventBridge,
+    /// The `[notify]` section: the notification stages' bucket and queues.
+    Notify,
 }
 
 /// The catalog entry named `name`.

@@ -14,6 +14,8 @@ use tokio::sync::OnceCell;
 use crate::bolt;
 use crate::breaker::Breakers;
 use crate::config::Config;
+use crate::config::ExtractorKind;
+use crate::extract::llm::Llm;
 use crate::extract::{Extractions, Extractor};
 use crate::ops::Readiness;
 
@@ -26,6 +28,8 @@ pub struct Shared {
     aws: Option<aws_config::SdkConfig>,
     graph: OnceCell<BoltGraph>,
     extractions: OnceCell<Extractions>,
+    /// The model client and its limiter: one per process, whoever calls the model.
+    llm: std::sync::OnceLock<Arc<Llm>>,
 }
 
 /// The Bolt graph and whether its constraints exist yet (writes wait for them).
@@ -51,6 +55,7 @@ impl Shared {
             aws,
             graph: OnceCell::new(),
             extractions: OnceCell::new(),
+            llm: std::sync::OnceLock::new(),
         }
     }
 
@@ -72,10 +77,10 @@ impl Shared {
     pub async fn extractions(&self) -> anyhow::Result<Extractions> {
         self.extractions
             .get_or_try_init(|| async {
-                let extractor = Extractor::new(
-                    &self.config.extraction,
-                    self.config.secrets.openai_api_key.as_ref(),
-                )?;
+                let extractor = match self.config.extraction.extractor {
+                    ExtractorKind::Llm => Extractor::Llm(self.llm()?),
+                    ExtractorKind::Patterns => Extractor::new(&self.config.extraction, None)?,
+                };
                 Ok::<_, anyhow::Error>(Extractions::new(
                     extractor,
                     self.postgres.clone(),
@@ -84,6 +89,22 @@ impl Shared {
             })
             .await
             .cloned()
+    }
+
+    /// The model client of `[extraction]`, shared by extraction and notification scoring so
+    /// that one request limit and one `Retry-After` pause hold for the whole process.
+    pub fn llm(&self) -> anyhow::Result<Arc<Llm>> {
+        if let Some(llm) = self.llm.get() {
+            return Ok(llm.clone());
+        }
+        let key = self
+            .config
+            .secrets
+            .openai_api_key
+            .as_ref()
+            .context("calling the model needs OPENAI_API_KEY in the environment")?;
+        let built = Arc::new(Llm::new(&self.config.extraction, key)?);
+        Ok(self.llm.get_or_init(|| built).clone())
     }
 
     /// The Bolt graph. Its constraints must exist before the first write, or concurrent MERGEs

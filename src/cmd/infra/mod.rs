@@ -21,6 +21,8 @@ use uuid::Uuid;
 use super::publish::{self, EventType, IdentityInputs};
 use crate::config::Config;
 
+mod notify;
+
 /// The id of the queue's target on the rule; `down` removes exactly this one.
 const TARGET_ID: &str = "conveyor-queue";
 /// How long `verify` waits for its event.
@@ -143,6 +145,9 @@ pub struct Change {
 struct Clients {
     sqs: aws_sdk_sqs::Client,
     eb: aws_sdk_eventbridge::Client,
+    /// The notification drops bucket (`[notify]`).
+    s3: aws_sdk_s3::Client,
+    region: Option<String>,
 }
 
 /// Runs `conveyor infra …`; the exit code follows `verify`'s contract for every subcommand.
@@ -162,6 +167,8 @@ async fn perform(config: &Config, command: InfraCommand) -> Result<(), InfraErro
     let clients = Clients {
         sqs: aws_sdk_sqs::Client::new(&sdk),
         eb: aws_sdk_eventbridge::Client::new(&sdk),
+        s3: crate::aws::s3_client(&sdk),
+        region: sdk.region().map(|r| r.to_string()),
     };
     match command {
         InfraCommand::Up { dry_run, output } => {
@@ -295,17 +302,62 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     ids.queue_url = queue_url.clone();
     let queue_arn = queue_arn.unwrap_or_else(|| format!("(arn of {})", infra.queue_name));
 
-    // The rule.
-    let pattern = event_pattern(config);
-    let rule_resource = format!("rule {} on bus {bus}", infra.rule_name);
-    let existing = describe_rule(c, config).await?;
+    let rule = RuleToQueue {
+        bus,
+        rule_name: &infra.rule_name,
+        pattern: event_pattern(config),
+        description: "conveyor: events for the queue consumed by conveyor",
+        queue_name: &infra.queue_name,
+        queue_arn: &queue_arn,
+        group_id: infra.fifo.then_some(infra.fifo_group_id.as_str()),
+    };
+    ids.rule_arn = ensure_rule_to_queue(c, &rule, dry_run, &mut changes).await?;
+    let rule_arn = ids
+        .rule_arn
+        .clone()
+        .unwrap_or_else(|| format!("(arn of rule {})", infra.rule_name));
+    // The queue policy: only this rule, through events.amazonaws.com, may send.
+    let policy = queue_policy(&queue_arn, &rule_arn);
+    changes.push(
+        ensure_queue_policy(c, &infra.queue_name, queue_url.as_deref(), policy, dry_run).await?,
+    );
+    if let Some(notify) = &config.notify {
+        changes.extend(notify::up(c, config, notify, dry_run).await?);
+    }
+    Ok((changes, ids))
+}
+
+/// A rule sending to one queue (as target [`TARGET_ID`]).
+struct RuleToQueue<'a> {
+    bus: &'a str,
+    rule_name: &'a str,
+    pattern: Value,
+    description: &'a str,
+    queue_name: &'a str,
+    queue_arn: &'a str,
+    /// The MessageGroupId of a FIFO queue's target.
+    group_id: Option<&'a str>,
+}
+
+/// Creates or fixes the rule and its queue target; returns the rule's ARN (none on a dry run
+/// of a new rule).
+async fn ensure_rule_to_queue(
+    c: &Clients,
+    want: &RuleToQueue<'_>,
+    dry_run: bool,
+    changes: &mut Vec<Change>,
+) -> Result<Option<String>, InfraError> {
+    let (bus, rule_name) = (want.bus, want.rule_name);
+    let pattern = &want.pattern;
+    let rule_resource = format!("rule {rule_name} on bus {bus}");
+    let existing = describe_rule(c, bus, rule_name).await?;
     let mut differences = Vec::new();
     if let Some(rule) = &existing {
         let current: Value = rule
             .event_pattern()
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or(Value::Null);
-        if current != pattern {
+        if &current != pattern {
             differences.push(format!("event pattern: {current} → {pattern}"));
         }
         if rule.state() != Some(&RuleState::Enabled) {
@@ -320,34 +372,31 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
         (Some(_), true) => "exists",
         (Some(_), false) => "updated",
     };
-    ids.rule_arn = existing.as_ref().and_then(|r| r.arn().map(str::to_owned));
+    let mut rule_arn = existing.as_ref().and_then(|r| r.arn().map(str::to_owned));
     if action != "exists" && !dry_run {
         let out =
             c.eb.put_rule()
-                .name(&infra.rule_name)
+                .name(rule_name)
                 .event_bus_name(bus)
                 .event_pattern(pattern.to_string())
                 .state(RuleState::Enabled)
-                .description("conveyor: events for the queue consumed by conveyor")
+                .description(want.description)
                 .send()
                 .await
                 .map_err(|e| eb_err("PutRule", e))?;
-        ids.rule_arn = out.rule_arn;
+        rule_arn = out.rule_arn;
     }
     changes.push(change(rule_resource, action, dry_run, differences));
-    let rule_arn = ids
-        .rule_arn
-        .clone()
-        .unwrap_or_else(|| format!("(arn of rule {})", infra.rule_name));
 
     // The queue as the rule's target.
     let targets = if existing.is_some() {
-        rule_targets(c, config).await?.unwrap_or_default()
+        rule_targets(c, bus, rule_name).await?.unwrap_or_default()
     } else {
         Vec::new()
     };
-    let target_resource = format!("target {TARGET_ID} → {}", infra.queue_name);
-    let group_id = infra.fifo.then_some(infra.fifo_group_id.as_str());
+    let queue_arn = want.queue_arn;
+    let target_resource = format!("target {TARGET_ID} → {}", want.queue_name);
+    let group_id = want.group_id;
     let action = match targets.iter().find(|t| t.id() == TARGET_ID) {
         Some(t) => {
             let mut differences = Vec::new();
@@ -373,7 +422,7 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
     if action.0 != "exists" && !dry_run {
         let target = Target::builder()
             .id(TARGET_ID)
-            .arn(&queue_arn)
+            .arn(queue_arn)
             .set_sqs_parameters(group_id.map(|group| {
                 aws_sdk_eventbridge::types::SqsParameters::builder()
                     .message_group_id(group)
@@ -383,7 +432,7 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
             .map_err(|e| InfraError::Other(e.to_string()))?;
         let out =
             c.eb.put_targets()
-                .rule(&infra.rule_name)
+                .rule(rule_name)
                 .event_bus_name(bus)
                 .targets(target)
                 .send()
@@ -397,45 +446,42 @@ async fn up(c: &Clients, config: &Config, dry_run: bool) -> Result<(Vec<Change>,
         }
     }
     changes.push(change(target_resource, action.0, dry_run, action.1));
+    Ok(rule_arn)
+}
 
-    // The queue policy: only this rule, through events.amazonaws.com, may send.
-    let policy = queue_policy(&queue_arn, &rule_arn);
-    if let Some(url) = &queue_url {
-        let current = queue_attribute(c, url, Q::Policy)
-            .await?
-            .and_then(|p| serde_json::from_str::<Value>(&p).ok());
-        let (action, differences) = match current {
-            Some(p) if p == policy => ("exists", vec![]),
-            Some(_) => (
-                "updated",
-                vec!["policy differs from the desired one".to_owned()],
-            ),
-            None => ("created", vec![]),
-        };
-        if action != "exists" && !dry_run {
-            c.sqs
-                .set_queue_attributes()
-                .queue_url(url)
-                .attributes(Q::Policy, policy.to_string())
-                .send()
-                .await
-                .map_err(|e| sqs_err("SetQueueAttributes", e))?;
-        }
-        changes.push(change(
-            format!("policy on {}", infra.queue_name),
-            action,
-            dry_run,
-            differences,
-        ));
-    } else {
-        changes.push(change(
-            format!("policy on {}", infra.queue_name),
-            "created",
-            dry_run,
-            vec![],
-        ));
+/// Sets the queue's policy to `policy` unless it is that already.
+async fn ensure_queue_policy(
+    c: &Clients,
+    queue_name: &str,
+    queue_url: Option<&str>,
+    policy: Value,
+    dry_run: bool,
+) -> Result<Change, InfraError> {
+    let resource = format!("policy on {queue_name}");
+    let Some(url) = queue_url else {
+        return Ok(change(resource, "created", dry_run, vec![]));
+    };
+    let current = queue_attribute(c, url, Q::Policy)
+        .await?
+        .and_then(|p| serde_json::from_str::<Value>(&p).ok());
+    let (action, differences) = match current {
+        Some(p) if p == policy => ("exists", vec![]),
+        Some(_) => (
+            "updated",
+            vec!["policy differs from the desired one".to_owned()],
+        ),
+        None => ("created", vec![]),
+    };
+    if action != "exists" && !dry_run {
+        c.sqs
+            .set_queue_attributes()
+            .queue_url(url)
+            .attributes(Q::Policy, policy.to_string())
+            .send()
+            .await
+            .map_err(|e| sqs_err("SetQueueAttributes", e))?;
     }
-    Ok((changes, ids))
+    Ok(change(resource, action, dry_run, differences))
 }
 
 /// `{"source": [...], "detail-type": [...]}` (detail-type only when configured).
@@ -558,16 +604,17 @@ fn same_attribute(attribute: &Q, have: &str, want: &str) -> bool {
     }
 }
 
-/// The configured rule, or `None` when it does not exist.
+/// The rule `name` on `bus`, or `None` when it does not exist.
 async fn describe_rule(
     c: &Clients,
-    config: &Config,
+    bus: &str,
+    name: &str,
 ) -> Result<Option<aws_sdk_eventbridge::operation::describe_rule::DescribeRuleOutput>, InfraError> {
     match c
         .eb
         .describe_rule()
-        .name(&config.infra.rule_name)
-        .event_bus_name(&config.eventbridge.bus_name)
+        .name(name)
+        .event_bus_name(bus)
         .send()
         .await
     {
@@ -577,16 +624,17 @@ async fn describe_rule(
     }
 }
 
-/// The rule's targets; `None` when the rule does not exist.
+/// The targets of rule `name` on `bus`; `None` when the rule does not exist.
 async fn rule_targets(
     c: &Clients,
-    config: &Config,
+    bus: &str,
+    name: &str,
 ) -> Result<Option<Vec<aws_sdk_eventbridge::types::Target>>, InfraError> {
     match c
         .eb
         .list_targets_by_rule()
-        .rule(&config.infra.rule_name)
-        .event_bus_name(&config.eventbridge.bus_name)
+        .rule(name)
+        .event_bus_name(bus)
         .send()
         .await
     {
@@ -627,7 +675,10 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
         format!("rule {} (if no other target uses it)", infra.rule_name),
         format!("queue {}", infra.queue_name),
         format!("queue {}", infra.dlq_name()),
-    ];
+    ]
+    .into_iter()
+    .chain(config.notify.iter().flat_map(|n| notify::plan(config, n)))
+    .collect::<Vec<_>>();
     if !yes {
         println!(
             "would remove:\n  {}\nrun again with --yes to remove them",
@@ -635,7 +686,7 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
         );
         return Err(InfraError::Other("not confirmed: nothing removed".into()));
     }
-    match rule_targets(c, config).await? {
+    match rule_targets(c, &config.eventbridge.bus_name, &config.infra.rule_name).await? {
         Some(targets) => {
             if targets.iter().any(|t| t.id() == TARGET_ID) {
                 c.eb.remove_targets()
@@ -679,6 +730,9 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
             Err(e) => return Err(sqs_err("GetQueueUrl", e)),
         }
     }
+    if let Some(n) = &config.notify {
+        notify::down(c, config, n).await?;
+    }
     Ok(())
 }
 
@@ -705,14 +759,18 @@ async fn verify(c: &Clients, config: &Config) -> Result<(), InfraError> {
         }
         Err(e) => return Err(sqs_err("GetQueueUrl", e)),
     };
-    let rule = describe_rule(c, config).await?.ok_or_else(|| {
-        InfraError::Missing(format!(
-            "rule {} does not exist on bus {bus}",
-            infra.rule_name
-        ))
-    })?;
+    let rule = describe_rule(c, &config.eventbridge.bus_name, &config.infra.rule_name)
+        .await?
+        .ok_or_else(|| {
+            InfraError::Missing(format!(
+                "rule {} does not exist on bus {bus}",
+                infra.rule_name
+            ))
+        })?;
     let queue_arn = queue_arn(c, &queue_url).await?;
-    let targets = rule_targets(c, config).await?.unwrap_or_default();
+    let targets = rule_targets(c, &config.eventbridge.bus_name, &config.infra.rule_name)
+        .await?
+        .unwrap_or_default();
     if !targets.iter().any(|t| t.arn() == queue_arn) {
         return Err(InfraError::NotReceived(format!(
             "rule {} has no target for queue {}: events would never arrive",

@@ -1,0 +1,368 @@
+//! `infra up|down` for `[notify]`: the notification stages' resources — the drops bucket and its
+//! ObjectCreated notification to the `ingest` queue, the `ingest`, `incoming` and `priority`
+//! queues each with a DLQ, the EventBridge rule sending `NotificationRequested` events to
+//! `incoming`, and the two queue policies letting exactly the bucket and the rule send.
+//! `down` leaves the bucket (it holds the drops and their rejects).
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, Event, NotificationConfiguration,
+    QueueConfiguration,
+};
+use aws_sdk_sqs::types::QueueAttributeName as Q;
+use serde_json::{Value, json};
+
+use super::{
+    Change, Clients, InfraError, RuleToQueue, TARGET_ID, change, eb_err, ensure_queue,
+    ensure_queue_policy, ensure_rule_to_queue, is_not_found, queue_policy, rule_targets, sqs_err,
+};
+use crate::config::{Config, NotifyConfig};
+use crate::notify::event::NOTIFICATION_REQUESTED;
+
+/// The id of the bucket's notification to the ingest queue; `down` removes exactly this one.
+const NOTIFICATION_ID: &str = "conveyor-notify-ingest";
+
+/// `{"detail-type": ["NotificationRequested"]}`, and the sources when configured.
+pub fn event_pattern(notify: &NotifyConfig) -> Value {
+    let mut pattern = json!({"detail-type": [NOTIFICATION_REQUESTED]});
+    if !notify.sources.is_empty() {
+        pattern["source"] = json!(notify.sources);
+    }
+    pattern
+}
+
+/// Only S3, for this bucket in this account, may send to the ingest queue.
+pub fn ingest_policy(queue_arn: &str, bucket: &str) -> Value {
+    // arn:aws:sqs:REGION:ACCOUNT:NAME — the queue's own account owns the bucket.
+    let account = queue_arn.split(':').nth(4).unwrap_or_default();
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "AllowDropsBucket",
+            "Effect": "Allow",
+            "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {
+                "ArnLike": {"aws:SourceArn": format!("arn:aws:s3:::{bucket}")},
+                "StringEquals": {"aws:SourceAccount": account},
+            },
+        }],
+    })
+}
+
+pub(super) async fn up(
+    c: &Clients,
+    config: &Config,
+    notify: &NotifyConfig,
+    dry_run: bool,
+) -> Result<Vec<Change>, InfraError> {
+    let mut changes = Vec::new();
+    let mut queues = BTreeMap::new();
+    for name in [
+        &notify.ingest_queue,
+        &notify.incoming_queue,
+        &notify.priority_queue,
+    ] {
+        let retention = notify.retention_secs.to_string();
+        let dlq_name = NotifyConfig::dlq_name(name);
+        let (_, dlq_arn, dlq_change) = ensure_queue(
+            c,
+            &dlq_name,
+            BTreeMap::from([(Q::MessageRetentionPeriod, retention.clone())]),
+            dry_run,
+        )
+        .await?;
+        changes.push(dlq_change);
+        let dlq_arn = dlq_arn.unwrap_or_else(|| format!("(arn of {dlq_name})"));
+        let redrive =
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": notify.max_receive_count});
+        let (url, arn, queue_change) = ensure_queue(
+            c,
+            name,
+            BTreeMap::from([
+                (
+                    Q::VisibilityTimeout,
+                    config.infra.visibility_timeout_secs.to_string(),
+                ),
+                (Q::MessageRetentionPeriod, retention),
+                (Q::RedrivePolicy, redrive.to_string()),
+            ]),
+            dry_run,
+        )
+        .await?;
+        changes.push(queue_change);
+        let arn = arn.unwrap_or_else(|| format!("(arn of {name})"));
+        queues.insert(name.as_str(), (url, arn));
+    }
+
+    // EventBridge → incoming.
+    let (incoming_url, incoming_arn) = &queues[notify.incoming_queue.as_str()];
+    let bus = config.eventbridge.bus_name.as_str();
+    let rule = RuleToQueue {
+        bus,
+        rule_name: &notify.rule_name,
+        pattern: event_pattern(notify),
+        description: "conveyor: NotificationRequested events for the notification system",
+        queue_name: &notify.incoming_queue,
+        queue_arn: incoming_arn,
+        group_id: None,
+    };
+    let rule_arn = ensure_rule_to_queue(c, &rule, dry_run, &mut changes)
+        .await?
+        .unwrap_or_else(|| format!("(arn of rule {})", notify.rule_name));
+    changes.push(
+        ensure_queue_policy(
+            c,
+            &notify.incoming_queue,
+            incoming_url.as_deref(),
+            queue_policy(incoming_arn, &rule_arn),
+            dry_run,
+        )
+        .await?,
+    );
+
+    // The bucket → ingest. The queue policy comes first: S3 checks it may send before it
+    // accepts the notification configuration.
+    let (ingest_url, ingest_arn) = &queues[notify.ingest_queue.as_str()];
+    changes.push(ensure_bucket(c, &notify.bucket, dry_run).await?);
+    changes.push(
+        ensure_queue_policy(
+            c,
+            &notify.ingest_queue,
+            ingest_url.as_deref(),
+            ingest_policy(ingest_arn, &notify.bucket),
+            dry_run,
+        )
+        .await?,
+    );
+    changes.push(ensure_notification(c, &notify.bucket, ingest_arn, dry_run).await?);
+    Ok(changes)
+}
+
+fn s3_err(context: &str, e: impl Into<aws_sdk_s3::Error>) -> InfraError {
+    let e: aws_sdk_s3::Error = e.into();
+    let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+    InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
+}
+
+async fn ensure_bucket(c: &Clients, bucket: &str, dry_run: bool) -> Result<Change, InfraError> {
+    let resource = format!("bucket {bucket}");
+    match c.s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => return Ok(change(resource, "exists", dry_run, vec![])),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {}
+        Err(e) => return Err(s3_err("HeadBucket", e)),
+    }
+    if !dry_run {
+        let mut create = c.s3.create_bucket().bucket(bucket);
+        // us-east-1 takes no location constraint; every other region needs its own.
+        if let Some(region) = c.region.as_deref().filter(|r| *r != "us-east-1") {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        create.send().await.map_err(|e| s3_err("CreateBucket", e))?;
+    }
+    Ok(change(resource, "created", dry_run, vec![]))
+}
+
+/// The bucket's notification configuration with ours (id [`NOTIFICATION_ID`]) set to send
+/// every ObjectCreated event to the ingest queue; other notifications are kept as they are.
+async fn ensure_notification(
+    c: &Clients,
+    bucket: &str,
+    queue_arn: &str,
+    dry_run: bool,
+) -> Result<Change, InfraError> {
+    let resource = format!("notification {NOTIFICATION_ID} of bucket {bucket}");
+    let current = match c
+        .s3
+        .get_bucket_notification_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(out) => Some(out),
+        // A bucket this dry run would create has no notifications yet.
+        Err(_) if dry_run => None,
+        Err(e) => return Err(s3_err("GetBucketNotificationConfiguration", e)),
+    };
+    let ours = QueueConfiguration::builder()
+        .id(NOTIFICATION_ID)
+        .queue_arn(queue_arn)
+        .events(Event::S3ObjectCreated)
+        .build()
+        .map_err(|e| InfraError::Other(e.to_string()))?;
+    let existing = current
+        .as_ref()
+        .and_then(|out| {
+            out.queue_configurations()
+                .iter()
+                .find(|q| q.id() == Some(NOTIFICATION_ID))
+        })
+        .cloned();
+    let (action, differences) = match &existing {
+        None => ("created", vec![]),
+        Some(q) if q.queue_arn() == queue_arn && q.events() == [Event::S3ObjectCreated] => {
+            ("exists", vec![])
+        }
+        Some(q) => (
+            "updated",
+            vec![format!("queue: {} → {queue_arn}", q.queue_arn())],
+        ),
+    };
+    if action != "exists" && !dry_run {
+        let configuration = without_ours(current, Some(ours));
+        c.s3.put_bucket_notification_configuration()
+            .bucket(bucket)
+            .notification_configuration(configuration)
+            .send()
+            .await
+            .map_err(|e| s3_err("PutBucketNotificationConfiguration", e))?;
+    }
+    Ok(change(resource, action, dry_run, differences))
+}
+
+/// The bucket's notifications with ours removed, then `add` added; the others kept as they are.
+fn without_ours(
+    current: Option<aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput>,
+    add: Option<QueueConfiguration>,
+) -> NotificationConfiguration {
+    let mut builder = NotificationConfiguration::builder();
+    let mut queues = Vec::new();
+    if let Some(current) = current {
+        queues.extend(
+            current
+                .queue_configurations()
+                .iter()
+                .filter(|q| q.id() != Some(NOTIFICATION_ID))
+                .cloned(),
+        );
+        builder = builder
+            .set_topic_configurations(current.topic_configurations)
+            .set_lambda_function_configurations(current.lambda_function_configurations)
+            .set_event_bridge_configuration(current.event_bridge_configuration);
+    }
+    queues.extend(add);
+    builder.set_queue_configurations(Some(queues)).build()
+}
+
+/// What `down` removes for `[notify]`, for its plan.
+pub(super) fn plan(config: &Config, notify: &NotifyConfig) -> Vec<String> {
+    let bus = &config.eventbridge.bus_name;
+    let mut plan = vec![
+        format!(
+            "notification {NOTIFICATION_ID} of bucket {} (the bucket is kept)",
+            notify.bucket
+        ),
+        format!(
+            "target {TARGET_ID} of rule {} on bus {bus}",
+            notify.rule_name
+        ),
+        format!("rule {} (if no other target uses it)", notify.rule_name),
+    ];
+    for name in [
+        &notify.ingest_queue,
+        &notify.incoming_queue,
+        &notify.priority_queue,
+    ] {
+        plan.push(format!("queue {name}"));
+        plan.push(format!("queue {}", NotifyConfig::dlq_name(name)));
+    }
+    plan
+}
+
+pub(super) async fn down(
+    c: &Clients,
+    config: &Config,
+    notify: &NotifyConfig,
+) -> Result<(), InfraError> {
+    let bucket = &notify.bucket;
+    match c
+        .s3
+        .get_bucket_notification_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(current)
+            if current
+                .queue_configurations()
+                .iter()
+                .any(|q| q.id() == Some(NOTIFICATION_ID)) =>
+        {
+            let configuration = without_ours(Some(current), None);
+            c.s3.put_bucket_notification_configuration()
+                .bucket(bucket)
+                .notification_configuration(configuration)
+                .send()
+                .await
+                .map_err(|e| s3_err("PutBucketNotificationConfiguration", e))?;
+            println!("removed      notification {NOTIFICATION_ID} of bucket {bucket}");
+        }
+        Ok(_) => println!("absent       notification {NOTIFICATION_ID} of bucket {bucket}"),
+        Err(e)
+            if e.as_service_error().is_some_and(|e| {
+                aws_sdk_s3::error::ProvideErrorMetadata::code(e) == Some("NoSuchBucket")
+            }) =>
+        {
+            println!("absent       bucket {bucket}");
+        }
+        Err(e) => return Err(s3_err("GetBucketNotificationConfiguration", e)),
+    }
+    let bus = config.eventbridge.bus_name.as_str();
+    let rule = notify.rule_name.as_str();
+    match rule_targets(c, bus, rule).await? {
+        Some(targets) => {
+            if targets.iter().any(|t| t.id() == TARGET_ID) {
+                c.eb.remove_targets()
+                    .rule(rule)
+                    .event_bus_name(bus)
+                    .ids(TARGET_ID)
+                    .send()
+                    .await
+                    .map_err(|e| eb_err("RemoveTargets", e))?;
+                println!("removed      target {TARGET_ID} of rule {rule}");
+            }
+            if targets.iter().all(|t| t.id() == TARGET_ID) {
+                c.eb.delete_rule()
+                    .name(rule)
+                    .event_bus_name(bus)
+                    .send()
+                    .await
+                    .map_err(|e| eb_err("DeleteRule", e))?;
+                println!("removed      rule {rule}");
+            } else {
+                println!("kept         rule {rule} (other targets use it)");
+            }
+        }
+        None => println!("absent       rule {rule}"),
+    }
+    for name in [
+        &notify.ingest_queue,
+        &notify.incoming_queue,
+        &notify.priority_queue,
+    ] {
+        for name in [name.clone(), NotifyConfig::dlq_name(name)] {
+            match c.sqs.get_queue_url().queue_name(&name).send().await {
+                Ok(out) => {
+                    c.sqs
+                        .delete_queue()
+                        .queue_url(out.queue_url.unwrap_or_default())
+                        .send()
+                        .await
+                        .map_err(|e| sqs_err("DeleteQueue", e))?;
+                    println!("removed      queue {name}");
+                }
+                Err(e) if is_not_found(aws_sdk_sqs::error::ProvideErrorMetadata::code(&e)) => {
+                    println!("absent       queue {name}");
+                }
+                Err(e) => return Err(sqs_err("GetQueueUrl", e)),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! `[notify]`: the notification system's stages (SPEC §8) — where drops land, the queues
+//! between the stages, how events are scored and which channel is tried first. Present only
+//! when the notification system runs: `conveyor infra up` provisions its resources, and the
+//! `notify-ingest` / `notify-rank` pipelines need it.
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+use crate::notify::Channel;
+use crate::notify::ranked::PRIORITIES;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The bucket JSON-lines drops are uploaded to; its ObjectCreated notifications feed
+    /// `ingest_queue`. Rejects are written next to each drop as `<key>.rejects.jsonl`.
+    pub bucket: String,
+    /// Receives the bucket's event notifications (consume it with `format = "s3"` and the
+    /// `notify-ingest` pipeline).
+    pub ingest_queue: String,
+    /// Validated NotificationEvents: from EventBridge (`NotificationRequested`, through
+    /// `rule_name`) and from `notify-ingest`. Consumed by `notify-rank`.
+    pub incoming_queue: String,
+    /// RankedNotifications, each delayed until its `sendAfter` (up to SQS's 15 minutes).
+    pub priority_queue: String,
+    /// The EventBridge rule (on `eventbridge.bus_name`) sending `NotificationRequested`
+    /// events to `incoming_queue`.
+    pub rule_name: String,
+    /// Event sources the rule matches; empty = any publisher.
+    pub sources: Vec<String>,
+    /// Retention of the three queues and their DLQs.
+    pub retention_secs: u32,
+    /// Native redrive to each queue's DLQ after this many receives (the backstop behind
+    /// conveyor's explicit dead-lettering).
+    pub max_receive_count: u32,
+    /// `rules` (offline, documented in docs/notifications.md) or `model` (the `[extraction]`
+    /// endpoint and its limits; OPENAI_API_KEY).
+    pub scorer: Scorer,
+    /// Notifications of at least this priority are sent during quiet hours.
+    pub quiet_hours_bypass_priority: u8,
+    /// From this priority on a notification is urgent and `urgent_channel_order` applies.
+    pub urgent_priority: u8,
+    /// Which channel is tried first (the rest fail over in this order) for a user without a
+    /// failover order of their own; every channel must be listed.
+    pub channel_order: Vec<Channel>,
+    /// The same for urgent notifications: channels that reach a person at once come first.
+    pub urgent_channel_order: Vec<Channel>,
+    /// Segments the rules scorer raises by one (`user.segment`, or the stored preferences').
+    pub vip_segments: Vec<String>,
+    /// `SendMessageBatch` calls `notify-ingest` has in flight while it reads a drop.
+    pub ingest_sends_in_flight: u32,
+}
+
+/// How a notification's priority is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scorer {
+    Rules,
+    Model,
+}
+
+impl Scorer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scorer::Rules => "rules",
+            Scorer::Model => "model",
+        }
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            bucket: "conveyor-notify-drops".to_owned(),
+            ingest_queue: "conveyor-notify-ingest".to_owned(),
+            incoming_queue: "conveyor-notify-incoming".to_owned(),
+            priority_queue: "conveyor-notify-priority".to_owned(),
+            rule_name: "conveyor-notify-requested".to_owned(),
+            sources: Vec::new(),
+            retention_secs: 1_209_600,
+            max_receive_count: 3,
+            scorer: Scorer::Rules,
+            quiet_hours_bypass_priority: 5,
+            urgent_priority: 4,
+            channel_order: vec![
+                Channel::Email,
+                Channel::Push,
+                Channel::Webhook,
+                Channel::Sms,
+            ],
+            urgent_channel_order: vec![
+                Channel::Push,
+                Channel::Sms,
+                Channel::Webhook,
+                Channel::Email,
+            ],
+            vip_segments: vec!["vip".to_owned(), "enterprise".to_owned()],
+            ingest_sends_in_flight: 8,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// `<queue>-dlq`: the DLQ `infra up` gives each stage's queue.
+    pub fn dlq_name(queue: &str) -> String {
+        format!("{queue}-dlq")
+    }
+
+    pub(super) fn validate(&self, secrets: &super::Secrets, problems: &mut Problems) {
+        for (key, name) in [
+            ("notify.ingest_queue", &self.ingest_queue),
+            ("notify.incoming_queue", &self.incoming_queue),
+            ("notify.priority_queue", &self.priority_queue),
+        ] {
+            // SQS queue names: 1–80 characters of letters, digits, `-` and `_`; the DLQ adds 4.
+            let valid = !name.is_empty()
+                && name.len() <= 76
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                problems.bad(
+                    key,
+                    &format!("{name:?}"),
+                    "a standard queue name: 1–76 letters, digits, - or _ (its DLQ adds \"-dlq\")",
+                );
+            }
+        }
+        let names = [
+            &self.ingest_queue,
+            &self.incoming_queue,
+            &self.priority_queue,
+        ];
+        if names[0] == names[1] || names[1] == names[2] || names[0] == names[2] {
+            problems.bad(
+                "notify.ingest_queue",
+                &format!("{names:?}"),
+                "the three stages need three different queues",
+            );
+        }
+        // S3 bucket names: 3–63 lowercase letters, digits, `.` and `-`.
+        let bucket_ok = (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            problems.bad(
+                "notify.bucket",
+                &format!("{:?}", self.bucket),
+                "an S3 bucket name: 3–63 lowercase letters, digits, . or -",
+            );
+        }
+        if self.rule_name.is_empty() || self.rule_name.len() > 64 {
+            problems.bad(
+                "notify.rule_name",
+                &format!("{:?}", self.rule_name),
+                "an EventBridge rule name of 1–64 characters",
+            );
+        }
+        if !(60..=super::SQS_MAX_RETENTION_SECS).contains(&self.retention_secs) {
+            problems.bad(
+                "notify.retention_secs",
+                &self.retention_secs,
+                "60–1209600 (SQS's MessageRetentionPeriod range)",
+            );
+        }
+        if !(1..=1000).contains(&self.max_receive_count) {
+            problems.bad(
+                "notify.max_receive_count",
+                &self.max_receive_count,
+                "1–1000 (SQS's RedrivePolicy range)",
+            );
+        }
+        let priorities = u8::try_from(*PRIORITIES.start()).unwrap_or(1)
+            ..=u8::try_from(*PRIORITIES.end()).unwrap_or(5);
+        for (key, value) in [
+            (
+                "notify.quiet_hours_bypass_priority",
+                self.quiet_hours_bypass_priority,
+            ),
+            ("notify.urgent_priority", self.urgent_priority),
+        ] {
+            if !priorities.contains(&value) {
+                problems.bad(key, &value, "a priority from 1 to 5");
+            }
+        }
+        for (key, order) in [
+            ("notify.channel_order", &self.channel_order),
+            ("notify.urgent_channel_order", &self.urgent_channel_order),
+        ] {
+            let complete = order.len() == Channel::ALL.len()
+                && Channel::ALL
+                    .iter()
+                    .all(|c| order.iter().any(|o| o.as_str() == *c));
+            if !complete {
+                problems.bad(
+                    key,
+                    &format!("{:?}", order.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+                    &format!("list every channel once: {}", Channel::ALL.join(", ")),
+                );
+            }
+        }
+        if !(1..=64).contains(&self.ingest_sends_in_flight) {
+            problems.bad(
+                "notify.ingest_sends_in_flight",
+                &self.ingest_sends_in_flight,
+                "1–64",
+            );
+        }
+        if self.scorer == Scorer::Model && secrets.openai_api_key.is_none() {
+            problems.bad(
+                "notify.scorer",
+                &"\"model\"",
+                "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use scorer = \"rules\" to run offline",
+            );
+        }
+    }
+}

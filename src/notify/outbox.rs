@@ -1,0 +1,204 @@
+//! Sending to the next stage's queue: one message (ranking → `priority`, delayed until its
+//! `sendAfter`) or many (`notify-ingest` → `incoming`, in `SendMessageBatch` calls whose
+//! partially failed entries are sent again). Failures come back as [`PipelineError`]s: SQS
+//! unreachable, throttled or failing is an outage of SQS (never the message's fault); anything
+//! else SQS answers is retryable with its code.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+
+use crate::breaker::{Breakers, Dependency};
+use crate::pipeline::PipelineError;
+
+/// SQS caps DelaySeconds at 900 (15 minutes; SendMessage API reference).
+pub const MAX_DELAY_SECS: u32 = 900;
+/// SQS takes at most 10 entries per SendMessageBatch, and at most 256 KiB (262,144 bytes) for
+/// the whole batch (SendMessageBatch API reference; 1 MiB since 2025 where the queue allows,
+/// but the queue's MaximumMessageSize may still be 256 KiB).
+pub const MAX_BATCH_ENTRIES: usize = 10;
+pub const MAX_BATCH_BYTES: usize = 262_144;
+/// Rounds of re-sending a batch's failed entries before the whole drop is retried.
+const BATCH_ROUNDS: u32 = 5;
+
+/// A queue conveyor sends to.
+#[derive(Clone)]
+pub struct Outbox {
+    sqs: Client,
+    url: String,
+    /// The queue's name, for errors and logs.
+    name: String,
+    breakers: Breakers,
+}
+
+/// One message of a batch: its body and string attributes.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub body: String,
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+impl Outgoing {
+    /// Bytes SQS counts toward the batch limit: the body and every attribute's name, type
+    /// and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(name, value)| name.len() + "String".len() + value.len())
+                .sum::<usize>()
+    }
+}
+
+impl Outbox {
+    /// The queue named `name` (GetQueueUrl). A queue that does not exist is a deployment
+    /// mistake reported at startup, naming the key that names it.
+    pub async fn resolve(
+        sqs: Client,
+        name: &str,
+        key: &str,
+        breakers: Breakers,
+    ) -> anyhow::Result<Self> {
+        let url = sqs
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{key} = {name:?}: cannot find the queue ({}); run `conveyor infra up` or fix the name",
+                    crate::safe::error_chain(&e)
+                )
+            })?
+            .queue_url
+            .ok_or_else(|| anyhow::anyhow!("{key} = {name:?}: GetQueueUrl returned no URL"))?;
+        Ok(Self {
+            sqs,
+            url,
+            name: name.to_owned(),
+            breakers,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends one message, visible after `delay_secs` (at most [`MAX_DELAY_SECS`]).
+    pub async fn send(&self, message: Outgoing, delay_secs: u32) -> Result<(), PipelineError> {
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(message.body)
+            .delay_seconds(delay_secs.min(MAX_DELAY_SECS) as i32)
+            .set_message_attributes(Some(attributes(message.attributes)))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {
+                self.breakers.success(Dependency::Sqs);
+                Ok(())
+            }
+            Err(e) => Err(self.failed("SendMessage", &e)),
+        }
+    }
+
+    /// Sends up to [`MAX_BATCH_ENTRIES`] messages in one call; entries SQS failed (throttled,
+    /// an internal error) are sent again, up to five rounds with growing pauses.
+    pub async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<(), PipelineError> {
+        let mut pending: Vec<(String, Outgoing)> = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (i.to_string(), m))
+            .collect();
+        let mut pause = Duration::from_millis(100);
+        for round in 1..=BATCH_ROUNDS {
+            let entries = pending
+                .iter()
+                .map(|(id, m)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(id)
+                        .message_body(&m.body)
+                        .set_message_attributes(Some(attributes(m.attributes.clone())))
+                        .build()
+                        .map_err(|e| PipelineError::Permanent(format!("building a batch: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = match self
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => return Err(self.failed("SendMessageBatch", &e)),
+            };
+            self.breakers.success(Dependency::Sqs);
+            let failed = out.failed();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if let Some(refused) = failed.iter().find(|f| f.sender_fault()) {
+                // conveyor checked sizes and attributes before sending: SQS refusing an entry
+                // as the sender's fault is a bug or a queue limit lowered under us.
+                return Err(PipelineError::Retryable(format!(
+                    "SendMessageBatch to {} refused an entry: {}",
+                    self.name,
+                    refused.code()
+                )));
+            }
+            let codes: Vec<&str> = failed.iter().map(|f| f.code()).collect();
+            tracing::warn!(
+                queue = %self.name,
+                failed = failed.len(),
+                round,
+                codes = ?codes,
+                "SendMessageBatch failed some entries; sending them again"
+            );
+            let again: std::collections::HashSet<&str> = failed.iter().map(|f| f.id()).collect();
+            pending.retain(|(id, _)| again.contains(id.as_str()));
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        Err(PipelineError::Retryable(format!(
+            "SendMessageBatch to {}: {} entries still failing after {BATCH_ROUNDS} rounds",
+            self.name,
+            pending.len()
+        )))
+    }
+
+    fn failed<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        call: &str,
+        e: &aws_sdk_sqs::error::SdkError<E>,
+    ) -> PipelineError {
+        let reason = format!("{call} to {}: {}", self.name, crate::safe::error_chain(e));
+        if crate::aws::is_transient(e) || crate::aws::is_auth_refused(e) {
+            self.breakers.failure(Dependency::Sqs, &reason);
+            PipelineError::Unavailable(Dependency::Sqs, reason)
+        } else {
+            PipelineError::Retryable(reason)
+        }
+    }
+}
+
+fn attributes(
+    list: Vec<(&'static str, String)>,
+) -> std::collections::HashMap<String, MessageAttributeValue> {
+    list.into_iter()
+        .filter_map(|(name, value)| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .ok()
+                .map(|v| (name.to_owned(), v))
+        })
+        .collect()
+}

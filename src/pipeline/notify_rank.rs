@@ -1,0 +1,176 @@
+//! The `notify-rank` pipeline: the notification system's ranking stage, on the `incoming`
+//! queue. For each NotificationEvent v1 it loads the user's preferences (PostgreSQL), gets the
+//! event's score (computed once per (tenant, eventId): `src/notify/score.rs`), picks the channel
+//! and failover and the time to send (`src/notify/rank.rs`), and sends a RankedNotification v1
+//! to `notify.priority_queue`, delayed until its `sendAfter` as far as SQS allows (15 minutes;
+//! delivery defers the rest) with the attributes `priority`, `channel` and `eventId`.
+//!
+//! A user without preferences or without a usable channel is dead-lettered with that reason:
+//! no retry gives them an address. The ledger runs this pipeline once per (tenant, eventId),
+//! so the same event dropped twice, or published again, is ranked once; a crash after the send
+//! and before the ledger's record sends it again, which delivery's per-channel record absorbs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+
+use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
+use crate::breaker::{Breakers, Dependency};
+use crate::config::{NotifyConfig, Scorer};
+use crate::contract::Contract;
+use crate::notify::outbox::{Outbox, Outgoing};
+use crate::notify::prefs::{PreferenceStore, PrefsError};
+use crate::notify::rank;
+use crate::notify::score::{Method, Scores};
+use crate::telemetry;
+
+/// The `source` and `type` attributes of ranked messages (what the `raw` format routes on).
+pub const RANKED_SOURCE: &str = "conveyor.notify.rank";
+pub const RANKED_TYPE: &str = "RankedNotification";
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "notify-rank",
+    accepts: &[Contract::NotificationEventV1],
+    needs: &[Need::Postgres, Need::Notify],
+    build: |shared| {
+        Box::pin(async move {
+            let notify = shared
+                .config
+                .notify
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("the notify-rank pipeline needs [notify]"))?;
+            let pool = shared.postgres()?;
+            let method = match notify.scorer {
+                Scorer::Rules => Method::Rules {
+                    vip_segments: notify.vip_segments.clone(),
+                },
+                Scorer::Model => Method::Model(shared.llm()?),
+            };
+            let priority = Outbox::resolve(
+                aws_sdk_sqs::Client::new(shared.aws()?),
+                &notify.priority_queue,
+                "notify.priority_queue",
+                shared.breakers.clone(),
+            )
+            .await?;
+            Ok(Arc::new(NotifyRank {
+                prefs: PreferenceStore::new(pool.clone()),
+                scores: Scores::new(method, pool, shared.breakers.clone()),
+                priority,
+                breakers: shared.breakers.clone(),
+                config: Arc::new(notify),
+            }) as Arc<dyn Pipeline>)
+        })
+    },
+};
+
+pub struct NotifyRank {
+    prefs: PreferenceStore,
+    scores: Scores,
+    priority: Outbox,
+    breakers: Breakers,
+    config: Arc<NotifyConfig>,
+}
+
+impl Pipeline for NotifyRank {
+    fn name(&self) -> &'static str {
+        "notify-rank"
+    }
+
+    fn dependencies(&self) -> &'static [Dependency] {
+        match self.config.scorer {
+            Scorer::Rules => &[Dependency::Postgres, Dependency::Sqs],
+            Scorer::Model => &[Dependency::Postgres, Dependency::Model, Dependency::Sqs],
+        }
+    }
+
+    fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
+        let (prefs, scores, priority, breakers, config) = (
+            self.prefs.clone(),
+            self.scores.clone(),
+            self.priority.clone(),
+            self.breakers.clone(),
+            self.config.clone(),
+        );
+        Box::pin(async move {
+            let started = Instant::now();
+            let Some(event) = delivery.notification.as_deref() else {
+                return Err(PipelineError::Permanent(format!(
+                    "the notify-rank pipeline needs a NotificationEvent v1 (detail-type NotificationRequested), not {:?}; route only those to it",
+                    delivery.event.detail_type
+                )));
+            };
+            let preferences = match prefs.get(event.tenant_id, &event.user.id).await {
+                Ok(Some(p)) => {
+                    breakers.success(Dependency::Postgres);
+                    p
+                }
+                Ok(None) => {
+                    return Err(PipelineError::Permanent(format!(
+                        "no usable channel for user {}: no preferences stored for them in this tenant (set them with `conveyor notify prefs set`, then redrive)",
+                        crate::safe::token(&event.user.id)
+                    )));
+                }
+                Err(PrefsError::Database(e)) => {
+                    let reason = format!("reading preferences: {}", crate::safe::error_chain(&e));
+                    return Err(if crate::postgres::is_unavailable(&e) {
+                        breakers.failure(Dependency::Postgres, &reason);
+                        PipelineError::Unavailable(Dependency::Postgres, reason)
+                    } else {
+                        PipelineError::Retryable(reason)
+                    });
+                }
+                Err(e @ PrefsError::Stored(_)) => {
+                    return Err(PipelineError::Permanent(e.to_string()));
+                }
+            };
+            let segment = event
+                .user
+                .segment
+                .as_deref()
+                .or(preferences.segment.as_deref());
+            let score = scores.get(event, segment).await?;
+            let now = chrono::Utc::now();
+            let ranked = rank::rank(event, &preferences, (*score).clone(), &config, now)
+                .map_err(|e| PipelineError::Permanent(e.to_string()))?;
+            let n = &ranked.notification;
+            let wait = (n.send_after - now).num_seconds().max(0) as u32;
+            let body = serde_json::to_string(n)
+                .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
+            priority
+                .send(
+                    Outgoing {
+                        body,
+                        attributes: vec![
+                            ("source", RANKED_SOURCE.to_owned()),
+                            ("type", RANKED_TYPE.to_owned()),
+                            ("priority", n.priority.to_string()),
+                            ("channel", n.channel.as_str().to_owned()),
+                            ("eventId", n.event_id.clone()),
+                        ],
+                    },
+                    wait,
+                )
+                .await?;
+            telemetry::notify_ranked(n.channel.as_str(), n.priority);
+            if ranked.quiet_hours {
+                telemetry::notify_deferred("quiet_hours");
+            }
+            tracing::info!(
+                event_id = %n.event_id,
+                tenant_id = %n.tenant_id,
+                user_id = %crate::safe::token(&n.user_id),
+                channel = n.channel.as_str(),
+                failover = n.failover.len(),
+                priority = n.priority,
+                scorer = %n.scorer,
+                send_after = %n.send_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                quiet_hours = ranked.quiet_hours,
+                latency_ms = started.elapsed().as_millis() as u64,
+                "notification ranked"
+            );
+            Ok(())
+        })
+    }
+}
