@@ -1,6 +1,9 @@
 //! A local OpenAI-compatible chat server: the only faked component (there is no internet).
 //! It serves `POST /v1/chat/completions` and `GET /v1/models` on an ephemeral port.
 //!
+//! Asked for a notification's priority (schema `notification_priority`) it answers 5 when the
+//! metadata says `"urgency":"critical"`, else 3.
+//!
 //! Its "model" finds one action item per line containing `ACTION:`, written as
 //! `ACTION: <description> [| owner=<name>] [| due=<YYYY-MM-DD>]`. Tests can script the next
 //! answers (a status with `Retry-After`, or a malformed reply) and read every call it got.
@@ -155,6 +158,18 @@ async fn chat(
             Json(completion("{\"action_items\": [ this is not json", &user)).into_response()
         }
         Some(Scripted::Reply(content)) => Json(completion(&content, &user)).into_response(),
+        // Notification scoring: priority 5 for `"urgency":"critical"` metadata, else 3.
+        None if request["response_format"]["json_schema"]["name"] == "notification_priority" => {
+            let priority = if user.contains("\"urgency\":\"critical\"") {
+                5
+            } else {
+                3
+            };
+            let answer = json!({"priority": priority,
+                "score_breakdown": {"urgency": 0.5, "relevance": 0.5, "timeliness": 0.5},
+                "reason": "scored by the fake model"});
+            Json(completion(&answer.to_string(), &user)).into_response()
+        }
         None => {
             let items: Vec<Value> = user
                 .lines()

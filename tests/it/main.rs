@@ -14,6 +14,7 @@ mod hardening;
 mod helpers;
 mod infra;
 mod logs;
+mod notifications;
 mod notify;
 mod outages;
 mod pipelines;

@@ -1,0 +1,528 @@
+//! The notification system's intake and ranking end to end (LocalStack with S3, PostgreSQL,
+//! the fake model): `conveyor infra up` provisions each test's own bucket, queues and rule;
+//! preferences go in with `conveyor notify prefs import`; drops go in with `conveyor notify
+//! drop` and events through EventBridge; the daemon ingests and ranks them into the `priority`
+//! queue. Defaults are the shipped ones (maxReceiveCount 3, the default backoff).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fake_llm::{FakeLlm, Scripted};
+use crate::helpers::*;
+
+/// One test's notification stages: names, a private database, provisioned by `infra up`.
+struct Stages {
+    prefix: String,
+    bucket: String,
+    /// The rule matches only this source: other tests' events never reach this test's queues.
+    source: String,
+    tenant: uuid::Uuid,
+    database_url: String,
+    pool: sqlx::PgPool,
+    ingest_url: String,
+    incoming_url: String,
+    incoming_dlq_url: String,
+    priority_url: String,
+    sqs: aws_sdk_sqs::Client,
+}
+
+impl Stages {
+    async fn provision(prefix: &str) -> Self {
+        let prefix = unique(prefix);
+        let (database_url, pool) = private_database("it_notify").await;
+        let stages = Self {
+            bucket: prefix.to_lowercase(),
+            source: format!("{prefix}.producer"),
+            tenant: uuid::Uuid::new_v4(),
+            database_url,
+            pool,
+            ingest_url: String::new(),
+            incoming_url: String::new(),
+            incoming_dlq_url: String::new(),
+            priority_url: String::new(),
+            sqs: sqs_client().await,
+            prefix,
+        };
+        let up = stages.cli("").output(&["infra", "up"]);
+        assert_eq!(up.code, Some(0), "{}", up.all());
+        let again = stages.cli("").output(&["infra", "up"]);
+        assert!(
+            again.stdout.contains("nothing to change"),
+            "idempotent: {}",
+            again.all()
+        );
+        let url = |name: String| {
+            let sqs = stages.sqs.clone();
+            async move {
+                sqs.get_queue_url()
+                    .queue_name(name)
+                    .send()
+                    .await
+                    .unwrap()
+                    .queue_url
+                    .unwrap()
+            }
+        };
+        let p = &stages.prefix;
+        Self {
+            ingest_url: url(format!("{p}-ingest")).await,
+            incoming_url: url(format!("{p}-incoming")).await,
+            incoming_dlq_url: url(format!("{p}-incoming-dlq")).await,
+            priority_url: url(format!("{p}-priority")).await,
+            ..stages
+        }
+    }
+
+    /// The configuration: `[notify]` with this test's names, and the two consuming queues.
+    fn toml(&self, notify_extra: &str) -> String {
+        let (p, bucket, source) = (&self.prefix, &self.bucket, &self.source);
+        format!(
+            r#"
+[infra]
+queue_name = "{p}-events"
+rule_name = "{p}-events"
+sources = ["{p}.unused"]
+
+[notify]
+bucket = "{bucket}"
+ingest_queue = "{p}-ingest"
+incoming_queue = "{p}-incoming"
+priority_queue = "{p}-priority"
+rule_name = "{p}-requested"
+sources = ["{source}"]
+{notify_extra}
+
+[queues.ingest]
+name = "{p}-ingest"
+format = "s3"
+[[queues.ingest.routes]]
+pipelines = ["notify-ingest"]
+
+[queues.incoming]
+name = "{p}-incoming"
+[[queues.incoming.routes]]
+detail_type = "NotificationRequested"
+contract = "notification_event_v1"
+pipelines = ["notify-rank"]
+"#
+        )
+    }
+
+    fn cli(&self, notify_extra: &str) -> Conveyor {
+        Conveyor::new(&self.toml(notify_extra)).env("DATABASE_URL", &self.database_url)
+    }
+
+    async fn daemon(&self, notify_extra: &str) -> InProcess {
+        let mut config = test_config(&self.toml(notify_extra));
+        config.secrets.database_url = Some(conveyor::config::Secret::new(&self.database_url));
+        InProcess::start(config, conveyor::pipeline::Registry::built_in()).await
+    }
+
+    /// Imports preferences (JSON lines) with the CLI.
+    fn import_prefs(&self, documents: &[Value]) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for d in documents {
+            writeln!(file, "{d}").unwrap();
+        }
+        let out =
+            self.cli("")
+                .output(&["notify", "prefs", "import", file.path().to_str().unwrap()]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+    }
+
+    fn prefs(&self, user: &str, extra: Value) -> Value {
+        let mut doc = json!({
+            "tenantId": self.tenant, "userId": user,
+            "channels": {"email": format!("addr-mark-{user}@example.com"),
+                         "push": format!("arn:aws:sns:us-east-1:000000000000:endpoint/GCM/app/{user}")},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        doc
+    }
+
+    fn event(&self, event_id: &str, user: &str, metadata: Value) -> Value {
+        json!({
+            "eventId": event_id, "source": "billing", "occurredAt": "2026-11-23T10:00:00Z",
+            "tenantId": self.tenant,
+            "user": {"id": user, "channels": ["email", "push"]},
+            "content": {"title": format!("TITLE-MARK {event_id}"), "body": "BODY-MARK private words",
+                        "metadata": metadata},
+        })
+    }
+
+    async fn publish(&self, detail: &Value) {
+        put_event(&self.source, "NotificationRequested", detail).await;
+    }
+}
+
+const URGENCIES: [&str; 3] = ["low", "normal", "high"];
+
+/// Ranked notifications by eventId.
+fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for m in messages {
+        let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        assert_eq!(string_attribute(m, "eventId"), body["eventId"].as_str());
+        assert_eq!(string_attribute(m, "channel"), body["channel"].as_str());
+        assert_eq!(
+            string_attribute(m, "priority").map(str::to_owned),
+            Some(body["priority"].to_string())
+        );
+        out.entry(body["eventId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body);
+    }
+    out
+}
+
+/// Waits until the queue holds nothing, visible or in flight, on three checks in a row.
+async fn settled(sqs: &aws_sdk_sqs::Client, url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut quiet = 0;
+    while quiet < 3 {
+        assert!(Instant::now() < deadline, "queue {url} did not settle");
+        quiet = if queue_depth(sqs, url).await == (0, 0) {
+            quiet + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lines_are_listed_in_the_rejects_object()
+ {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-drop").await;
+    s.import_prefs(
+        &(0..20)
+            .map(|u| s.prefs(&format!("u-{u}"), json!({})))
+            .collect::<Vec<_>>(),
+    );
+
+    // 5,000 lines: every 50th invalid (2 %), of six kinds, and one line longer than allowed.
+    let mut file = tempfile::Builder::new()
+        .suffix(".jsonl")
+        .tempfile()
+        .unwrap();
+    let mut invalid: BTreeMap<u64, &str> = BTreeMap::new();
+    let mut valid = BTreeSet::new();
+    for n in 1..=5000u64 {
+        let id = format!("e-{n}");
+        let mut event = s.event(
+            &id,
+            &format!("u-{}", n % 20),
+            json!({ "urgency": URGENCIES[n as usize % 3] }),
+        );
+        let line = if n % 50 == 0 {
+            let (line, field) = match (n / 50) % 7 {
+                0 => ("{\"eventId\": \"x\", BODY-MARK".to_owned(), ""),
+                1 => ("[1, 2]".to_owned(), ""),
+                2 => {
+                    event.as_object_mut().unwrap().remove("eventId");
+                    (event.to_string(), "eventId")
+                }
+                3 => {
+                    event["user"]["channels"] = json!(["email", "fax"]);
+                    (event.to_string(), "user.channels[1]")
+                }
+                4 => {
+                    event["content"]["title"] = json!("");
+                    (event.to_string(), "content.title")
+                }
+                5 => {
+                    event["tenantId"] = json!("acme");
+                    (event.to_string(), "tenantId")
+                }
+                _ => {
+                    event["content"]["body"] = json!("BODY-MARK ".repeat(30_000));
+                    (event.to_string(), "")
+                }
+            };
+            invalid.insert(n, field);
+            line
+        } else {
+            valid.insert(id);
+            event.to_string()
+        };
+        writeln!(file, "{line}").unwrap();
+    }
+    assert_eq!(invalid.len(), 100);
+
+    let mut daemon = s
+        .cli("")
+        .env(
+            "CONVEYOR_TELEMETRY__LOG_LEVEL",
+            "debug,aws=info,aws_smithy_runtime=info,hyper=info,sqlx=warn,h2=info,rustls=info",
+        )
+        .spawn_daemon();
+    let key = "drops/batch-1.jsonl";
+    let drop = |key: &str| {
+        let out = s.cli("").output(&[
+            "notify",
+            "drop",
+            file.path().to_str().unwrap(),
+            "--key",
+            key,
+        ]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+    };
+    drop(key);
+    let ranked = drain_queue(
+        &s.sqs,
+        &s.priority_url,
+        valid.len(),
+        Duration::from_secs(240),
+    )
+    .await;
+    let ranked = by_event(&ranked);
+    assert_eq!(ranked.len(), valid.len(), "every valid event ranked");
+    assert!(ranked.values().all(|r| r.len() == 1), "each once");
+    assert_eq!(ranked.keys().cloned().collect::<BTreeSet<_>>(), valid);
+
+    // The rejects object lists exactly the invalid lines, with their field.
+    let s3 = conveyor::aws::s3_client(&aws_sdk().await);
+    let rejects_key = format!("{key}.rejects.jsonl");
+    let object = s3
+        .get_object()
+        .bucket(&s.bucket)
+        .key(&rejects_key)
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap();
+    let listed: BTreeMap<u64, String> = text
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            assert!(!r["reason"].as_str().unwrap().is_empty());
+            (
+                r["line"].as_u64().unwrap(),
+                r["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<u64, String> =
+        invalid.iter().map(|(n, f)| (*n, f.to_string())).collect();
+    assert_eq!(listed, expected);
+    assert!(!text.contains("MARK"), "no content in the rejects object");
+
+    // The same drop again (under another key, so S3 announces it as a new object and it is
+    // read again, as after a crash): ingested again, ranked never again.
+    drop("drops/batch-1-again.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while daemon
+        .logs()
+        .iter()
+        .filter(|l| l.contains("drop ingested"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "second drop not ingested");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    settled(&s.sqs, &s.ingest_url, Duration::from_secs(60)).await;
+    settled(&s.sqs, &s.incoming_url, Duration::from_secs(180)).await;
+    assert_eq!(
+        queue_depth(&s.sqs, &s.priority_url).await,
+        (0, 0),
+        "nothing ranked twice"
+    );
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+
+    // Not one log line carries a title, a body or an address.
+    let logs = daemon.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("notification ranked") && l.contains("latency_ms"))
+    );
+    for line in &logs {
+        for mark in ["TITLE-MARK", "BODY-MARK", "addr-mark", "example.com"] {
+            assert!(!line.contains(mark), "{mark} logged: {line}");
+        }
+    }
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+}
+
+#[tokio::test]
+async fn the_model_answering_429_then_malformed_then_well_ranks_once_and_its_score_is_never_computed_again()
+ {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-score").await;
+    s.import_prefs(&[s.prefs("u-1", json!({}))]);
+    let llm = FakeLlm::start().await;
+    llm.script([
+        Scripted::Status {
+            status: 429,
+            retry_after: Some(2),
+        },
+        Scripted::Malformed,
+    ]);
+    let extra = format!(
+        "scorer = \"model\"\n\n[extraction]\nbase_url = \"{}\"\n",
+        llm.base_url
+    );
+    let toml_extra = extra.clone();
+    let mut config = test_config(&s.toml(&toml_extra));
+    config.secrets.database_url = Some(conveyor::config::Secret::new(&s.database_url));
+    config.secrets.openai_api_key = Some(conveyor::config::Secret::new("test-key"));
+    let daemon = InProcess::start(config, conveyor::pipeline::Registry::built_in()).await;
+
+    let event = s.event("e-model", "u-1", json!({"urgency": "critical"}));
+    s.publish(&event).await;
+    let ranked = drain_queue(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
+    let ranked = by_event(&ranked);
+    let r = &ranked["e-model"][0];
+    assert_eq!(r["priority"], 5);
+    assert_eq!(r["scorer"], "model");
+    assert_eq!(r["channel"], "push", "urgent: push first");
+    assert_eq!(r["failover"][0]["channel"], "email");
+    assert_eq!(llm.calls().len(), 3, "429, malformed, then the answer");
+    assert!(llm.calls().iter().all(|c| c.json_schema));
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+
+    // Published again: the ledger ranks it once.
+    s.publish(&event).await;
+    settled(&s.sqs, &s.incoming_url, Duration::from_secs(60)).await;
+    assert_eq!(queue_depth(&s.sqs, &s.priority_url).await, (0, 0));
+    // Ranking run again for the event (its ledger record gone): the stored score, no model call.
+    sqlx::query("DELETE FROM pipeline_ledger WHERE pipeline = 'notify-rank'")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    s.publish(&event).await;
+    let again = drain_queue(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
+    assert_eq!(by_event(&again)["e-model"][0]["priority"], 5);
+    assert_eq!(llm.calls().len(), 3, "the score is computed once");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notify_scores WHERE event_id = 'e-model'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1);
+    daemon.stop().await;
+}
+
+/// Quiet hours from two hours ago to a minute boundary 20–80 s ahead, in a zone 5:45 from UTC.
+fn quiet_hours_ending_soon() -> (Value, chrono::DateTime<chrono::Utc>) {
+    use chrono::{Duration as D, Timelike};
+    let zone = chrono_tz::Asia::Kathmandu;
+    let now = chrono::Utc::now().with_timezone(&zone);
+    let minute = now.with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let mut end = minute + D::minutes(1);
+    if end - now < D::seconds(20) {
+        end += D::minutes(1);
+    }
+    let start = now - D::hours(2);
+    (
+        json!({"start": start.format("%H:%M").to_string(), "end": end.format("%H:%M").to_string(),
+               "timeZone": "Asia/Kathmandu"}),
+        end.with_timezone(&chrono::Utc),
+    )
+}
+
+#[tokio::test]
+async fn quiet_hours_delay_a_notification_to_their_end_without_spending_receives_and_priority_5_bypasses_them()
+ {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-quiet").await;
+    let (quiet, end) = quiet_hours_ending_soon();
+    s.import_prefs(&[s.prefs("u-q", json!({"quietHours": quiet}))]);
+    let daemon = s.daemon("").await;
+    let deferred_before = metric(
+        "conveyor_notify_deferred_total",
+        &["reason=\"quiet_hours\""],
+    );
+
+    s.publish(&s.event("e-quiet", "u-q", json!({"urgency": "normal"})))
+        .await;
+    s.publish(&s.event("e-urgent", "u-q", json!({"urgency": "critical"})))
+        .await;
+
+    let mut seen: HashMap<String, (Value, chrono::DateTime<chrono::Utc>, String)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "both ranked: {:?}", seen.keys());
+        for m in drain_queue(&s.sqs, &s.priority_url, 1, Duration::from_secs(2)).await {
+            let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            let receives = m.attributes().unwrap()
+                [&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount]
+                .clone();
+            seen.insert(
+                body["eventId"].as_str().unwrap().to_owned(),
+                (body, chrono::Utc::now(), receives),
+            );
+        }
+    }
+    let (urgent, urgent_at, _) = &seen["e-urgent"];
+    assert_eq!(urgent["priority"], 5);
+    assert!(*urgent_at < end, "priority 5 is not held by quiet hours");
+    let (quiet_one, received_at, receives) = &seen["e-quiet"];
+    assert_eq!(quiet_one["priority"], 2);
+    let send_after: chrono::DateTime<chrono::Utc> =
+        quiet_one["sendAfter"].as_str().unwrap().parse().unwrap();
+    assert_eq!(send_after, end, "sendAfter is the end of the quiet hours");
+    assert!(
+        *received_at >= end - chrono::Duration::seconds(1),
+        "held until then (received {received_at}, end {end})"
+    );
+    assert_eq!(receives, "1", "deferred without a receive");
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+    assert_eq!(
+        metric(
+            "conveyor_notify_deferred_total",
+            &["reason=\"quiet_hours\""]
+        ) - deferred_before,
+        1.0
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_without_a_usable_channel_and_an_invalid_event_are_dead_lettered_naming_the_reason()
+{
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-nochannel").await;
+    // Reachable only by SMS, which the event does not allow; and opted out of email.
+    s.import_prefs(&[json!({"tenantId": s.tenant, "userId": "u-sms",
+        "channels": {"sms": "+4915112345678", "email": "addr-mark@example.com"}, "optOut": ["email"]})]);
+    let daemon = s.daemon("").await;
+
+    s.publish(&s.event("e-nochannel", "u-sms", json!({}))).await;
+    s.publish(&s.event("e-stranger", "u-unknown", json!({})))
+        .await;
+    let mut invalid = s.event("e-invalid", "u-sms", json!({}));
+    invalid["user"].as_object_mut().unwrap().remove("channels");
+    s.publish(&invalid).await;
+
+    let dead = drain_queue(&s.sqs, &s.incoming_dlq_url, 3, Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), 3);
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            let reason = string_attribute(m, "conveyor.error").unwrap().to_owned();
+            assert!(
+                !reason.contains("addr-mark") && !reason.contains("+4915"),
+                "{reason}"
+            );
+            reason
+        })
+        .collect();
+    reasons.sort();
+    let all = reasons.join("\n");
+    assert!(all.contains("no usable channel for user \"u-sms\": the event allows [email, push], the user has addresses for [email, sms] and opted out of [email]"), "{all}");
+    assert!(
+        all.contains("no usable channel for user \"u-unknown\": no preferences stored"),
+        "{all}"
+    );
+    assert!(all.contains("detail.user.channels"), "{all}");
+    assert_eq!(queue_depth(&s.sqs, &s.priority_url).await, (0, 0));
+    daemon.stop().await;
+}
