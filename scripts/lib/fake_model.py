@@ -1,6 +1,8 @@
 """A zero-latency OpenAI-compatible chat endpoint for scripts (bench, soak): the protocol of
 tests/it/fake_llm.rs — one action item per line containing `ACTION:`, written
-`ACTION: <description> [| owner=<name>] [| due=<YYYY-MM-DD>]`. Counts the calls it answers."""
+`ACTION: <description> [| owner=<name>] [| due=<YYYY-MM-DD>]`; asked for a notification's priority
+(schema `notification_priority`), 5 for `"urgency":"critical"` metadata, else 3. Counts the calls
+it answers."""
 
 import http.server
 import json
@@ -48,6 +50,13 @@ class FakeModel:
                     self.wfile.write(body)
                     return
                 user = next(m["content"] for m in request["messages"] if m["role"] == "user")
+                schema = request.get("response_format", {}).get("json_schema", {}).get("name")
+                if schema == "notification_priority":
+                    self.answer(user, json.dumps({
+                        "priority": 5 if '"urgency":"critical"' in user else 3,
+                        "score_breakdown": {"urgency": 0.5, "relevance": 0.5, "timeliness": 0.5},
+                        "reason": "scored by the fake model"}))
+                    return
                 items = []
                 for line in user.splitlines():
                     if "ACTION:" not in line:
@@ -61,7 +70,9 @@ class FakeModel:
                             due = p[4:]
                     items.append({"description": parts[0], "owner": owner, "due_date": due, "status": "open",
                                   "priority": "medium", "confidence": 0.9})
-                content = json.dumps({"action_items": items})
+                self.answer(user, json.dumps({"action_items": items}))
+
+            def answer(self, user, content):
                 body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
                                    "choices": [{"index": 0, "finish_reason": "stop",
                                                 "message": {"role": "assistant", "content": content}}],

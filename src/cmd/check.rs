@@ -108,6 +108,9 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
                         result,
                     });
                 }
+                if let Some(notify) = &config.notify {
+                    probes.extend(probe_notify(&sdk, notify, timeout).await);
+                }
             }
         }
     }
@@ -145,6 +148,67 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
             };
         probes.push(Probe {
             name: "model".into(),
+            result,
+        });
+    }
+    let scores_with_model = config
+        .notify
+        .as_ref()
+        .is_some_and(|n| n.scorer == crate::config::Scorer::Model);
+    if scores_with_model && config.routes_to("notify-rank") {
+        let result = match config.secrets.openai_api_key.as_ref() {
+            None => Err("notify.scorer = \"model\" needs OPENAI_API_KEY".to_owned()),
+            Some(key) => match crate::extract::llm::Llm::new(&config.extraction, key) {
+                Ok(llm) => llm.probe().await,
+                Err(e) => Err(error_chain(e.as_ref())),
+            },
+        };
+        probes.push(Probe {
+            name: "model (notification scoring)".into(),
+            result,
+        });
+    }
+    probes
+}
+
+/// The notification stages' bucket and the queues their pipelines send to.
+async fn probe_notify(
+    sdk: &aws_config::SdkConfig,
+    notify: &crate::config::NotifyConfig,
+    timeout: Duration,
+) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    let s3 = aws::s3_client(sdk);
+    let result =
+        match tokio::time::timeout(timeout, s3.head_bucket().bucket(&notify.bucket).send()).await {
+            Err(_) => Err(format!("no answer from S3 within {timeout:?}")),
+            Ok(Err(e)) => Err(format!(
+                "{}: run `conveyor infra up`",
+                error_chain(&aws_sdk_s3::Error::from(e))
+            )),
+            Ok(Ok(_)) => Ok("exists".to_owned()),
+        };
+    probes.push(Probe {
+        name: format!("notify.bucket {}", notify.bucket),
+        result,
+    });
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for (key, name) in [
+        ("notify.incoming_queue", &notify.incoming_queue),
+        ("notify.priority_queue", &notify.priority_queue),
+    ] {
+        let result = match tokio::time::timeout(
+            timeout,
+            sqs.get_queue_url().queue_name(name).send(),
+        )
+        .await
+        {
+            Err(_) => Err(format!("no answer from SQS within {timeout:?}")),
+            Ok(Err(e)) => Err(format!("{}: run `conveyor infra up`", error_chain(&e))),
+            Ok(Ok(out)) => Ok(out.queue_url.unwrap_or_default()),
+        };
+        probes.push(Probe {
+            name: format!("{key} {name}"),
             result,
         });
     }

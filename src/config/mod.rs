@@ -85,12 +85,14 @@ pub use service::{
 pub use stores::{DatabaseConfig, ExtractionConfig, ExtractorKind, GraphConfig};
 
 impl Config {
-    /// The timeout of one run of `pipeline`.
+    /// The timeout of one run of `pipeline`: `pipelines.<name>.timeout_secs`, else the
+    /// catalog's default for it.
     pub fn pipeline_timeout(&self, pipeline: &str) -> Duration {
-        let secs = self
-            .pipelines
-            .get(pipeline)
-            .map_or(PipelineConfig::default().timeout_secs, |p| p.timeout_secs);
+        let secs = match self.pipelines.get(pipeline) {
+            Some(p) => p.timeout_secs,
+            None => crate::pipeline::descriptor(pipeline)
+                .map_or(PipelineConfig::default().timeout_secs, |d| d.timeout_secs),
+        };
         Duration::from_secs(secs)
     }
 }

@@ -112,7 +112,9 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { timeout_secs: 300 }
+        Self {
+            timeout_secs: crate::pipeline::DEFAULT_TIMEOUT_SECS,
+        }
     }
 }
 

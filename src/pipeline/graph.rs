@@ -39,6 +39,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "graph",
     accepts: &[Contract::EnvelopeV1, Contract::BatchCompletedV1],
     needs: &[Need::Graph, Need::Model],
+    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
     build: |r| {
         Box::pin(async move {
             let bolt = r.graph().await?;

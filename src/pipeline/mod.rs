@@ -51,9 +51,14 @@ pub struct Descriptor {
     pub accepts: &'static [Contract],
     /// What it calls: checked at startup (secrets, URLs) and probed by `conveyor check`.
     pub needs: &'static [Need],
+    /// How long one run may take unless `pipelines.<name>.timeout_secs` says otherwise.
+    pub timeout_secs: u64,
     /// Builds it from the daemon's shared clients.
     pub build: Build,
 }
+
+/// The run timeout of most pipelines: a pipeline's work is one event's.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 /// How a [`Descriptor`] builds its pipeline.
 pub type Build = fn(&Shared) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
@@ -225,6 +230,7 @@ const NOOP: Descriptor = Descriptor {
     name: "noop",
     accepts: &[],
     needs: &[],
+    timeout_secs: DEFAULT_TIMEOUT_SECS,
     build: |_| Box::pin(async { Ok(Arc::new(Noop) as Arc<dyn Pipeline>) }),
 };
 

@@ -33,6 +33,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "notify-rank",
     accepts: &[Contract::NotificationEventV1],
     needs: &[Need::Postgres, Need::Notify],
+    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
     build: |shared| {
         Box::pin(async move {
             let notify = shared

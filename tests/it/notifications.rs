@@ -526,3 +526,197 @@ async fn a_user_without_a_usable_channel_and_an_invalid_event_are_dead_lettered_
     assert_eq!(queue_depth(&s.sqs, &s.priority_url).await, (0, 0));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn operators_set_and_read_preferences_get_a_policy_per_stage_and_remove_the_stages() {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-notify-ops").await;
+    let tenant = s.tenant.to_string();
+    let set = |extra: &[&str]| {
+        let mut args = vec![
+            "notify",
+            "prefs",
+            "set",
+            "--tenant-id",
+            &tenant,
+            "--user-id",
+            "u-ops",
+        ];
+        args.extend_from_slice(extra);
+        s.cli("").output(&args)
+    };
+    let bad = set(&["--sms", "0151-secret-digits"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.all());
+    assert!(
+        bad.stderr.contains("--sms: expected an E.164 phone number"),
+        "{}",
+        bad.all()
+    );
+    assert!(!bad.all().contains("secret"), "{}", bad.all());
+    let bad = set(&[
+        "--email",
+        "a@b.co",
+        "--quiet-hours",
+        "22:00-07:00",
+        "--time-zone",
+        "Mars/Base",
+    ]);
+    assert!(
+        bad.stderr.contains("--time-zone: unknown time zone"),
+        "{}",
+        bad.all()
+    );
+    let ok = set(&[
+        "--email",
+        "ops@example.com",
+        "--sms",
+        "+4915112345678",
+        "--opt-out",
+        "sms",
+        "--failover-order",
+        "sms,email",
+        "--quiet-hours",
+        "22:00-07:00",
+        "--time-zone",
+        "Europe/Berlin",
+    ]);
+    assert_eq!(ok.code, Some(0), "{}", ok.all());
+    let got = s.cli("").output(&[
+        "notify",
+        "prefs",
+        "get",
+        "--tenant-id",
+        &tenant,
+        "--user-id",
+        "u-ops",
+    ]);
+    assert_eq!(got.code, Some(0), "{}", got.all());
+    let doc: Value = serde_json::from_str(&got.stdout).unwrap();
+    assert_eq!(doc["channels"]["email"], "ops@example.com");
+    assert_eq!(
+        doc["quietHours"],
+        json!({"start": "22:00", "end": "07:00", "timeZone": "Europe/Berlin"})
+    );
+    let other_tenant = uuid::Uuid::new_v4().to_string();
+    let none = s.cli("").output(&[
+        "notify",
+        "prefs",
+        "get",
+        "--tenant-id",
+        &other_tenant,
+        "--user-id",
+        "u-ops",
+    ]);
+    assert_eq!(
+        none.code,
+        Some(1),
+        "another tenant sees nothing: {}",
+        none.all()
+    );
+
+    // An import with one bad line stores nothing and names the line.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "{}", s.prefs("u-a", json!({}))).unwrap();
+    writeln!(
+        file,
+        "{}",
+        json!({"tenantId": tenant, "userId": "u-b", "channels": {"webhook": "ftp://x"}})
+    )
+    .unwrap();
+    let out = s
+        .cli("")
+        .output(&["notify", "prefs", "import", file.path().to_str().unwrap()]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains(":2: line.channels.webhook"),
+        "{}",
+        out.all()
+    );
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notify_preferences WHERE user_id = 'u-a'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 0);
+
+    // A policy per stage, every document clean under a real IAM linter.
+    let policy = |role: &str| -> Value {
+        let out = s.cli("").output(&["policy", "--role", role]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let sids = |doc: &Value| -> Vec<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (run, publish, infra) = (policy("run"), policy("publish"), policy("infra"));
+    for sid in [
+        "NotifyIngestDrops",
+        "NotifyIngestRejects",
+        "NotifyIngestSend",
+        "NotifyRankSend",
+    ] {
+        assert!(sids(&run).contains(&sid.to_owned()), "{sid} in {run}");
+    }
+    assert!(sids(&publish).contains(&"PublishNotifyDrops".to_owned()));
+    for sid in ["InfraNotifyQueues", "InfraNotifyRule", "InfraNotifyBucket"] {
+        assert!(sids(&infra).contains(&sid.to_owned()), "{sid}");
+    }
+    let parliament = std::env::var("CONVEYOR_STACK_PARLIAMENT")
+        .expect("CONVEYOR_STACK_PARLIAMENT: run under scripts/test, which installs parliament");
+    for (role, doc) in [("run", &run), ("publish", &publish), ("infra", &infra)] {
+        let out = std::process::Command::new(&parliament)
+            .args([
+                "--json",
+                "--minimum_severity",
+                "LOW",
+                "--string",
+                &doc.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let findings = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && findings.trim().is_empty(),
+            "parliament on {role}: {findings}"
+        );
+    }
+
+    // `infra down` removes the stages' queues and rule and the bucket's notification; the bucket
+    // (the drops) stays.
+    let down = s.cli("").output(&["infra", "down", "--yes"]);
+    assert_eq!(down.code, Some(0), "{}", down.all());
+    for name in [
+        "ingest",
+        "incoming",
+        "priority",
+        "ingest-dlq",
+        "incoming-dlq",
+        "priority-dlq",
+    ] {
+        let gone = s
+            .sqs
+            .get_queue_url()
+            .queue_name(format!("{}-{name}", s.prefix))
+            .send()
+            .await;
+        assert!(gone.is_err(), "{name} removed");
+    }
+    let s3 = conveyor::aws::s3_client(&aws_sdk().await);
+    s3.head_bucket()
+        .bucket(&s.bucket)
+        .send()
+        .await
+        .expect("the bucket is kept");
+    let notifications = s3
+        .get_bucket_notification_configuration()
+        .bucket(&s.bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(notifications.queue_configurations().is_empty());
+}
