@@ -162,31 +162,41 @@ impl Ingest {
 
     /// Streams the object, sends its valid lines and writes its rejects.
     async fn read(&self, drop_id: &str, record: &Record) -> Result<Totals, PipelineError> {
-        let mut request = self.s3.get_object().bucket(&record.bucket).key(&record.key);
-        // The version this notification announced: an object overwritten since has its own
-        // notification, and this one is superseded.
-        if let Some(etag) = &record.etag {
-            request = request.if_match(format!("\"{}\"", etag.trim_matches('"')));
-        }
-        let object = match request.send().await {
-            Ok(object) => object,
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let missing = e
-                    .as_service_error()
-                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key);
-                if status == Some(412) || missing {
-                    telemetry::notify_drop("skipped");
-                    tracing::warn!(
-                        drop_id,
-                        "the drop was overwritten or deleted since this notification; its newer upload is read on its own notification"
-                    );
-                    return Ok(Totals::default());
-                }
-                return Err(self.s3_error("GetObject", &e));
-            }
+        let mut parts = Parts {
+            s3: self.s3.clone(),
+            bucket: record.bucket.clone(),
+            key: record.key.clone(),
+            // The version this notification announced: an object overwritten since has its own
+            // notification, and this one is superseded.
+            etag: record
+                .etag
+                .as_ref()
+                .map(|e| format!("\"{}\"", e.trim_matches('"'))),
+            next: 0,
+            size: None,
+            breakers: self.breakers.clone(),
         };
-        let reader = tokio::io::BufReader::with_capacity(64 * 1024, object.body.into_async_read());
+        let first = match parts.next_part().await {
+            Ok(first) => first,
+            Err(ReadFailure::Superseded) => {
+                telemetry::notify_drop("skipped");
+                tracing::warn!(
+                    drop_id,
+                    "the drop was overwritten or deleted since this notification; its newer upload is read on its own notification"
+                );
+                return Ok(Totals::default());
+            }
+            Err(ReadFailure::Failed(e)) => return Err(e),
+        };
+        let rest = futures::stream::try_unfold(parts, |mut parts| async move {
+            match parts.next_part().await {
+                Ok(Some(bytes)) => Ok(Some((bytes, parts))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        });
+        let stream = futures::stream::iter(first.map(Ok)).chain(rest);
+        let reader = tokio_util::io::StreamReader::new(Box::pin(stream));
         let mut lines = Lines::new(reader, MAX_LINE_BYTES);
         let mut totals = Totals::default();
         let mut rejects: Vec<Reject> = Vec::new();
@@ -194,11 +204,33 @@ impl Ingest {
         let mut batch_bytes = 0usize;
         let mut sending = FuturesUnordered::new();
         loop {
-            let next = lines.next().await.map_err(|e| {
-                let reason = format!("reading the drop: {e}");
-                self.breakers.failure(Dependency::S3, &reason);
-                PipelineError::Unavailable(Dependency::S3, reason)
-            })?;
+            let next = match lines.next().await {
+                Ok(next) => next,
+                // The parts' own failures travel through the reader as I/O errors.
+                Err(e) => match e.into_inner().map(|inner| inner.downcast::<ReadFailure>()) {
+                    Some(Ok(failure)) => match *failure {
+                        ReadFailure::Failed(e) => return Err(e),
+                        ReadFailure::Superseded => {
+                            telemetry::notify_drop("skipped");
+                            tracing::warn!(
+                                drop_id,
+                                sent = totals.accepted,
+                                "the drop was overwritten or deleted while it was read; its newer upload is read on its own notification"
+                            );
+                            return Ok(totals);
+                        }
+                    },
+                    Some(Err(other)) => {
+                        return Err(PipelineError::Retryable(format!(
+                            "reading the drop: {}",
+                            crate::safe::error_chain(other.as_ref())
+                        )));
+                    }
+                    None => {
+                        return Err(PipelineError::Retryable("reading the drop failed".into()));
+                    }
+                },
+            };
             let Some((number, line)) = next else { break };
             match drop::check(number, line) {
                 None => continue,
@@ -261,12 +293,131 @@ impl Ingest {
         call: &str,
         e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> PipelineError {
-        let reason = format!("{call} on the drop: {}", crate::safe::error_chain(e));
-        if crate::aws::is_transient(e) || crate::aws::is_auth_refused(e) {
-            self.breakers.failure(Dependency::S3, &reason);
-            PipelineError::Unavailable(Dependency::S3, reason)
-        } else {
-            PipelineError::Retryable(reason)
+        s3_error(&self.breakers, call, e)
+    }
+}
+
+fn s3_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static>(
+    breakers: &Breakers,
+    call: &str,
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> PipelineError {
+    let reason = format!("{call} on the drop: {}", crate::safe::error_chain(e));
+    if crate::aws::is_transient(e) || crate::aws::is_auth_refused(e) {
+        breakers.failure(Dependency::S3, &reason);
+        PipelineError::Unavailable(Dependency::S3, reason)
+    } else {
+        PipelineError::Retryable(reason)
+    }
+}
+
+/// Bytes asked for per GET. The drop is read part by part, each response read whole at once:
+/// no download stays open while its lines are sent (one read slowly over minutes was cut
+/// part-way on LocalStack, and S3 closes connections that stall), and memory stays bounded.
+const PART_BYTES: u64 = 8 * 1024 * 1024;
+/// Tries of one part whose body broke off mid-read (the SDK retries only failed requests).
+const PART_TRIES: u32 = 3;
+
+/// The drop's parts, in order.
+struct Parts {
+    s3: S3,
+    bucket: String,
+    key: String,
+    /// `If-Match`: every part of the same version.
+    etag: Option<String>,
+    /// The first byte not read yet.
+    next: u64,
+    /// The object's size, once the first answer gave it.
+    size: Option<u64>,
+    breakers: Breakers,
+}
+
+/// Why the drop could not be read on.
+#[derive(Debug, thiserror::Error)]
+enum ReadFailure {
+    /// Overwritten or deleted since the notification (412, NoSuchKey).
+    #[error("the drop was overwritten or deleted")]
+    Superseded,
+    #[error("{0}")]
+    Failed(PipelineError),
+}
+
+impl Parts {
+    /// The next part; `None` past the end.
+    async fn next_part(&mut self) -> Result<Option<bytes::Bytes>, ReadFailure> {
+        if self.size.is_some_and(|size| self.next >= size) {
+            return Ok(None);
+        }
+        let mut pause = std::time::Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = self.next + PART_BYTES - 1;
+            let answer = self
+                .s3
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .range(format!("bytes={}-{last}", self.next))
+                .set_if_match(self.etag.clone())
+                .send()
+                .await;
+            let object = match answer {
+                Ok(object) => object,
+                Err(e) => {
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    let missing = e.as_service_error().is_some_and(
+                        aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                    );
+                    if status == Some(412) || missing {
+                        return Err(ReadFailure::Superseded);
+                    }
+                    // An empty object has no byte 0 to ask for.
+                    if status == Some(416) && self.next == 0 {
+                        self.size = Some(0);
+                        return Ok(None);
+                    }
+                    return Err(ReadFailure::Failed(s3_error(
+                        &self.breakers,
+                        "GetObject",
+                        &e,
+                    )));
+                }
+            };
+            // `bytes 0-8388607/52428800`: the total after the slash.
+            self.size = object
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|total| total.parse().ok())
+                .or(self.size)
+                .or_else(|| object.content_length().map(|l| self.next + l.max(0) as u64));
+            match object.body.collect().await {
+                Ok(body) => {
+                    let bytes = body.into_bytes();
+                    self.next += bytes.len() as u64;
+                    if bytes.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(bytes));
+                }
+                Err(e) if attempt < PART_TRIES => {
+                    tracing::warn!(error = %crate::safe::error_chain(&e), attempt, "a part of the drop broke off mid-read; asking for it again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "reading the drop at byte {}: {}",
+                        self.next,
+                        crate::safe::error_chain(&e)
+                    );
+                    self.breakers.failure(Dependency::S3, &reason);
+                    return Err(ReadFailure::Failed(PipelineError::Unavailable(
+                        Dependency::S3,
+                        reason,
+                    )));
+                }
+            }
         }
     }
 }

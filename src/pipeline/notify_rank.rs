@@ -136,7 +136,9 @@ impl Pipeline for NotifyRank {
             let ranked = rank::rank(event, &preferences, (*score).clone(), &config, now)
                 .map_err(|e| PipelineError::Permanent(e.to_string()))?;
             let n = &ranked.notification;
-            let wait = (n.send_after - now).num_seconds().max(0) as u32;
+            // Rounded up: the message becomes visible no sooner than its sendAfter.
+            let wait = ((n.send_after - now).num_milliseconds().max(0) as u64).div_ceil(1000);
+            let wait = u32::try_from(wait).unwrap_or(u32::MAX);
             let body = serde_json::to_string(n)
                 .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
             priority

@@ -161,6 +161,9 @@ pipelines = ["notify-rank"]
 }
 
 const URGENCIES: [&str; 3] = ["low", "normal", "high"];
+/// Makes the drop's lines ~2 KB, the drop ~10 MB: uploaded in two parts, read in two ranges
+/// (8 MiB each), with a line across the boundary.
+const PADDING: &str = concat!(include_str!("../../LICENSE"), include_str!("../../LICENSE"));
 
 /// Ranked notifications by eventId.
 fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
@@ -218,7 +221,7 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
         let mut event = s.event(
             &id,
             &format!("u-{}", n % 20),
-            json!({ "urgency": URGENCIES[n as usize % 3] }),
+            json!({ "urgency": URGENCIES[n as usize % 3], "padding": PADDING }),
         );
         let line = if n % 50 == 0 {
             let (line, field) = match (n / 50) % 7 {
@@ -254,6 +257,8 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
         writeln!(file, "{line}").unwrap();
     }
     assert_eq!(invalid.len(), 100);
+    let size = file.as_file().metadata().unwrap().len();
+    assert!(size > 9 << 20, "more than one 8 MiB part: {size} bytes");
 
     let mut daemon = s
         .cli("")

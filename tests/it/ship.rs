@@ -254,7 +254,8 @@ fn compose_pins_localstack_and_wires_init_steps_health_and_stop_grace() {
     );
     assert_eq!(
         services["localstack"]["environment"]["SERVICES"].as_str(),
-        Some("sqs,events,sts")
+        Some("sqs,events,sts,s3"),
+        "S3 for the notification drops bucket `infra up` provisions"
     );
 
     let command = |service: &str| -> Vec<String> {
