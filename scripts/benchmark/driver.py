@@ -404,7 +404,7 @@ pipelines = ["notify-rank"]
 
 
 def notify_main():
-    """One 50 MB drop (~100k events) through notify-ingest and notify-rank, with the rules
+    """One ~58 MB drop (100k events) through notify-ingest and notify-rank, with the rules
     scorer and with the zero-latency fake model, side by side in one run."""
     model = FakeModel()
     rows = [notify_row("rules scorer", "rules", model), notify_row("model scorer (fake, zero latency)", "model", model)]

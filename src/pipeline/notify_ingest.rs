@@ -28,7 +28,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     accepts: &[Contract::Json],
     needs: &[Need::Notify],
     // A drop is read in one run: 14 minutes (under a queue's default 900 s deadline) is about
-    // 650,000 lines at what LocalStack takes (docs/notifications.md); larger drops need
+    // 475,000 lines at what LocalStack takes (docs/notifications.md); larger drops need
     // pipelines.notify-ingest.timeout_secs and the queue's deadline_secs raised.
     timeout_secs: 840,
     build: |shared| {
