@@ -33,11 +33,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     timeout_secs: 840,
     build: |shared| {
         Box::pin(async move {
-            let notify = shared
-                .config
-                .notify
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("the notify-ingest pipeline needs [notify]"))?;
+            let notify = shared.notify()?;
             let sdk = shared.aws()?;
             let incoming = Outbox::resolve(
                 aws_sdk_sqs::Client::new(sdk),
@@ -146,7 +142,9 @@ impl Ingest {
             )));
         }
         let started = Instant::now();
-        let totals = self.read(drop_id, &record).await?;
+        let Some(totals) = self.read(drop_id, &record).await? else {
+            return Ok(()); // superseded by a newer upload: counted and logged as skipped
+        };
         telemetry::notify_drop("read");
         telemetry::notify_ingested("accepted", totals.accepted);
         telemetry::notify_ingested("rejected", totals.rejected);
@@ -160,8 +158,9 @@ impl Ingest {
         Ok(())
     }
 
-    /// Streams the object, sends its valid lines and writes its rejects.
-    async fn read(&self, drop_id: &str, record: &Record) -> Result<Totals, PipelineError> {
+    /// Streams the object, sends its valid lines and writes its rejects; `None` when the
+    /// object was overwritten or deleted (its newer upload has its own notification).
+    async fn read(&self, drop_id: &str, record: &Record) -> Result<Option<Totals>, PipelineError> {
         let mut parts = Parts {
             s3: self.s3.clone(),
             bucket: record.bucket.clone(),
@@ -184,7 +183,7 @@ impl Ingest {
                     drop_id,
                     "the drop was overwritten or deleted since this notification; its newer upload is read on its own notification"
                 );
-                return Ok(Totals::default());
+                return Ok(None);
             }
             Err(ReadFailure::Failed(e)) => return Err(e),
         };
@@ -217,7 +216,7 @@ impl Ingest {
                                 sent = totals.accepted,
                                 "the drop was overwritten or deleted while it was read; its newer upload is read on its own notification"
                             );
-                            return Ok(totals);
+                            return Ok(None);
                         }
                     },
                     Some(Err(other)) => {
@@ -285,7 +284,7 @@ impl Ingest {
                 .map_err(|e| self.s3_error("PutObject (rejects)", &e))?;
         }
         self.breakers.success(Dependency::S3);
-        Ok(totals)
+        Ok(Some(totals))
     }
 
     fn s3_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static>(

@@ -36,11 +36,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     timeout_secs: super::DEFAULT_TIMEOUT_SECS,
     build: |shared| {
         Box::pin(async move {
-            let notify = shared
-                .config
-                .notify
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("the notify-rank pipeline needs [notify]"))?;
+            let notify = shared.notify()?;
             let pool = shared.postgres()?;
             let method = match notify.scorer {
                 Scorer::Rules => Method::Rules {

@@ -66,6 +66,15 @@ impl Shared {
             .context("this pipeline writes to PostgreSQL: export DATABASE_URL")
     }
 
+    /// The `[notify]` section, for the notification stages' pipelines (config validation
+    /// requires it when a route names one).
+    pub fn notify(&self) -> anyhow::Result<crate::config::NotifyConfig> {
+        self.config
+            .notify
+            .clone()
+            .context("the notification pipelines need a [notify] section")
+    }
+
     /// The AWS SDK configuration (loaded when queues are configured).
     pub fn aws(&self) -> anyhow::Result<&aws_config::SdkConfig> {
         self.aws

@@ -686,52 +686,61 @@ async fn down(c: &Clients, config: &Config, yes: bool) -> Result<(), InfraError>
         );
         return Err(InfraError::Other("not confirmed: nothing removed".into()));
     }
-    match rule_targets(c, &config.eventbridge.bus_name, &config.infra.rule_name).await? {
-        Some(targets) => {
-            if targets.iter().any(|t| t.id() == TARGET_ID) {
-                c.eb.remove_targets()
-                    .rule(&infra.rule_name)
-                    .event_bus_name(bus)
-                    .ids(TARGET_ID)
-                    .send()
-                    .await
-                    .map_err(|e| eb_err("RemoveTargets", e))?;
-                println!("removed      target {TARGET_ID}");
-            }
-            if targets.iter().all(|t| t.id() == TARGET_ID) {
-                c.eb.delete_rule()
-                    .name(&infra.rule_name)
-                    .event_bus_name(bus)
-                    .send()
-                    .await
-                    .map_err(|e| eb_err("DeleteRule", e))?;
-                println!("removed      rule {}", infra.rule_name);
-            } else {
-                println!(
-                    "kept         rule {} (other targets use it)",
-                    infra.rule_name
-                );
-            }
-        }
-        None => println!("absent       rule {}", infra.rule_name),
-    }
+    remove_rule_target(c, bus, &infra.rule_name).await?;
     for name in [infra.queue_name.clone(), infra.dlq_name()] {
-        match c.sqs.get_queue_url().queue_name(&name).send().await {
-            Ok(out) => {
-                c.sqs
-                    .delete_queue()
-                    .queue_url(out.queue_url.unwrap_or_default())
-                    .send()
-                    .await
-                    .map_err(|e| sqs_err("DeleteQueue", e))?;
-                println!("removed      queue {name}");
-            }
-            Err(e) if is_not_found(e.code()) => println!("absent       queue {name}"),
-            Err(e) => return Err(sqs_err("GetQueueUrl", e)),
-        }
+        remove_queue(c, &name).await?;
     }
     if let Some(n) = &config.notify {
         notify::down(c, config, n).await?;
+    }
+    Ok(())
+}
+
+/// Removes conveyor's target ([`TARGET_ID`]) from the rule, and the rule unless another target
+/// uses it.
+async fn remove_rule_target(c: &Clients, bus: &str, rule: &str) -> Result<(), InfraError> {
+    let Some(targets) = rule_targets(c, bus, rule).await? else {
+        println!("absent       rule {rule}");
+        return Ok(());
+    };
+    if targets.iter().any(|t| t.id() == TARGET_ID) {
+        c.eb.remove_targets()
+            .rule(rule)
+            .event_bus_name(bus)
+            .ids(TARGET_ID)
+            .send()
+            .await
+            .map_err(|e| eb_err("RemoveTargets", e))?;
+        println!("removed      target {TARGET_ID} of rule {rule}");
+    }
+    if targets.iter().all(|t| t.id() == TARGET_ID) {
+        c.eb.delete_rule()
+            .name(rule)
+            .event_bus_name(bus)
+            .send()
+            .await
+            .map_err(|e| eb_err("DeleteRule", e))?;
+        println!("removed      rule {rule}");
+    } else {
+        println!("kept         rule {rule} (other targets use it)");
+    }
+    Ok(())
+}
+
+/// Deletes the queue `name` if it exists.
+async fn remove_queue(c: &Clients, name: &str) -> Result<(), InfraError> {
+    match c.sqs.get_queue_url().queue_name(name).send().await {
+        Ok(out) => {
+            c.sqs
+                .delete_queue()
+                .queue_url(out.queue_url.unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| sqs_err("DeleteQueue", e))?;
+            println!("removed      queue {name}");
+        }
+        Err(e) if is_not_found(e.code()) => println!("absent       queue {name}"),
+        Err(e) => return Err(sqs_err("GetQueueUrl", e)),
     }
     Ok(())
 }

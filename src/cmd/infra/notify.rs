@@ -14,8 +14,8 @@ use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde_json::{Value, json};
 
 use super::{
-    Change, Clients, InfraError, RuleToQueue, TARGET_ID, change, eb_err, ensure_queue,
-    ensure_queue_policy, ensure_rule_to_queue, is_not_found, queue_policy, rule_targets, sqs_err,
+    Change, Clients, InfraError, RuleToQueue, TARGET_ID, change, ensure_queue, ensure_queue_policy,
+    ensure_rule_to_queue, queue_policy, remove_queue, remove_rule_target,
 };
 use crate::config::{Config, NotifyConfig};
 use crate::notify::event::NOTIFICATION_REQUESTED;
@@ -313,56 +313,14 @@ pub(super) async fn down(
         }
         Err(e) => return Err(s3_err("GetBucketNotificationConfiguration", e)),
     }
-    let bus = config.eventbridge.bus_name.as_str();
-    let rule = notify.rule_name.as_str();
-    match rule_targets(c, bus, rule).await? {
-        Some(targets) => {
-            if targets.iter().any(|t| t.id() == TARGET_ID) {
-                c.eb.remove_targets()
-                    .rule(rule)
-                    .event_bus_name(bus)
-                    .ids(TARGET_ID)
-                    .send()
-                    .await
-                    .map_err(|e| eb_err("RemoveTargets", e))?;
-                println!("removed      target {TARGET_ID} of rule {rule}");
-            }
-            if targets.iter().all(|t| t.id() == TARGET_ID) {
-                c.eb.delete_rule()
-                    .name(rule)
-                    .event_bus_name(bus)
-                    .send()
-                    .await
-                    .map_err(|e| eb_err("DeleteRule", e))?;
-                println!("removed      rule {rule}");
-            } else {
-                println!("kept         rule {rule} (other targets use it)");
-            }
-        }
-        None => println!("absent       rule {rule}"),
-    }
+    remove_rule_target(c, &config.eventbridge.bus_name, &notify.rule_name).await?;
     for name in [
         &notify.ingest_queue,
         &notify.incoming_queue,
         &notify.priority_queue,
     ] {
-        for name in [name.clone(), NotifyConfig::dlq_name(name)] {
-            match c.sqs.get_queue_url().queue_name(&name).send().await {
-                Ok(out) => {
-                    c.sqs
-                        .delete_queue()
-                        .queue_url(out.queue_url.unwrap_or_default())
-                        .send()
-                        .await
-                        .map_err(|e| sqs_err("DeleteQueue", e))?;
-                    println!("removed      queue {name}");
-                }
-                Err(e) if is_not_found(aws_sdk_sqs::error::ProvideErrorMetadata::code(&e)) => {
-                    println!("absent       queue {name}");
-                }
-                Err(e) => return Err(sqs_err("GetQueueUrl", e)),
-            }
-        }
+        remove_queue(c, name).await?;
+        remove_queue(c, &NotifyConfig::dlq_name(name)).await?;
     }
     Ok(())
 }
