@@ -154,20 +154,22 @@ impl Conveyor {
             .spawn()
             .expect("spawn conveyor run");
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let mut daemon = Daemon {
             child,
             lines,
+            readers,
             ops_addr: None,
             _config_file: self._config_file,
         };
@@ -204,6 +206,9 @@ impl Output {
 pub struct Daemon {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The threads reading its stdout and stderr: joined once it exits, so its last lines are
+    /// in `logs()` by then.
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub ops_addr: Option<SocketAddr>,
     _config_file: tempfile::NamedTempFile,
 }
@@ -250,7 +255,11 @@ impl Daemon {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), start.elapsed());
+                let took = start.elapsed();
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return (status.code(), took);
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
