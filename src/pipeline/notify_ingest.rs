@@ -42,19 +42,22 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 shared.breakers.clone(),
             )
             .await?;
-            Ok(Arc::new(NotifyIngest {
+            Ok(Arc::new(NotifyIngest(Arc::new(Ingest {
                 s3: crate::aws::s3_client(sdk),
                 bucket: notify.bucket,
                 incoming,
                 sends_in_flight: notify.ingest_sends_in_flight as usize,
                 region: sdk.region().map(|r| r.to_string()),
                 breakers: shared.breakers.clone(),
-            }) as Arc<dyn Pipeline>)
+            }))) as Arc<dyn Pipeline>)
         })
     },
 };
 
-pub struct NotifyIngest {
+/// The pipeline: its state is shared with every run.
+pub struct NotifyIngest(Arc<Ingest>);
+
+struct Ingest {
     s3: S3,
     /// The only bucket drops are read from: an event naming another is not followed, so a
     /// notification from elsewhere cannot make the daemon read what its role can read.
@@ -92,26 +95,9 @@ impl Pipeline for NotifyIngest {
     }
 
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
-        let job = Ingest {
-            s3: self.s3.clone(),
-            bucket: self.bucket.clone(),
-            incoming: self.incoming.clone(),
-            sends_in_flight: self.sends_in_flight,
-            region: self.region.clone(),
-            breakers: self.breakers.clone(),
-        };
+        let job = self.0.clone();
         Box::pin(async move { job.run(&delivery).await })
     }
-}
-
-/// One run's owned state.
-struct Ingest {
-    s3: S3,
-    bucket: String,
-    incoming: Outbox,
-    sends_in_flight: usize,
-    region: Option<String>,
-    breakers: Breakers,
 }
 
 impl Ingest {

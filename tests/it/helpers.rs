@@ -979,3 +979,26 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// Runs the parliament IAM linter (installed by scripts/test) on a policy document: every
+/// action, resource and condition must be one IAM knows, with no finding of any severity.
+pub fn assert_parliament_clean(role: &str, doc: &serde_json::Value) {
+    let parliament = std::env::var("CONVEYOR_STACK_PARLIAMENT").expect(
+        "CONVEYOR_STACK_PARLIAMENT: run under scripts/test, which installs the parliament IAM linter",
+    );
+    let out = std::process::Command::new(&parliament)
+        .args([
+            "--json",
+            "--minimum_severity",
+            "LOW",
+            "--string",
+            &doc.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let findings = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "parliament on the {role} policy: {findings}"
+    );
+}

@@ -339,25 +339,8 @@ async fn policy_names_the_configured_queue_its_dlq_and_the_bus_with_the_real_acc
     }
 
     // A real policy linter: every action, resource and condition is one IAM knows.
-    let parliament = std::env::var("CONVEYOR_STACK_PARLIAMENT").expect(
-        "CONVEYOR_STACK_PARLIAMENT: run under scripts/test, which installs the parliament IAM linter",
-    );
     for (role, doc) in [("run", &run), ("publish", &publish), ("infra", &infra)] {
-        let out = std::process::Command::new(&parliament)
-            .args([
-                "--json",
-                "--minimum_severity",
-                "LOW",
-                "--string",
-                &doc.to_string(),
-            ])
-            .output()
-            .unwrap();
-        let findings = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && findings.trim().is_empty(),
-            "parliament on the {role} policy: {findings}"
-        );
+        assert_parliament_clean(role, doc);
     }
 }
 

@@ -671,24 +671,8 @@ async fn operators_set_and_read_preferences_get_a_policy_per_stage_and_remove_th
     for sid in ["InfraNotifyQueues", "InfraNotifyRule", "InfraNotifyBucket"] {
         assert!(sids(&infra).contains(&sid.to_owned()), "{sid}");
     }
-    let parliament = std::env::var("CONVEYOR_STACK_PARLIAMENT")
-        .expect("CONVEYOR_STACK_PARLIAMENT: run under scripts/test, which installs parliament");
     for (role, doc) in [("run", &run), ("publish", &publish), ("infra", &infra)] {
-        let out = std::process::Command::new(&parliament)
-            .args([
-                "--json",
-                "--minimum_severity",
-                "LOW",
-                "--string",
-                &doc.to_string(),
-            ])
-            .output()
-            .unwrap();
-        let findings = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && findings.trim().is_empty(),
-            "parliament on {role}: {findings}"
-        );
+        assert_parliament_clean(role, doc);
     }
 
     // `infra down` removes the stages' queues and rule and the bucket's notification; the bucket

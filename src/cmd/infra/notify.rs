@@ -215,22 +215,19 @@ async fn ensure_notification(
         ),
     };
     if action != "exists" && !dry_run {
-        let configuration = without_ours(current, Some(ours));
-        c.s3.put_bucket_notification_configuration()
-            .bucket(bucket)
-            .notification_configuration(configuration)
-            .send()
-            .await
-            .map_err(|e| s3_err("PutBucketNotificationConfiguration", e))?;
+        replace_ours(c, bucket, current, Some(ours)).await?;
     }
     Ok(change(resource, action, dry_run, differences))
 }
 
-/// The bucket's notifications with ours removed, then `add` added; the others kept as they are.
-fn without_ours(
+/// Puts the bucket's notifications with ours removed, then `add` added; the others kept as
+/// they are.
+async fn replace_ours(
+    c: &Clients,
+    bucket: &str,
     current: Option<aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput>,
     add: Option<QueueConfiguration>,
-) -> NotificationConfiguration {
+) -> Result<(), InfraError> {
     let mut builder = NotificationConfiguration::builder();
     let mut queues = Vec::new();
     if let Some(current) = current {
@@ -247,7 +244,13 @@ fn without_ours(
             .set_event_bridge_configuration(current.event_bridge_configuration);
     }
     queues.extend(add);
-    builder.set_queue_configurations(Some(queues)).build()
+    c.s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(builder.set_queue_configurations(Some(queues)).build())
+        .send()
+        .await
+        .map_err(|e| s3_err("PutBucketNotificationConfiguration", e))?;
+    Ok(())
 }
 
 /// What `down` removes for `[notify]`, for its plan.
@@ -294,13 +297,7 @@ pub(super) async fn down(
                 .iter()
                 .any(|q| q.id() == Some(NOTIFICATION_ID)) =>
         {
-            let configuration = without_ours(Some(current), None);
-            c.s3.put_bucket_notification_configuration()
-                .bucket(bucket)
-                .notification_configuration(configuration)
-                .send()
-                .await
-                .map_err(|e| s3_err("PutBucketNotificationConfiguration", e))?;
+            replace_ours(c, bucket, Some(current), None).await?;
             println!("removed      notification {NOTIFICATION_ID} of bucket {bucket}");
         }
         Ok(_) => println!("absent       notification {NOTIFICATION_ID} of bucket {bucket}"),
