@@ -573,15 +573,29 @@ pub async fn drain_queue(
             .unwrap()
             .messages
             .unwrap_or_default();
-        for m in messages {
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-            all.push(m);
+        if messages.is_empty() {
+            continue;
         }
+        let entries = messages.iter().enumerate().map(|(i, m)| {
+            aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap())
+                .build()
+                .unwrap()
+        });
+        let deleted = sqs
+            .delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            deleted.failed.is_empty(),
+            "drain {url}: {:?}",
+            deleted.failed
+        );
+        all.extend(messages);
     }
     all
 }
