@@ -574,6 +574,7 @@ fn record(delivery: &Delivery, step: &Step, result: &Result<Ran, Failure>, start
         }
         Err(Failure::Pipeline(PipelineError::Permanent(_))) => "permanent_error",
         Err(Failure::Pipeline(PipelineError::Unavailable(..))) => "unavailable",
+        Err(Failure::Pipeline(PipelineError::Defer { .. })) => "deferred",
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     step.metrics
@@ -582,6 +583,9 @@ fn record(delivery: &Delivery, step: &Step, result: &Result<Ran, Failure>, start
         Ok(_) => {
             tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, "pipeline finished")
         }
+        Err(Failure::Pipeline(PipelineError::Defer { reason, .. })) => {
+            tracing::debug!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, reason = %reason, "pipeline deferred the message")
+        }
         Err(e) => {
             tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, key = %delivery.key, pipeline = name, outcome, duration_ms, receive_count = delivery.receive_count, error = %e, "pipeline failed")
         }
@@ -589,12 +593,29 @@ fn record(delivery: &Delivery, step: &Step, result: &Result<Ran, Failure>, start
 }
 
 /// All succeeded (or were skipped) → Success; any retryable failure → Retry; only permanent
-/// failures → DeadLetter naming them. With `ack = any`, one success is enough. When the only
-/// thing to wait for is another delivery's run, come back when it will be done.
+/// failures → DeadLetter naming them; only deferrals → Defer until the latest. With
+/// `ack = any`, one success is enough. When the only thing to wait for is another delivery's
+/// run, come back when it will be done.
 fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
     let failed: Vec<&PipelineResult> = results.iter().filter(|r| r.result.is_err()).collect();
     if failed.is_empty() || (ack == Ack::Any && failed.len() < results.len()) {
         return Outcome::Success;
+    }
+    let deferred_until = |r: &&PipelineResult| match &r.result {
+        Err(Failure::Pipeline(PipelineError::Defer { until, .. })) => Some(*until),
+        _ => None,
+    };
+    if failed.iter().all(|r| deferred_until(r).is_some()) {
+        let until = failed.iter().filter_map(deferred_until).max();
+        let reason = failed
+            .iter()
+            .map(|r| format!("{}: {}", r.pipeline, r.result.as_ref().unwrap_err()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Outcome::Defer {
+            until: until.expect("every failure is a deferral"),
+            reason,
+        };
     }
     let names = failed
         .iter()
@@ -621,12 +642,18 @@ fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
     }
     // Come back no sooner than another delivery's run will be done, or than a dependency
     // asked (Retry-After); the engine takes the longer of this and the backoff.
+    // A deferral among other failures: the message is retried, and no sooner than it asked.
     let after = failed
         .iter()
-        .filter_map(|r| match r.result {
+        .filter_map(|r| match &r.result {
             Err(Failure::Busy(d)) | Err(Failure::Pipeline(PipelineError::RetryAfter(_, d))) => {
-                Some(d)
+                Some(*d)
             }
+            Err(Failure::Pipeline(PipelineError::Defer { until, .. })) => Some(
+                until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+            ),
             _ => None,
         })
         .max();
@@ -686,6 +713,38 @@ mod tests {
         assert_eq!(combine(vec![defer(5), defer(9), defer(7)]), defer(9));
         assert_eq!(combine(vec![defer(5), dead(), Outcome::Success]), dead());
         assert_eq!(combine(vec![dead(), retry(), defer(5)]), retry());
+    }
+
+    #[test]
+    fn deferrals_fold_into_a_deferral_until_the_latest_unless_something_failed() {
+        let at = |secs| std::time::SystemTime::now() + Duration::from_secs(secs);
+        let (soon, later) = (at(60), at(600));
+        let defer = |until| {
+            Err(Failure::Pipeline(PipelineError::Defer {
+                until,
+                reason: "rate limited".into(),
+            }))
+        };
+        assert!(
+            matches!(fold(&[r("a", defer(soon)), r("b", defer(later))], Ack::All), Outcome::Defer { until, .. } if until == later)
+        );
+        assert!(
+            matches!(fold(&[r("a", Ok(Ran::Succeeded)), r("b", defer(soon))], Ack::All), Outcome::Defer { until, .. } if until == soon)
+        );
+        let retried = fold(
+            &[
+                r("a", defer(later)),
+                r(
+                    "b",
+                    Err(Failure::Pipeline(PipelineError::Retryable("down".into()))),
+                ),
+            ],
+            Ack::All,
+        );
+        assert!(
+            matches!(retried, Outcome::Retry { after: Some(d), outage: false, .. } if d > Duration::from_secs(590)),
+            "{retried:?}"
+        );
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub const NOTIFY_REJECTED: &str = "conveyor_notify_rejected_total";
 pub const NOTIFY_SCORES: &str = "conveyor_notify_scores_total";
 pub const NOTIFY_RANKED: &str = "conveyor_notify_ranked_total";
 pub const NOTIFY_DEFERRED: &str = "conveyor_notify_deferred_total";
+pub const NOTIFY_DELIVERED: &str = "conveyor_notify_delivered_total";
+pub const NOTIFY_FAILED: &str = "conveyor_notify_failed_total";
+pub const NOTIFY_RATE_LIMITED: &str = "conveyor_notify_rate_limited_total";
+pub const NOTIFY_FAILOVERS: &str = "conveyor_notify_failovers_total";
+pub const NOTIFY_LATENCY: &str = "conveyor_notify_latency_seconds";
+pub const NOTIFY_DUPLICATES: &str = "conveyor_notify_duplicates_skipped_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -398,9 +404,38 @@ pub fn notify_ranked(channel: &'static str, priority: u8) {
         .increment(1);
 }
 
-/// A notification held back: `quiet_hours` (its `sendAfter` is their end).
+/// A notification held back: `quiet_hours` (its `sendAfter` is their end), `not_due` (delivery
+/// received it before its `sendAfter`), `rate_limited`, `backoff` (a retry a second or more away).
 pub fn notify_deferred(reason: &'static str) {
     metrics::counter!(NOTIFY_DEFERRED, "reason" => reason).increment(1);
+}
+
+/// A notification delivered on `channel`, `latency` after its `occurredAt` (end to end: intake,
+/// ranking, any quiet hours and rate-limit waits, the provider call).
+pub fn notify_delivered(channel: &'static str, latency_secs: f64) {
+    metrics::counter!(NOTIFY_DELIVERED, "channel" => channel).increment(1);
+    metrics::histogram!(NOTIFY_LATENCY, "channel" => channel).record(latency_secs);
+}
+
+/// A failed send on `channel`: `reason` is a short label (`http_503`, `throttled`,
+/// `endpoint_disabled`, `guard`, …). Every failed attempt counts, retried or not.
+pub fn notify_failed(channel: &'static str, reason: &'static str) {
+    metrics::counter!(NOTIFY_FAILED, "channel" => channel, "reason" => reason).increment(1);
+}
+
+/// A send held back because its rate-limit bucket was empty.
+pub fn notify_rate_limited(channel: &'static str) {
+    metrics::counter!(NOTIFY_RATE_LIMITED, "channel" => channel).increment(1);
+}
+
+/// A notification moved from one channel to the next of its failover list.
+pub fn notify_failover(from: &'static str, to: &'static str) {
+    metrics::counter!(NOTIFY_FAILOVERS, "from" => from, "to" => to).increment(1);
+}
+
+/// A redelivered notification whose channel had already delivered it: deleted unsent.
+pub fn notify_duplicate_skipped(channel: &'static str) {
+    metrics::counter!(NOTIFY_DUPLICATES, "channel" => channel).increment(1);
 }
 
 /// A message in flight (received, its outcome not yet applied), counted in `conveyor_in_flight`

@@ -20,7 +20,7 @@ use crate::config::Config;
 
 /// How long inspected messages stay hidden before they are released (they are released at
 /// once; this only bounds a crash between receive and release).
-const INSPECT_VISIBILITY_SECS: i32 = 30;
+pub(crate) const INSPECT_VISIBILITY_SECS: i32 = 30;
 /// Attribute conveyor adds when a message's own attributes would pass SQS's limit of 10.
 const FOLDED: &str = "conveyor.original_attributes";
 
@@ -77,7 +77,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn of(m: &Message) -> Self {
+    pub(crate) fn of(m: &Message) -> Self {
         let attr = |name: &str| {
             m.message_attributes
                 .as_ref()
@@ -156,7 +156,7 @@ pub async fn target(client: &Client, config: &Config, key: Option<&str>) -> anyh
 }
 
 /// Receives up to `max` messages with a short visibility (not consuming them).
-async fn receive(
+pub(crate) async fn receive(
     client: &Client,
     url: &str,
     max: usize,
@@ -185,7 +185,7 @@ async fn receive(
 }
 
 /// Makes inspected messages visible again.
-async fn release(client: &Client, url: &str, messages: &[Message]) -> anyhow::Result<()> {
+pub(crate) async fn release(client: &Client, url: &str, messages: &[Message]) -> anyhow::Result<()> {
     for m in messages {
         if let Some(receipt) = &m.receipt_handle {
             client

@@ -77,6 +77,27 @@ pub struct NotifyResources {
     pub runs_ingest: bool,
     /// A route runs `notify-rank` (sends to `priority`).
     pub runs_rank: bool,
+    /// A route runs `notify-deliver` (SES, SNS, and failovers to `priority`).
+    pub runs_deliver: bool,
+    /// `notify.email.sender`, when set.
+    pub email_sender: Option<String>,
+    /// `notify.email.configuration_set`, when set.
+    pub configuration_set: Option<String>,
+}
+
+impl NotifyResources {
+    /// The SES identities mail may be sent from: the address, and its domain (an address at a
+    /// verified domain sends as the domain identity).
+    fn sender_identities(&self) -> Vec<String> {
+        let Some(sender) = &self.email_sender else {
+            return Vec::new();
+        };
+        let mut ids = vec![sender.clone()];
+        if let Some((_, domain)) = sender.rsplit_once('@') {
+            ids.push(domain.to_owned());
+        }
+        ids
+    }
 }
 
 /// SQS's AWS managed key: its key policy already lets every principal of the account use it
@@ -243,6 +264,49 @@ fn run_statements(r: &Resources) -> Vec<Value> {
             "Resource": [r.queue(&n.priority_queue)],
         }));
     }
+    if let Some(n) = r.notify.as_ref().filter(|n| n.runs_deliver) {
+        let mut ses: Vec<String> = n
+            .sender_identities()
+            .iter()
+            .map(|id| format!("arn:aws:ses:{}:{}:identity/{id}", r.region, r.account))
+            .collect();
+        if let Some(set) = &n.configuration_set {
+            ses.push(format!(
+                "arn:aws:ses:{}:{}:configuration-set/{set}",
+                r.region, r.account
+            ));
+        }
+        if !ses.is_empty() {
+            statements.push(json!({
+                "Sid": "NotifyDeliverEmail",
+                "Effect": "Allow",
+                "Action": ["ses:SendEmail"],
+                "Resource": ses,
+            }));
+        }
+        statements.push(json!({
+            "Sid": "NotifyDeliverPush",
+            "Effect": "Allow",
+            // Mobile push: the account's platform endpoints only, never its topics.
+            "Action": ["sns:Publish"],
+            "Resource": [format!("arn:aws:sns:{}:{}:endpoint/*", r.region, r.account)],
+        }));
+        statements.push(json!({
+            "Sid": "NotifyDeliverSms",
+            "Effect": "Allow",
+            // A text message goes to a phone number, which has no ARN: IAM authorises publishing
+            // SMS only on "*" (and no condition key narrows it to phone numbers).
+            "Action": ["sns:Publish"],
+            "Resource": "*",
+        }));
+        statements.push(json!({
+            "Sid": "NotifyDeliverFailover",
+            "Effect": "Allow",
+            // A channel that gives up hands the notification to the next one through this queue.
+            "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
+            "Resource": [r.queue(&n.priority_queue)],
+        }));
+    }
     let (keys, by_alias) = r.kms();
     if !keys.is_empty() {
         statements.push(json!({
@@ -317,6 +381,17 @@ fn infra_statements(r: &Resources) -> Vec<Value> {
                        "s3:PutBucketNotification"],
             "Resource": [format!("arn:aws:s3:::{}", n.bucket)],
         }));
+        if n.email_sender.is_some() {
+            statements.push(json!({
+                "Sid": "InfraNotifySender",
+                "Effect": "Allow",
+                // Checking and requesting the sender's verification: SES v1 authorises these on
+                // "*" only.
+                "Action": ["ses:ListIdentities", "ses:GetIdentityVerificationAttributes",
+                           "ses:VerifyEmailIdentity"],
+                "Resource": "*",
+            }));
+        }
     }
     if r.bus != "default" {
         statements.push(json!({
@@ -421,6 +496,9 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
             rule: n.rule_name.clone(),
             runs_ingest: config.routes_to("notify-ingest"),
             runs_rank: config.routes_to("notify-rank"),
+            runs_deliver: config.routes_to("notify-deliver"),
+            email_sender: Some(n.email.sender.clone()).filter(|s| !s.is_empty()),
+            configuration_set: n.email.configuration_set.clone(),
         }),
     })
 }
@@ -542,6 +620,9 @@ mod tests {
             rule: "n-rule".into(),
             runs_ingest: true,
             runs_rank: false,
+            runs_deliver: false,
+            email_sender: None,
+            configuration_set: None,
         });
         let run = document(&r, Role::Run);
         assert_eq!(

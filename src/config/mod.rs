@@ -76,7 +76,7 @@ mod service;
 mod stores;
 
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
-pub use notify::{NotifyConfig, Scorer};
+pub use notify::{EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
 pub use queue::{Ack, Jitter, PipelineConfig, QueueConfig, RetryConfig, RouteConfig, Unrouted};
 pub use secrets::{Secret, Secrets};
 pub use service::{
@@ -217,6 +217,13 @@ impl Config {
         self.breaker.validate(&mut problems);
         if let Some(notify) = &self.notify {
             notify.validate(&self.secrets, &mut problems);
+            if self.routes_to("notify-deliver") && notify.email.sender.is_empty() {
+                problems.bad(
+                    "notify.email.sender",
+                    &"(unset)",
+                    "a route names the notify-deliver pipeline, which sends email from it: set it to an SES identity (`conveyor infra up` asks SES to verify it)",
+                );
+            }
         }
         problems.into_result()
     }

@@ -49,6 +49,149 @@ pub struct NotifyConfig {
     pub vip_segments: Vec<String>,
     /// `SendMessageBatch` calls `notify-ingest` has in flight while it reads a drop.
     pub ingest_sends_in_flight: u32,
+    /// How `notify-deliver` retries a channel before failing over.
+    pub delivery: DeliveryConfig,
+    /// `[notify.email]`: SES.
+    pub email: EmailConfig,
+    /// `[notify.sms]`: SNS text messages.
+    pub sms: SmsConfig,
+    /// `[notify.webhook]`: signed HTTPS POSTs.
+    pub webhook: WebhookConfig,
+    /// A token bucket per `rateLimitKey` (`<channel>:<tenantId>`): each channel's default.
+    pub rate_limits: RateLimits,
+    /// Per tenant (by id), channels whose bucket differs from `rate_limits`.
+    pub tenant_rate_limits: std::collections::BTreeMap<uuid::Uuid, TenantRateLimits>,
+}
+
+/// `[notify.delivery]`: retries of one channel (seed 004: exponential backoff with full
+/// jitter, 100 ms × 2ⁿ capped at 30 s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Sends tried on one channel (retryable failures) before it fails over.
+    pub attempts_per_channel: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_secs: u64,
+    /// Longest one provider call may take (SES, SNS, a webhook's whole response).
+    pub send_timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            attempts_per_channel: 8,
+            backoff_base_ms: 100,
+            backoff_cap_secs: 30,
+            send_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[notify.email]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The verified SES identity mail is sent from (`infra up` checks it, and asks SES to
+    /// verify it when it is unknown).
+    pub sender: String,
+    /// An SES configuration set to send through (event publishing, dedicated IPs).
+    pub configuration_set: Option<String>,
+}
+
+/// `[notify.sms]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    /// `AWS.SNS.SMS.SenderID`, where the destination country supports one (1–11 letters/digits).
+    pub sender_id: Option<String>,
+    /// `AWS.SNS.SMS.SMSType`: `Transactional` (delivery first) or `Promotional` (cost first).
+    pub sms_type: String,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            sender_id: None,
+            sms_type: "Transactional".to_owned(),
+        }
+    }
+}
+
+/// `[notify.webhook]`. Secrets are per tenant, from `NOTIFY_WEBHOOK_SECRETS`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Lets webhooks reach loopback, private, link-local and cloud-metadata addresses, and
+    /// plain `http://`. Off in production: a tenant's URL could otherwise make the daemon call
+    /// into its own network. For local receivers in development and tests only.
+    pub allow_private_targets: bool,
+}
+
+/// A token bucket: `capacity` sends at once, refilled at `refill_per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub capacity: f64,
+    pub refill_per_sec: f64,
+}
+
+/// `[notify.rate_limits]`: one [`Limit`] per channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub email: Limit,
+    pub sms: Limit,
+    pub push: Limit,
+    pub webhook: Limit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        // SES's default production sending rate, SNS's default transactional SMS rate, and
+        // what one tenant's receivers can usually take.
+        let limit = |n: f64| Limit {
+            capacity: n,
+            refill_per_sec: n,
+        };
+        Self {
+            email: limit(14.0),
+            sms: limit(20.0),
+            push: limit(100.0),
+            webhook: limit(50.0),
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn get(&self, channel: Channel) -> Limit {
+        match channel {
+            Channel::Email => self.email,
+            Channel::Sms => self.sms,
+            Channel::Push => self.push,
+            Channel::Webhook => self.webhook,
+        }
+    }
+}
+
+/// `[notify.tenant_rate_limits."<tenant id>"]`: the channels whose bucket differs for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantRateLimits {
+    pub email: Option<Limit>,
+    pub sms: Option<Limit>,
+    pub push: Option<Limit>,
+    pub webhook: Option<Limit>,
+}
+
+impl TenantRateLimits {
+    fn get(&self, channel: Channel) -> Option<Limit> {
+        match channel {
+            Channel::Email => self.email,
+            Channel::Sms => self.sms,
+            Channel::Push => self.push,
+            Channel::Webhook => self.webhook,
+        }
+    }
 }
 
 /// How a notification's priority is computed.
@@ -96,11 +239,25 @@ impl Default for NotifyConfig {
             ],
             vip_segments: vec!["vip".to_owned(), "enterprise".to_owned()],
             ingest_sends_in_flight: 8,
+            delivery: DeliveryConfig::default(),
+            email: EmailConfig::default(),
+            sms: SmsConfig::default(),
+            webhook: WebhookConfig::default(),
+            rate_limits: RateLimits::default(),
+            tenant_rate_limits: Default::default(),
         }
     }
 }
 
 impl NotifyConfig {
+    /// The bucket of `channel` for `tenant`: its override, else the channel's default.
+    pub fn limit(&self, tenant: uuid::Uuid, channel: Channel) -> Limit {
+        self.tenant_rate_limits
+            .get(&tenant)
+            .and_then(|t| t.get(channel))
+            .unwrap_or_else(|| self.rate_limits.get(channel))
+    }
+
     /// `<queue>-dlq`: the DLQ `infra up` gives each stage's queue.
     pub fn dlq_name(queue: &str) -> String {
         format!("{queue}-dlq")
@@ -208,12 +365,103 @@ impl NotifyConfig {
                 "1–64",
             );
         }
+        self.validate_delivery(problems);
+        if let Some(secrets) = &secrets.notify_webhook_secrets
+            && let Err(e) = crate::notify::deliver::webhook::Secrets::parse(secrets.expose())
+        {
+            problems.bad(
+                crate::notify::deliver::webhook::SECRETS_ENV,
+                &"***",
+                &format!("{e}; the format is <tenant id>=whsec_<base64>[,…]"),
+            );
+        }
         if self.scorer == Scorer::Model && secrets.openai_api_key.is_none() {
             problems.bad(
                 "notify.scorer",
                 &"\"model\"",
                 "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use scorer = \"rules\" to run offline",
             );
+        }
+    }
+
+    fn validate_delivery(&self, problems: &mut Problems) {
+        let d = &self.delivery;
+        if !(1..=100).contains(&d.attempts_per_channel) {
+            problems.bad(
+                "notify.delivery.attempts_per_channel",
+                &d.attempts_per_channel,
+                "1–100",
+            );
+        }
+        if !(1..=60_000).contains(&d.backoff_base_ms) {
+            problems.bad(
+                "notify.delivery.backoff_base_ms",
+                &d.backoff_base_ms,
+                "1–60000",
+            );
+        }
+        if !(1..=3_600).contains(&d.backoff_cap_secs) {
+            problems.bad(
+                "notify.delivery.backoff_cap_secs",
+                &d.backoff_cap_secs,
+                "1–3600",
+            );
+        }
+        if !(1..=120).contains(&d.send_timeout_secs) {
+            problems.bad(
+                "notify.delivery.send_timeout_secs",
+                &d.send_timeout_secs,
+                "1–120",
+            );
+        }
+        if let Some(id) = &self.sms.sender_id {
+            let ok = (1..=11).contains(&id.len())
+                && id.chars().all(|c| c.is_ascii_alphanumeric())
+                && id.chars().any(|c| c.is_ascii_alphabetic());
+            if !ok {
+                problems.bad(
+                    "notify.sms.sender_id",
+                    &format!("{id:?}"),
+                    "1–11 letters and digits, at least one letter (SNS's AWS.SNS.SMS.SenderID)",
+                );
+            }
+        }
+        if !matches!(self.sms.sms_type.as_str(), "Transactional" | "Promotional") {
+            problems.bad(
+                "notify.sms.sms_type",
+                &format!("{:?}", self.sms.sms_type),
+                "\"Transactional\" or \"Promotional\"",
+            );
+        }
+        let limits = Channel::ALL
+            .iter()
+            .filter_map(|c| Channel::parse(c))
+            .map(|c| (format!("notify.rate_limits.{}", c.as_str()), self.rate_limits.get(c)))
+            .chain(self.tenant_rate_limits.iter().flat_map(|(tenant, t)| {
+                Channel::ALL
+                    .iter()
+                    .filter_map(|c| Channel::parse(c))
+                    .filter_map(move |c| {
+                        t.get(c).map(|l| {
+                            (
+                                format!("notify.tenant_rate_limits.\"{tenant}\".{}", c.as_str()),
+                                l,
+                            )
+                        })
+                    })
+            }));
+        for (key, limit) in limits {
+            let ok = limit.capacity >= 1.0
+                && limit.capacity <= 1e6
+                && limit.refill_per_sec > 0.0
+                && limit.refill_per_sec <= 1e6;
+            if !ok {
+                problems.bad(
+                    &key,
+                    &format!("{limit:?}"),
+                    "capacity 1–1000000 (sends at once) and refill_per_sec above 0, at most 1000000",
+                );
+            }
         }
     }
 }

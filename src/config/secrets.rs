@@ -50,6 +50,9 @@ pub struct Secrets {
     pub aws_access_key_id: Option<Secret>,
     /// `AWS_SECRET_ACCESS_KEY` (as above).
     pub aws_secret_access_key: Option<Secret>,
+    /// `NOTIFY_WEBHOOK_SECRETS`: each tenant's webhook signing secret,
+    /// `<tenant id>=whsec_<base64>[,…]`.
+    pub notify_webhook_secrets: Option<Secret>,
 }
 
 impl Secrets {
@@ -66,6 +69,7 @@ impl Secrets {
             openai_api_key: var("OPENAI_API_KEY"),
             aws_access_key_id: var("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            notify_webhook_secrets: var(crate::notify::deliver::webhook::SECRETS_ENV),
         }
     }
 }

@@ -3,6 +3,9 @@
 //! [`ranked::RankedNotification`] v1, what ranking hands to delivery — validated at the edge
 //! like every contract (`contract.rs`), with a JSON Schema each in `docs/schemas/`.
 
+pub mod bucket;
+pub mod deliver;
+pub mod deliveries;
 pub mod drop;
 pub mod event;
 pub mod outbox;

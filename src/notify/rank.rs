@@ -102,7 +102,7 @@ pub fn rank(
             delivery: Delivery {
                 address: first.address,
                 provider: None,
-                rate_limit_key: format!("{}:{}", first.channel.as_str(), event.tenant_id),
+                rate_limit_key: super::ranked::rate_limit_key(first.channel, event.tenant_id),
             },
             failover,
             attempt: 0,

@@ -83,6 +83,11 @@ impl fmt::Debug for Target {
     }
 }
 
+/// The default `rateLimitKey`: `<channel>:<tenantId>`.
+pub fn rate_limit_key(channel: Channel, tenant: Uuid) -> String {
+    format!("{}:{tenant}", channel.as_str())
+}
+
 impl RankedNotification {
     /// Validates a RankedNotification v1 found at `path`.
     pub fn parse(payload: &Map<String, Value>, path: &str) -> Result<Self, FieldError> {

@@ -7,6 +7,7 @@ mod announce;
 mod chaos;
 mod graph;
 mod log;
+mod notify_deliver;
 mod notify_ingest;
 mod notify_rank;
 mod projection;
@@ -41,6 +42,7 @@ pub const CATALOG: &[Descriptor] = &[
     log::DESCRIPTOR,
     notify_ingest::DESCRIPTOR,
     notify_rank::DESCRIPTOR,
+    notify_deliver::DESCRIPTOR,
 ];
 
 /// What config validation, the daemon and `conveyor check` know of a pipeline before it exists.
@@ -201,6 +203,14 @@ pub enum PipelineError {
     /// breaker, and never dead-letters the message (see `engine::Outcome::Retry::outage`).
     #[error("{1}")]
     Unavailable(Dependency, String),
+    /// Not a failure: not now. The message is handled again no sooner than `until`, without
+    /// spending a receive (`engine::Outcome::Defer`): a notification waiting for its
+    /// `sendAfter`, a rate-limit token or its next retry.
+    #[error("deferred: {reason}")]
+    Defer {
+        until: std::time::SystemTime,
+        reason: String,
+    },
 }
 
 /// A named unit of work. Implementations must be idempotent per event: delivery is

@@ -22,12 +22,25 @@ use crate::contract::Contract;
 use crate::notify::outbox::{Outbox, Outgoing};
 use crate::notify::prefs::{PreferenceStore, PrefsError};
 use crate::notify::rank;
+use crate::notify::ranked::RankedNotification;
 use crate::notify::score::{Method, Scores};
 use crate::telemetry;
 
 /// The `source` and `type` attributes of ranked messages (what the `raw` format routes on).
 pub const RANKED_SOURCE: &str = "conveyor.notify.rank";
 pub const RANKED_TYPE: &str = "RankedNotification";
+
+/// The message attributes of a RankedNotification on the priority queue: what the `raw`
+/// format routes on, and what an operator filters by.
+pub(super) fn ranked_attributes(n: &RankedNotification) -> Vec<(&'static str, String)> {
+    vec![
+        ("source", RANKED_SOURCE.to_owned()),
+        ("type", RANKED_TYPE.to_owned()),
+        ("priority", n.priority.to_string()),
+        ("channel", n.channel.as_str().to_owned()),
+        ("eventId", n.event_id.clone()),
+    ]
+}
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "notify-rank",
@@ -141,13 +154,7 @@ impl Pipeline for NotifyRank {
                 .send(
                     Outgoing {
                         body,
-                        attributes: vec![
-                            ("source", RANKED_SOURCE.to_owned()),
-                            ("type", RANKED_TYPE.to_owned()),
-                            ("priority", n.priority.to_string()),
-                            ("channel", n.channel.as_str().to_owned()),
-                            ("eventId", n.event_id.clone()),
-                        ],
+                        attributes: ranked_attributes(n),
                     },
                     wait,
                 )

@@ -3,6 +3,7 @@
 //! `eval "$(scripts/stack env)"`.
 
 mod defer;
+mod delivery;
 mod dispatch;
 mod dlq;
 mod engine;

@@ -14,23 +14,40 @@ use crate::fake_llm::{FakeLlm, Scripted};
 use crate::helpers::*;
 
 /// One test's notification stages: names, a private database, provisioned by `infra up`.
-struct Stages {
-    prefix: String,
-    bucket: String,
+/// Shared with the delivery tests (`delivery.rs`), which consume `priority` too.
+pub struct Stages {
+    pub prefix: String,
+    pub bucket: String,
     /// The rule matches only this source: other tests' events never reach this test's queues.
-    source: String,
-    tenant: uuid::Uuid,
-    database_url: String,
-    pool: sqlx::PgPool,
-    ingest_url: String,
-    incoming_url: String,
-    incoming_dlq_url: String,
-    priority_url: String,
-    sqs: aws_sdk_sqs::Client,
+    pub source: String,
+    pub tenant: uuid::Uuid,
+    pub database_url: String,
+    pub pool: sqlx::PgPool,
+    pub ingest_url: String,
+    pub incoming_url: String,
+    pub incoming_dlq_url: String,
+    pub priority_url: String,
+    pub priority_dlq_url: String,
+    pub sqs: aws_sdk_sqs::Client,
+    /// Whether the daemon also delivers: `priority` consumed by `notify-deliver`.
+    pub deliver: Option<Delivering>,
+}
+
+/// How the delivery stage of [`Stages`] is configured.
+#[derive(Debug, Clone)]
+pub struct Delivering {
+    /// `notify.webhook.allow_private_targets`: the test's receiver is local.
+    pub allow_private: bool,
+    /// `NOTIFY_WEBHOOK_SECRETS`.
+    pub secrets: String,
 }
 
 impl Stages {
-    async fn provision(prefix: &str) -> Self {
+    pub async fn provision(prefix: &str) -> Self {
+        Self::provision_with(prefix, None).await
+    }
+
+    pub async fn provision_with(prefix: &str, deliver: Option<Delivering>) -> Self {
         let prefix = unique(prefix);
         let (database_url, pool) = private_database("it_notify").await;
         let stages = Self {
@@ -43,7 +60,9 @@ impl Stages {
             incoming_url: String::new(),
             incoming_dlq_url: String::new(),
             priority_url: String::new(),
+            priority_dlq_url: String::new(),
             sqs: sqs_client().await,
+            deliver,
             prefix,
         };
         let up = stages.cli("").output(&["infra", "up"]);
@@ -72,14 +91,38 @@ impl Stages {
             incoming_url: url(format!("{p}-incoming")).await,
             incoming_dlq_url: url(format!("{p}-incoming-dlq")).await,
             priority_url: url(format!("{p}-priority")).await,
+            priority_dlq_url: url(format!("{p}-priority-dlq")).await,
             ..stages
         }
     }
 
-    /// The configuration: `[notify]` with this test's names, and the two consuming queues.
-    fn toml(&self, notify_extra: &str) -> String {
+    /// The configuration: `[notify]` with this test's names, and the two consuming queues (three
+    /// when delivering). `notify_extra` goes inside `[notify]`, and may add its sub-tables.
+    pub fn toml(&self, notify_extra: &str) -> String {
         let (p, bucket, source) = (&self.prefix, &self.bucket, &self.source);
-        format!(
+        let deliver = match &self.deliver {
+            None => String::new(),
+            Some(d) => format!(
+                r#"
+[queues.priority]
+name = "{p}-priority"
+format = "raw"
+[[queues.priority.routes]]
+source = "conveyor.notify.rank"
+detail_type = "RankedNotification"
+contract = "ranked_notification_v1"
+pipelines = ["notify-deliver"]
+
+[notify.email]
+sender = "notify@{bucket}.example.com"
+
+[notify.webhook]
+allow_private_targets = {}
+"#,
+                d.allow_private
+            ),
+        };
+        let notify = format!(
             r#"
 [infra]
 queue_name = "{p}-events"
@@ -108,21 +151,29 @@ detail_type = "NotificationRequested"
 contract = "notification_event_v1"
 pipelines = ["notify-rank"]
 "#
-        )
+        );
+        notify + &deliver
     }
 
-    fn cli(&self, notify_extra: &str) -> Conveyor {
-        Conveyor::new(&self.toml(notify_extra)).env("DATABASE_URL", &self.database_url)
+    pub fn cli(&self, notify_extra: &str) -> Conveyor {
+        let cli = Conveyor::new(&self.toml(notify_extra)).env("DATABASE_URL", &self.database_url);
+        match &self.deliver {
+            Some(d) => cli.env("NOTIFY_WEBHOOK_SECRETS", &d.secrets),
+            None => cli,
+        }
     }
 
-    async fn daemon(&self, notify_extra: &str) -> InProcess {
+    pub async fn daemon(&self, notify_extra: &str) -> InProcess {
         let mut config = test_config(&self.toml(notify_extra));
         config.secrets.database_url = Some(conveyor::config::Secret::new(&self.database_url));
+        if let Some(d) = &self.deliver {
+            config.secrets.notify_webhook_secrets = Some(conveyor::config::Secret::new(&d.secrets));
+        }
         InProcess::start(config, conveyor::pipeline::Registry::built_in()).await
     }
 
     /// Imports preferences (JSON lines) with the CLI.
-    fn import_prefs(&self, documents: &[Value]) {
+    pub fn import_prefs(&self, documents: &[Value]) {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         for d in documents {
             writeln!(file, "{d}").unwrap();
@@ -133,7 +184,7 @@ pipelines = ["notify-rank"]
         assert_eq!(out.code, Some(0), "{}", out.all());
     }
 
-    fn prefs(&self, user: &str, extra: Value) -> Value {
+    pub fn prefs(&self, user: &str, extra: Value) -> Value {
         let mut doc = json!({
             "tenantId": self.tenant, "userId": user,
             "channels": {"email": format!("addr-mark-{user}@example.com"),
@@ -145,7 +196,7 @@ pipelines = ["notify-rank"]
         doc
     }
 
-    fn event(&self, event_id: &str, user: &str, metadata: Value) -> Value {
+    pub fn event(&self, event_id: &str, user: &str, metadata: Value) -> Value {
         json!({
             "eventId": event_id, "source": "billing", "occurredAt": "2026-11-23T10:00:00Z",
             "tenantId": self.tenant,
@@ -155,7 +206,7 @@ pipelines = ["notify-rank"]
         })
     }
 
-    async fn publish(&self, detail: &Value) {
+    pub async fn publish(&self, detail: &Value) {
         put_event(&self.source, "NotificationRequested", detail).await;
     }
 }
@@ -166,7 +217,7 @@ const URGENCIES: [&str; 3] = ["low", "normal", "high"];
 const PADDING: &str = concat!(include_str!("../../LICENSE"), include_str!("../../LICENSE"));
 
 /// Ranked notifications by eventId.
-fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
+pub fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     for m in messages {
         let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
@@ -184,7 +235,7 @@ fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Val
 }
 
 /// Waits until the queue holds nothing, visible or in flight, on three checks in a row.
-async fn settled(sqs: &aws_sdk_sqs::Client, url: &str, timeout: Duration) {
+pub async fn settled(sqs: &aws_sdk_sqs::Client, url: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let mut quiet = 0;
     while quiet < 3 {

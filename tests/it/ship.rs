@@ -254,8 +254,8 @@ fn compose_pins_localstack_and_wires_init_steps_health_and_stop_grace() {
     );
     assert_eq!(
         services["localstack"]["environment"]["SERVICES"].as_str(),
-        Some("sqs,events,sts,s3"),
-        "S3 for the notification drops bucket `infra up` provisions"
+        Some("sqs,events,sts,s3,sns,ses"),
+        "S3 for the notification drops bucket `infra up` provisions, SNS and SES (v1) for delivery"
     );
 
     let command = |service: &str| -> Vec<String> {

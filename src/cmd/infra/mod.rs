@@ -147,6 +147,8 @@ struct Clients {
     eb: aws_sdk_eventbridge::Client,
     /// The notification drops bucket (`[notify]`).
     s3: aws_sdk_s3::Client,
+    /// The notification email sender's identity (`notify.email.sender`).
+    ses: aws_sdk_ses::Client,
     region: Option<String>,
 }
 
@@ -168,6 +170,7 @@ async fn perform(config: &Config, command: InfraCommand) -> Result<(), InfraErro
         sqs: aws_sdk_sqs::Client::new(&sdk),
         eb: aws_sdk_eventbridge::Client::new(&sdk),
         s3: crate::aws::s3_client(&sdk),
+        ses: aws_sdk_ses::Client::new(&sdk),
         region: sdk.region().map(|r| r.to_string()),
     };
     match command {

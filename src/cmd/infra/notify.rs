@@ -138,7 +138,83 @@ pub(super) async fn up(
         .await?,
     );
     changes.push(ensure_notification(c, &notify.bucket, ingest_arn, dry_run).await?);
+    if !notify.email.sender.is_empty() {
+        changes.push(ensure_sender(c, &notify.email.sender, dry_run).await?);
+    }
     Ok(changes)
+}
+
+/// The SES identity mail is sent from: its verification status, and a verification request
+/// when SES does not know it (an address gets a link by mail; a domain needs its TXT record,
+/// printed). A sender that is not verified yet is an error after the request: delivery would
+/// fail over every email until it is.
+async fn ensure_sender(c: &Clients, sender: &str, dry_run: bool) -> Result<Change, InfraError> {
+    let ses_err = |context: &str, e: aws_sdk_ses::Error| {
+        let code = aws_sdk_ses::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+        InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
+    };
+    // An identity is an address or a domain; an address at a verified domain may send too.
+    let domain = sender.rsplit_once('@').map(|(_, d)| d.to_owned());
+    let identities: Vec<String> = std::iter::once(sender.to_owned()).chain(domain.clone()).collect();
+    // Which of them SES knows: ListIdentities, since LocalStack reports any identity asked
+    // about as verified.
+    let mut known = Vec::new();
+    let mut pages = c.ses.list_identities().max_items(1000).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| ses_err("ListIdentities", e.into()))?;
+        known.extend(
+            page.identities
+                .into_iter()
+                .filter(|i| identities.iter().any(|want| want.eq_ignore_ascii_case(i))),
+        );
+    }
+    let resource = format!("SES sender identity {sender}");
+    if !known.is_empty() {
+        let found = c
+            .ses
+            .get_identity_verification_attributes()
+            .set_identities(Some(known.clone()))
+            .send()
+            .await
+            .map_err(|e| ses_err("GetIdentityVerificationAttributes", e.into()))?;
+        let verified = found
+            .verification_attributes
+            .values()
+            .any(|a| a.verification_status.as_str() == "Success");
+        if verified {
+            return Ok(change(resource, "exists", dry_run, vec!["verified".into()]));
+        }
+    }
+    if dry_run {
+        return Ok(change(resource, "would create", dry_run, vec!["verification request".into()]));
+    }
+    if !known.iter().any(|i| i.eq_ignore_ascii_case(sender)) {
+        c.ses
+            .verify_email_identity()
+            .email_address(sender)
+            .send()
+            .await
+            .map_err(|e| ses_err("VerifyEmailIdentity", e.into()))?;
+    }
+    let now = c
+        .ses
+        .get_identity_verification_attributes()
+        .identities(sender)
+        .send()
+        .await
+        .map_err(|e| ses_err("GetIdentityVerificationAttributes", e.into()))?;
+    let state = now
+        .verification_attributes
+        .get(sender)
+        .map(|a| a.verification_status.as_str().to_owned())
+        .unwrap_or_else(|| "NotStarted".into());
+    if state == "Success" {
+        return Ok(change(resource, "created", dry_run, vec!["verified".into()]));
+    }
+    Err(InfraError::Other(format!(
+        "notify.email.sender: SES has not verified {sender} yet (status {state}); SES sent it a verification link — open it, or verify its domain{}, then run `conveyor infra up` again",
+        domain.map(|d| format!(" {d}")).unwrap_or_default()
+    )))
 }
 
 fn s3_err(context: &str, e: impl Into<aws_sdk_s3::Error>) -> InfraError {

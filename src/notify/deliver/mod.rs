@@ -1,0 +1,155 @@
+//! The delivery channels: one small provider each behind [`Provider`] — email over SES
+//! ([`email`]), SMS and mobile push over SNS ([`sns`]), signed webhooks ([`webhook`], with its
+//! SSRF guard in [`guard`]) — and how a failed send is classified: retryable (throttled,
+//! 5xx, timeouts, connection errors, honouring `Retry-After`) or permanent for that channel
+//! (rejected, invalid address, disabled endpoint, other 4xx), which fails over.
+//!
+//! Providers see the content and the address (they send them) and put neither in an error:
+//! errors carry provider codes, HTTP statuses and conveyor's own words.
+
+pub mod email;
+pub mod guard;
+pub mod sns;
+pub mod webhook;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::Channel;
+use super::ranked::RankedNotification;
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// May pass on a later attempt; `after`: the receiver asked not to be called sooner.
+    Retryable {
+        label: &'static str,
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Never passes on this channel for this address: fail over.
+    Permanent { label: &'static str, reason: String },
+}
+
+impl SendError {
+    pub fn retryable(label: &'static str, reason: impl Into<String>) -> Self {
+        SendError::Retryable {
+            label,
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
+    pub fn permanent(label: &'static str, reason: impl Into<String>) -> Self {
+        SendError::Permanent {
+            label,
+            reason: reason.into(),
+        }
+    }
+
+    /// A short stable label for metrics (`http_503`, `throttled`, `guard`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendError::Retryable { label, .. } | SendError::Permanent { label, .. } => label,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            SendError::Retryable { reason, .. } | SendError::Permanent { reason, .. } => reason,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// What a provider gives back for an accepted send: its id for the message, when it has one.
+pub type Sent = Option<String>;
+
+/// One channel's provider.
+pub trait Provider: Send + Sync + 'static {
+    /// Sends `notification` to `address` on this provider's channel.
+    fn send<'a>(
+        &'a self,
+        notification: &'a RankedNotification,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, SendError>>;
+}
+
+/// Every channel's provider.
+pub struct Providers {
+    pub email: Box<dyn Provider>,
+    pub sms: Box<dyn Provider>,
+    pub push: Box<dyn Provider>,
+    pub webhook: Box<dyn Provider>,
+}
+
+impl Providers {
+    pub fn get(&self, channel: Channel) -> &dyn Provider {
+        match channel {
+            Channel::Email => self.email.as_ref(),
+            Channel::Sms => self.sms.as_ref(),
+            Channel::Push => self.push.as_ref(),
+            Channel::Webhook => self.webhook.as_ref(),
+        }
+    }
+}
+
+/// Classifies an AWS SDK error: the service's error codes in `permanent` fail the channel over,
+/// throttling and everything else (5xx, timeouts, connection errors) is retried.
+pub(crate) fn classify_aws<E, R>(
+    service: &str,
+    error: &aws_sdk_sqs::error::SdkError<E, R>,
+    permanent: &[&str],
+) -> SendError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sqs::error::SdkError;
+    match error {
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or("Unknown");
+            let message = e.err().message().unwrap_or("");
+            // Service messages name the rule broken, not the content; they may echo the
+            // address, so only the code and a length go out.
+            let reason = format!(
+                "{service} refused the send: {code} ({} chars of detail)",
+                message.chars().count()
+            );
+            if permanent.contains(&code) {
+                let label = match code {
+                    "EndpointDisabled" | "EndpointDisabledException" => "endpoint_disabled",
+                    "InvalidParameter" | "InvalidParameterValue" => "invalid_address",
+                    "MessageRejected" => "rejected",
+                    _ => "refused",
+                };
+                SendError::permanent(label, reason)
+            } else if code.contains("Throttl") || code == "TooManyRequestsException" {
+                SendError::retryable("throttled", reason)
+            } else {
+                SendError::retryable("server_error", reason)
+            }
+        }
+        SdkError::TimeoutError(_) => SendError::retryable("timeout", format!("{service}: timed out")),
+        other => SendError::retryable(
+            "connection",
+            format!("{service}: {}", crate::safe::error_chain(other)),
+        ),
+    }
+}
+
+/// The text of a notification for channels without structure (SMS, an email's text part):
+/// the title, the body, and the call to action's link.
+pub(crate) fn plain_text(n: &RankedNotification) -> String {
+    let mut text = format!("{}\n\n{}", n.content.title, n.content.body);
+    if let Some(cta) = &n.content.cta {
+        text.push_str(&format!("\n\n{}: {}", cta.label, cta.url));
+    }
+    text
+}

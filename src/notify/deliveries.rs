@@ -1,0 +1,259 @@
+//! The delivery record: one row per (tenant, eventId, channel) in `notify_deliveries`. It makes
+//! delivery **at most once per channel** — a send happens only under a claim on the row, and a
+//! row marked `delivered` stops every later send on that channel — and it is what
+//! `conveyor notify status` reads.
+//!
+//! The one window: a daemon killed after the provider accepted a send and before `delivered`
+//! is written sends again once its claim expires (email, SMS and push cannot be asked whether
+//! they already have it). Webhooks carry the eventId as `webhook-id`, so receivers can drop the
+//! repeat. docs/notifications.md says so too.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Channel;
+
+/// What a claim on a channel's row found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Send now; `attempts` failed before.
+    Claimed { token: Uuid, attempts: u32 },
+    /// This channel already delivered it.
+    Delivered,
+    /// This channel gave up on it before (and its failover was sent).
+    Failed,
+    /// Another delivery holds the claim this much longer.
+    Busy(Duration),
+}
+
+/// One channel's row, for `notify status` and the dead letter's reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelState {
+    pub tenant_id: Uuid,
+    pub channel: String,
+    pub state: String,
+    pub attempts: i32,
+    pub next_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub provider_id: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Deliveries {
+    pool: PgPool,
+}
+
+impl Deliveries {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Claims the channel's send for `hold` unless it is delivered, failed, or claimed by a
+    /// delivery whose claim has not expired.
+    pub async fn claim(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+        channel: Channel,
+        hold: Duration,
+    ) -> Result<Claim, sqlx::Error> {
+        let token = Uuid::new_v4();
+        let claimed: Option<(i32,)> = sqlx::query_as(
+            r#"
+            INSERT INTO notify_deliveries AS d (tenant_id, event_id, channel, state, claim, claimed_until)
+            VALUES ($1, $2, $3, 'sending', $4, clock_timestamp() + make_interval(secs => $5))
+            ON CONFLICT (tenant_id, event_id, channel) DO UPDATE
+            SET state = 'sending', claim = EXCLUDED.claim, claimed_until = EXCLUDED.claimed_until,
+                updated_at = clock_timestamp()
+            WHERE d.state NOT IN ('delivered', 'failed')
+              AND (d.claimed_until IS NULL OR d.claimed_until < clock_timestamp())
+            RETURNING d.attempts
+            "#,
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(channel.as_str())
+        .bind(token)
+        .bind(hold.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((attempts,)) = claimed {
+            return Ok(Claim::Claimed {
+                token,
+                attempts: attempts.max(0) as u32,
+            });
+        }
+        let (state, remaining): (String, Option<f64>) = sqlx::query_as(
+            r#"
+            SELECT state, EXTRACT(EPOCH FROM (claimed_until - clock_timestamp()))::float8
+            FROM notify_deliveries WHERE tenant_id = $1 AND event_id = $2 AND channel = $3
+            "#,
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(channel.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match state.as_str() {
+            "delivered" => Claim::Delivered,
+            "failed" => Claim::Failed,
+            _ => Claim::Busy(Duration::from_secs_f64(
+                remaining.unwrap_or(0.0).clamp(0.1, 3_600.0),
+            )),
+        })
+    }
+
+    /// The send under `token` was accepted by the provider.
+    pub async fn delivered(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+        channel: Channel,
+        token: Uuid,
+        provider_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        self.finish(
+            tenant,
+            event_id,
+            channel,
+            token,
+            Finish::Delivered { provider_id },
+        )
+        .await
+    }
+
+    /// Ends `token`'s claim: see [`Finish`]. A token that no longer holds the claim changes
+    /// nothing (its claim expired and another delivery owns the row now).
+    pub async fn finish(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+        channel: Channel,
+        token: Uuid,
+        finish: Finish<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let (state, error, next_at, provider_id, failed_attempt) = match finish {
+            Finish::Delivered { provider_id } => ("delivered", None, None, provider_id, false),
+            Finish::Retrying { error, next_at } => ("retrying", Some(error), Some(next_at), None, true),
+            Finish::Deferred { until } => ("deferred", None, Some(until), None, false),
+            Finish::Failed { error, attempted } => ("failed", Some(error), None, None, attempted),
+        };
+        sqlx::query(
+            r#"
+            UPDATE notify_deliveries
+            SET state = $5,
+                last_error = COALESCE($6, last_error),
+                next_at = $7,
+                provider_id = COALESCE($8, provider_id),
+                delivered_at = CASE WHEN $5 = 'delivered' THEN clock_timestamp() ELSE delivered_at END,
+                attempts = attempts + CASE WHEN $9 THEN 1 ELSE 0 END,
+                claim = NULL, claimed_until = NULL, updated_at = clock_timestamp()
+            WHERE tenant_id = $1 AND event_id = $2 AND channel = $3 AND claim = $4
+            "#,
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(channel.as_str())
+        .bind(token)
+        .bind(state)
+        .bind(error)
+        .bind(next_at)
+        .bind(provider_id)
+        .bind(failed_attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every channel's row for one notification, in the order they were first tried.
+    pub async fn of_event(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+    ) -> Result<Vec<ChannelState>, sqlx::Error> {
+        self.rows(Some(tenant), event_id).await
+    }
+
+    /// Every tenant's rows for an eventId (an operator's `notify status` without `--tenant`).
+    pub async fn rows(
+        &self,
+        tenant: Option<Uuid>,
+        event_id: &str,
+    ) -> Result<Vec<ChannelState>, sqlx::Error> {
+        let rows: Vec<ChannelRow> = sqlx::query_as(
+            r#"
+            SELECT tenant_id, channel, state, attempts, next_at, last_error, provider_id,
+                   delivered_at, updated_at
+            FROM notify_deliveries
+            WHERE event_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+            ORDER BY tenant_id, created_at, channel
+            "#,
+        )
+        .bind(event_id)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(ChannelState::from).collect())
+    }
+
+    /// Deletes rows untouched for `older_than`: past every queue's retention, no delivery can
+    /// need them. Returns how many.
+    pub async fn prune(&self, older_than: Duration) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM notify_deliveries WHERE updated_at < clock_timestamp() - make_interval(secs => $1)",
+        )
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// How a claim ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Finish<'a> {
+    Delivered { provider_id: Option<&'a str> },
+    /// A retryable failure (counted as an attempt); tried again no sooner than `next_at`.
+    Retrying {
+        error: &'a str,
+        next_at: DateTime<Utc>,
+    },
+    /// Not sent, not failed: waiting (a rate limit) until `until`.
+    Deferred { until: DateTime<Utc> },
+    /// The channel gives up; `attempted`: this claim's send failed (counted as an attempt).
+    Failed { error: &'a str, attempted: bool },
+}
+
+#[derive(sqlx::FromRow)]
+struct ChannelRow {
+    tenant_id: Uuid,
+    channel: String,
+    state: String,
+    attempts: i32,
+    next_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    provider_id: Option<String>,
+    delivered_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<ChannelRow> for ChannelState {
+    fn from(r: ChannelRow) -> Self {
+        Self {
+            tenant_id: r.tenant_id,
+            channel: r.channel,
+            state: r.state,
+            attempts: r.attempts,
+            next_at: r.next_at,
+            last_error: r.last_error,
+            provider_id: r.provider_id,
+            delivered_at: r.delivered_at,
+            updated_at: r.updated_at,
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The `notify-deliver` pipeline: the notification system's delivery stage, on the `priority`
+//! queue. For each RankedNotification v1:
+//!
+//! 1. Not yet due (`sendAfter` ahead: quiet hours past SQS's 15-minute delay) → deferred until
+//!    then, without spending a receive.
+//! 2. Claim the (tenant, eventId, channel) row of the delivery record
+//!    (`src/notify/deliveries.rs`): already delivered → deleted unsent; another delivery
+//!    sending it → waited for.
+//! 3. Take a token from the `rateLimitKey`'s bucket (`src/notify/bucket.rs`); none → wait in
+//!    place when the next is due within a second, else defer until then (+ jitter). Counted,
+//!    never a failure.
+//! 4. Send through the channel's provider (`src/notify/deliver/`). Accepted → recorded
+//!    delivered, with its end-to-end latency from `occurredAt`. Retryable → backoff with full
+//!    jitter, 100 ms × 2ⁿ capped at 30 s: steps under a second in place, longer ones deferred
+//!    (a channel's retries never spend the queue's receives, which stay the guard against
+//!    poison). Permanent, or `attempts_per_channel` spent → fail over: the next channel of
+//!    `failover` as a new RankedNotification on the same queue; none left → dead-lettered with
+//!    every channel's last error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
+use crate::breaker::{Breakers, Dependency};
+use crate::config::NotifyConfig;
+use crate::contract::Contract;
+use crate::notify::bucket::{Buckets, Take};
+use crate::notify::deliver::email::Email;
+use crate::notify::deliver::sns::{Push, Sms};
+use crate::notify::deliver::webhook::{self, Webhook};
+use crate::notify::deliver::{Providers, SendError};
+use crate::notify::deliveries::{Claim, Deliveries, Finish};
+use crate::notify::outbox::{Outbox, Outgoing};
+use crate::notify::ranked::{self, RankedNotification};
+use crate::telemetry;
+
+pub(super) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "notify-deliver",
+    accepts: &[Contract::RankedNotificationV1],
+    needs: &[Need::Postgres, Need::Notify],
+    timeout_secs: 120,
+    build: |shared| {
+        Box::pin(async move {
+            let notify = shared.notify()?;
+            let pool = shared.postgres()?;
+            let aws = shared.aws()?;
+            let secrets = match &shared.config.secrets.notify_webhook_secrets {
+                Some(s) => webhook::Secrets::parse(s.expose()).map_err(anyhow::Error::msg)?,
+                None => webhook::Secrets::default(),
+            };
+            let sns = aws_sdk_sns::Client::new(aws);
+            let providers = Providers {
+                email: Box::new(Email::new(
+                    aws_sdk_ses::Client::new(aws),
+                    notify.email.clone(),
+                )),
+                sms: Box::new(Sms::new(sns.clone(), notify.sms.clone())),
+                push: Box::new(Push::new(sns)),
+                webhook: Box::new(Webhook::new(
+                    secrets,
+                    notify.webhook.allow_private_targets,
+                    Duration::from_secs(notify.delivery.send_timeout_secs),
+                )?),
+            };
+            let priority = Outbox::resolve(
+                aws_sdk_sqs::Client::new(aws),
+                &notify.priority_queue,
+                "notify.priority_queue",
+                shared.breakers.clone(),
+            )
+            .await?;
+            Ok(Arc::new(NotifyDeliver(Arc::new(Deliver {
+                deliveries: Deliveries::new(pool.clone()),
+                buckets: Buckets::new(pool),
+                providers,
+                priority,
+                breakers: shared.breakers.clone(),
+                config: notify,
+            }))) as Arc<dyn Pipeline>)
+        })
+    },
+};
+
+/// Rate-limit waits in place before the message is deferred instead.
+const MAX_WAITS_IN_PLACE: u32 = 5;
+/// Waits shorter than this happen in place; longer ones defer the message.
+const IN_PLACE: Duration = Duration::from_secs(1);
+/// A claim outlives the send it covers by this much (the record written after it).
+const CLAIM_MARGIN: Duration = Duration::from_secs(20);
+
+pub struct NotifyDeliver(Arc<Deliver>);
+
+struct Deliver {
+    deliveries: Deliveries,
+    buckets: Buckets,
+    providers: Providers,
+    priority: Outbox,
+    breakers: Breakers,
+    config: NotifyConfig,
+}
+
+impl Pipeline for NotifyDeliver {
+    fn name(&self) -> &'static str {
+        "notify-deliver"
+    }
+
+    fn dependencies(&self) -> &'static [Dependency] {
+        &[Dependency::Postgres, Dependency::Sqs]
+    }
+
+    /// The delivery record is this pipeline's ledger, per channel: the engine's ledger (per
+    /// eventId) would skip a failover, which carries the same eventId.
+    fn deduplicated(&self) -> bool {
+        false
+    }
+
+    fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
+        let deliver = self.0.clone();
+        Box::pin(async move {
+            let Some(n) = delivery.ranked.as_deref() else {
+                return Err(PipelineError::Permanent(format!(
+                    "the notify-deliver pipeline needs a RankedNotification v1, not {:?}; route only the priority queue's messages to it",
+                    delivery.event.detail_type
+                )));
+            };
+            deliver.deliver(n).await
+        })
+    }
+}
+
+impl Deliver {
+    async fn deliver(&self, n: &RankedNotification) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let now = Utc::now();
+        if n.send_after > now {
+            telemetry::notify_deferred("not_due");
+            return Err(defer_until(n.send_after, "not due before its sendAfter".into()));
+        }
+        let channel = n.channel;
+        let send_timeout = Duration::from_secs(self.config.delivery.send_timeout_secs);
+        let hold = send_timeout + CLAIM_MARGIN;
+        let limit = self.config.limit(n.tenant_id, channel);
+        let (mut waits, busy_since) = (0, Instant::now());
+        loop {
+            let claim = self
+                .deliveries
+                .claim(n.tenant_id, &n.event_id, channel, hold)
+                .await
+                .map_err(|e| self.db_error("claiming the delivery record", &e))?;
+            let (token, attempts) = match claim {
+                Claim::Delivered => {
+                    telemetry::notify_duplicate_skipped(channel.as_str());
+                    tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), "already delivered on this channel: not sent again");
+                    return Ok(());
+                }
+                // The channel gave up earlier and its failover was sent then.
+                Claim::Failed => return Ok(()),
+                Claim::Busy(remaining) => {
+                    if busy_since.elapsed() > hold {
+                        return Err(PipelineError::RetryAfter(
+                            "another delivery is sending this notification on this channel".into(),
+                            remaining,
+                        ));
+                    }
+                    tokio::time::sleep(remaining.min(Duration::from_millis(500))).await;
+                    continue;
+                }
+                Claim::Claimed { token, attempts } => (token, attempts),
+            };
+            let mut guard = ClaimGuard::new(&self.deliveries, n, token);
+            if attempts >= self.config.delivery.attempts_per_channel {
+                // Its attempts were spent before, and the failover did not go out then.
+                let error = SendError::permanent(
+                    "exhausted",
+                    format!("{attempts} attempts spent on this channel"),
+                );
+                return self.fail_over(n, &mut guard, attempts, error, false).await;
+            }
+            match self
+                .buckets
+                .take(n.tenant_id, &n.delivery.rate_limit_key, limit)
+                .await
+                .map_err(|e| self.db_error("taking a rate-limit token", &e))?
+            {
+                Take::Taken => {}
+                Take::Empty(due) => {
+                    telemetry::notify_rate_limited(channel.as_str());
+                    let wait = due + jitter(due.max(Duration::from_secs_f64(1.0 / limit.refill_per_sec)));
+                    let until = Utc::now() + chrono_duration(wait);
+                    guard
+                        .finish(Finish::Deferred { until })
+                        .await
+                        .map_err(|e| self.db_error("recording a deferral", &e))?;
+                    waits += 1;
+                    if wait < IN_PLACE && waits <= MAX_WAITS_IN_PLACE {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    telemetry::notify_deferred("rate_limited");
+                    return Err(defer_until(
+                        until,
+                        format!("rate limited: bucket {} is empty", n.delivery.rate_limit_key),
+                    ));
+                }
+            }
+            let provider = self.providers.get(channel);
+            let sent = match tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address)).await {
+                Ok(sent) => sent,
+                Err(_) => Err(SendError::retryable(
+                    "timeout",
+                    format!("{} did not answer within {}s", channel.as_str(), send_timeout.as_secs()),
+                )),
+            };
+            match sent {
+                Ok(provider_id) => {
+                    let recorded = guard
+                        .finish(Finish::Delivered {
+                            provider_id: provider_id.as_deref(),
+                        })
+                        .await;
+                    let latency = (Utc::now() - n.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    telemetry::notify_delivered(channel.as_str(), latency);
+                    tracing::info!(
+                        event_id = %n.event_id,
+                        tenant_id = %n.tenant_id,
+                        user_id = %crate::safe::token(&n.user_id),
+                        channel = channel.as_str(),
+                        priority = n.priority,
+                        attempts = attempts + 1,
+                        latency_ms = (latency * 1000.0) as u64,
+                        send_ms = started.elapsed().as_millis() as u64,
+                        "notification delivered"
+                    );
+                    if let Err(e) = recorded {
+                        // Sent but not recorded: a redelivery after the claim expires sends it
+                        // again (the documented window). Nothing to retry now.
+                        tracing::warn!(event_id = %n.event_id, channel = channel.as_str(), error = %crate::safe::error_chain(&e), "delivered, but the delivery record was not written");
+                    }
+                    return Ok(());
+                }
+                Err(error) => {
+                    telemetry::notify_failed(channel.as_str(), error.label());
+                    let attempts = attempts + 1;
+                    let retry_after = match &error {
+                        SendError::Retryable { after, .. }
+                            if attempts < self.config.delivery.attempts_per_channel =>
+                        {
+                            Some(*after)
+                        }
+                        _ => None,
+                    };
+                    let Some(after) = retry_after else {
+                        return self.fail_over(n, &mut guard, attempts, error, true).await;
+                    };
+                    let delay = self.backoff(attempts).max(after.unwrap_or_default());
+                    let next_at = Utc::now() + chrono_duration(delay);
+                    tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), attempts, reason = error.label(), error = %error, retry_in_ms = delay.as_millis() as u64, "send failed: retrying");
+                    guard
+                        .finish(Finish::Retrying {
+                            error: error.reason(),
+                            next_at,
+                        })
+                        .await
+                        .map_err(|e| self.db_error("recording a failed attempt", &e))?;
+                    if delay < IN_PLACE {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    telemetry::notify_deferred("backoff");
+                    return Err(defer_until(
+                        next_at,
+                        format!("{} attempt {attempts} failed ({}): backing off", channel.as_str(), error.label()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The channel gives up on the notification: the next channel of its failover gets it, or,
+    /// with none left, it is dead-lettered with every channel's last error.
+    async fn fail_over(
+        &self,
+        n: &RankedNotification,
+        guard: &mut ClaimGuard,
+        attempts: u32,
+        error: SendError,
+        attempted: bool,
+    ) -> Result<(), PipelineError> {
+        let channel = n.channel;
+        let Some((next, rest)) = n.failover.split_first() else {
+            guard
+                .finish(Finish::Failed {
+                    error: error.reason(),
+                    attempted,
+                })
+                .await
+                .map_err(|e| self.db_error("recording a failed channel", &e))?;
+            let tried = self
+                .deliveries
+                .of_event(n.tenant_id, &n.event_id)
+                .await
+                .map_err(|e| self.db_error("reading the delivery record", &e))?;
+            let errors = tried
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({} attempts): {}",
+                        c.channel,
+                        c.attempts,
+                        c.last_error.as_deref().unwrap_or("no error recorded")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), reason = error.label(), channels = tried.len(), "every channel failed: dead-lettering");
+            return Err(PipelineError::Permanent(format!(
+                "every channel failed: {errors}"
+            )));
+        };
+        let moved = RankedNotification {
+            channel: next.channel,
+            delivery: ranked::Delivery {
+                address: next.address.clone(),
+                provider: None,
+                rate_limit_key: ranked::rate_limit_key(next.channel, n.tenant_id),
+            },
+            failover: rest.to_vec(),
+            attempt: n.attempt + attempts,
+            send_after: Utc::now(),
+            ..n.clone()
+        };
+        let body = serde_json::to_string(&moved)
+            .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
+        // Sent before the channel is recorded failed: a crash in between sends the failover
+        // twice, which its channel's record absorbs; the other order could lose it.
+        self.priority
+            .send(
+                Outgoing {
+                    body,
+                    attributes: super::notify_rank::ranked_attributes(&moved),
+                },
+                0,
+            )
+            .await?;
+        guard
+            .finish(Finish::Failed {
+                error: error.reason(),
+                attempted,
+            })
+            .await
+            .map_err(|e| self.db_error("recording a failed channel", &e))?;
+        telemetry::notify_failover(channel.as_str(), next.channel.as_str());
+        tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, from = channel.as_str(), to = next.channel.as_str(), attempts, reason = error.label(), error = %error, "channel failed: failing over");
+        Ok(())
+    }
+
+    /// Full jitter: uniform in [0, min(cap, base × 2ⁿ)], n = attempts so far − 1.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let d = &self.config.delivery;
+        let exp = attempts.saturating_sub(1).min(30);
+        let ceiling_ms = d
+            .backoff_base_ms
+            .saturating_mul(1u64 << exp)
+            .min(d.backoff_cap_secs * 1000);
+        Duration::from_millis(rand::random_range(0..=ceiling_ms))
+    }
+
+    fn db_error(&self, what: &str, e: &sqlx::Error) -> PipelineError {
+        let reason = format!("{what}: {}", crate::safe::error_chain(e));
+        if crate::postgres::is_unavailable(e) {
+            self.breakers.failure(Dependency::Postgres, &reason);
+            PipelineError::Unavailable(Dependency::Postgres, reason)
+        } else {
+            PipelineError::Retryable(reason)
+        }
+    }
+}
+
+fn defer_until(until: chrono::DateTime<Utc>, reason: String) -> PipelineError {
+    PipelineError::Defer {
+        until: SystemTime::from(until),
+        reason,
+    }
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Up to `spread` more, so waiters on one bucket do not all come back at once.
+fn jitter(spread: Duration) -> Duration {
+    Duration::from_micros(rand::random_range(0..=spread.as_micros().min(u64::MAX as u128) as u64))
+}
+
+/// Ends a claim the run did not finish (its task aborted: a timeout, a lost lease, shutdown),
+/// so the next delivery need not wait for it to expire. Best effort: a killed process leaves
+/// the claim to expire.
+struct ClaimGuard {
+    deliveries: Deliveries,
+    tenant: Uuid,
+    event_id: String,
+    channel: crate::notify::Channel,
+    token: Option<Uuid>,
+}
+
+impl ClaimGuard {
+    fn new(deliveries: &Deliveries, n: &RankedNotification, token: Uuid) -> Self {
+        Self {
+            deliveries: deliveries.clone(),
+            tenant: n.tenant_id,
+            event_id: n.event_id.clone(),
+            channel: n.channel,
+            token: Some(token),
+        }
+    }
+
+    async fn finish(&mut self, finish: Finish<'_>) -> Result<(), sqlx::Error> {
+        let Some(token) = self.token.take() else {
+            return Ok(());
+        };
+        self.deliveries
+            .finish(self.tenant, &self.event_id, self.channel, token, finish)
+            .await
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let (deliveries, tenant, event_id, channel) = (
+            self.deliveries.clone(),
+            self.tenant,
+            std::mem::take(&mut self.event_id),
+            self.channel,
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let until = Utc::now();
+                let _ = deliveries
+                    .finish(tenant, &event_id, channel, token, Finish::Deferred { until })
+                    .await;
+            });
+        }
+    }
+}
