@@ -5,8 +5,9 @@
 //! flight, partial failures sent again), and writes the invalid ones' line, field and reason to
 //! `<key>.rejects.jsonl` next to the drop.
 //!
-//! A failure part-way (SQS or S3 down, the lease lost) retries the whole object: lines already
-//! sent are sent again, which is harmless — ranking is idempotent by (tenantId, eventId).
+//! A failure part-way (SQS or S3 down, the lease lost, the process killed) retries the whole
+//! object: lines already sent are sent again, which is harmless — ranking is idempotent by
+//! (tenantId, eventId).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +93,14 @@ impl Pipeline for NotifyIngest {
 
     fn dependencies(&self) -> &'static [Dependency] {
         &[Dependency::S3, Dependency::Sqs]
+    }
+
+    /// Not guarded by the ledger: a read is harmless to repeat (ranking is idempotent by
+    /// eventId), while a ledger claim of a run killed with its process would hold the drop for
+    /// the whole read timeout (14 minutes) before a redelivery could read it again. A duplicate
+    /// notification of one upload reads it twice; ranking absorbs the repeats.
+    fn deduplicated(&self) -> bool {
+        false
     }
 
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {

@@ -46,7 +46,10 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "notify-rank",
     accepts: &[Contract::NotificationEventV1],
     needs: &[Need::Postgres, Need::Notify],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    // One model call (≤ extraction.timeout_secs, 60) with a database read and a send: a run
+    // killed with the process holds its event's ledger claim this long (+5 s), so it is kept
+    // short enough for a redelivery to wait it out in place.
+    timeout_secs: 120,
     build: |shared| {
         Box::pin(async move {
             let notify = shared.notify()?;

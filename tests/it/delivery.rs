@@ -661,10 +661,35 @@ async fn kill_9_during_2000_deliveries_delivers_each_and_repeats_only_in_the_cra
         kills += 1;
     }
     let mut daemon = s.cli("").spawn_daemon();
-    eventually("2,000 delivered", Duration::from_secs(300), async || {
-        receiver.delivered().len() == 2000
-    })
-    .await;
+    let started = Instant::now();
+    let mut last_report = 0;
+    while receiver.delivered().len() < 2000 {
+        let elapsed = started.elapsed().as_secs();
+        if elapsed >= last_report + 30 {
+            last_report = elapsed;
+            eprintln!(
+                "{} delivered after {elapsed}s; incoming {:?}, priority {:?}",
+                receiver.delivered().len(),
+                queue_depth(&s.sqs, &s.incoming_url).await,
+                queue_depth(&s.sqs, &s.priority_url).await
+            );
+        }
+        if elapsed > 300 {
+            let logs = daemon.logs();
+            let tail: Vec<&String> = logs
+                .iter()
+                .filter(|l| !l.contains(" INFO "))
+                .rev()
+                .take(40)
+                .collect();
+            panic!(
+                "{} of 2,000 delivered after 300 s; the daemon's last warnings: {tail:#?}",
+                receiver.delivered().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the last daemon finished in {:?}", started.elapsed());
     eventually("the record agrees", Duration::from_secs(60), async || {
         delivered_rows(&s).await == 2000
     })
