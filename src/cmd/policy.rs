@@ -294,10 +294,10 @@ fn run_statements(r: &Resources) -> Vec<Value> {
         statements.push(json!({
             "Sid": "NotifyDeliverSms",
             "Effect": "Allow",
-            // A text message goes to a phone number, which has no ARN: IAM authorises publishing
-            // SMS only on "*" (and no condition key narrows it to phone numbers).
+            // A text message goes to a phone number, which has no ARN: publishing to anything
+            // that is not an SNS resource (no topic, no endpoint) is publishing SMS.
             "Action": ["sns:Publish"],
-            "Resource": "*",
+            "NotResource": ["arn:aws:sns:*:*:*"],
         }));
         statements.push(json!({
             "Sid": "NotifyDeliverFailover",

@@ -605,6 +605,48 @@ async fn a_webhook_on_a_private_address_is_refused_by_the_ssrf_guard_without_the
     assert!(reason.contains("SSRF guard") && reason.contains("loopback"), "{reason}");
     assert!(reason.contains("allow_private_targets"), "names the setting: {reason}");
     assert!(receiver.hits().is_empty(), "nothing reached the address");
+
+    // The delivery stage's policy: SES on the sender's identities only, SNS publishing, the
+    // failover queue; infra may check and request the sender's verification. Linted.
+    let policy = |role: &str| -> Value {
+        let out = s.cli("").output(&["policy", "--role", role]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let statement = |doc: &Value, sid: &str| -> Value {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["Sid"] == sid)
+            .unwrap_or_else(|| panic!("{sid} in {doc}"))
+            .clone()
+    };
+    let (run, infra) = (policy("run"), policy("infra"));
+    let email = statement(&run, "NotifyDeliverEmail");
+    assert_eq!(email["Action"], json!(["ses:SendEmail"]));
+    let identities: Vec<&str> = email["Resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(identities.len(), 2, "the address and its domain: {identities:?}");
+    assert!(identities.iter().all(|r| r.contains(":identity/")));
+    assert_eq!(
+        statement(&run, "NotifyDeliverPush")["Action"],
+        json!(["sns:Publish"])
+    );
+    assert!(
+        statement(&run, "NotifyDeliverFailover")["Resource"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{}-priority", s.prefix))
+    );
+    statement(&infra, "InfraNotifySender");
+    for (role, doc) in [("run", &run), ("infra", &infra)] {
+        assert_parliament_clean(role, doc);
+    }
 }
 
 /// kill -9 twice while 2,000 webhooks go out: every notification is delivered, and a repeat
