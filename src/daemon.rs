@@ -76,6 +76,15 @@ pub async fn start_with(
         None => Ledger::in_memory(),
     };
     tasks.spawn(prune_ledger(ledger.clone(), shutdown.graceful.clone()));
+    if let (Some(pool), Some(notify)) = (&pool, &config.notify)
+        && config.routes_to("notify-deliver")
+    {
+        tasks.spawn(prune_deliveries(
+            pool.clone(),
+            notify.retention_secs,
+            shutdown.graceful.clone(),
+        ));
+    }
     let sdk = match config.queues.is_empty() {
         true => None,
         false => {
@@ -307,6 +316,37 @@ async fn prune_ledger(ledger: Ledger, stop: CancellationToken) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned the idempotency ledger"),
             Err(e) => tracing::warn!(error = %e, "pruning the idempotency ledger failed"),
+        }
+    }
+}
+
+/// Deletes, hourly, delivery records older than twice the notification queues' retention (no
+/// message of theirs can still be delivered) and rate-limit buckets idle for a day.
+async fn prune_deliveries(pool: sqlx::PgPool, retention_secs: u32, stop: CancellationToken) {
+    let deliveries = crate::notify::deliveries::Deliveries::new(pool.clone());
+    let buckets = crate::notify::bucket::Buckets::new(pool);
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let records = deliveries
+            .prune(Duration::from_secs(u64::from(retention_secs) * 2))
+            .await;
+        let idle = buckets.prune(Duration::from_secs(86_400)).await;
+        match (records, idle) {
+            (Ok(0), Ok(0)) => {}
+            (Ok(records), Ok(buckets)) => {
+                tracing::info!(
+                    records,
+                    buckets,
+                    "pruned notification delivery records and idle rate-limit buckets"
+                )
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %crate::safe::error_chain(&e), "pruning notification delivery records failed")
+            }
         }
     }
 }

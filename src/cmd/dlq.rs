@@ -185,7 +185,11 @@ pub(crate) async fn receive(
 }
 
 /// Makes inspected messages visible again.
-pub(crate) async fn release(client: &Client, url: &str, messages: &[Message]) -> anyhow::Result<()> {
+pub(crate) async fn release(
+    client: &Client,
+    url: &str,
+    messages: &[Message],
+) -> anyhow::Result<()> {
     for m in messages {
         if let Some(receipt) = &m.receipt_handle {
             client

@@ -167,7 +167,9 @@ async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let url = config.secrets.database_url.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("DATABASE_URL is not set: the delivery record lives in PostgreSQL; export it")
+        anyhow::anyhow!(
+            "DATABASE_URL is not set: the delivery record lives in PostgreSQL; export it"
+        )
     })?;
     let pool = crate::postgres::connect(&config.database, url).await?;
     crate::postgres::migrate(&pool).await?;
@@ -193,9 +195,13 @@ async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             continue;
         };
         let dlq_url = found.queue_url.unwrap_or_default();
-        let messages =
-            super::dlq::receive(&sqs, &dlq_url, args.dlq_scan, super::dlq::INSPECT_VISIBILITY_SECS)
-                .await?;
+        let messages = super::dlq::receive(
+            &sqs,
+            &dlq_url,
+            args.dlq_scan,
+            super::dlq::INSPECT_VISIBILITY_SECS,
+        )
+        .await?;
         super::dlq::release(&sqs, &dlq_url, &messages).await?;
         for m in &messages {
             if names_event(m, &args.event_id, tenant) {
@@ -226,9 +232,11 @@ async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             (state, _) => format!("{state} on {}", c.channel),
         }
     } else if !scores.is_empty() {
-        "ranked; not yet handed to a channel (waiting in the priority queue for its sendAfter)".to_owned()
+        "ranked; not yet handed to a channel (waiting in the priority queue for its sendAfter)"
+            .to_owned()
     } else {
-        "unknown: not ranked yet, or no such eventId (still in the incoming queue, or never sent)".to_owned()
+        "unknown: not ranked yet, or no such eventId (still in the incoming queue, or never sent)"
+            .to_owned()
     };
     let found = !scores.is_empty() || !channels.is_empty() || !dead_letters.is_empty();
     println!(
@@ -252,7 +260,11 @@ async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// Whether a dead letter of the incoming (an EventBridge event) or priority (a
 /// RankedNotification) stage is the notification `event_id` (of `tenant`, when given).
-fn names_event(m: &aws_sdk_sqs::types::Message, event_id: &str, tenant: Option<uuid::Uuid>) -> bool {
+fn names_event(
+    m: &aws_sdk_sqs::types::Message,
+    event_id: &str,
+    tenant: Option<uuid::Uuid>,
+) -> bool {
     let Some(body) = m.body().and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
         return false;
     };

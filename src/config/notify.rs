@@ -436,7 +436,12 @@ impl NotifyConfig {
         let limits = Channel::ALL
             .iter()
             .filter_map(|c| Channel::parse(c))
-            .map(|c| (format!("notify.rate_limits.{}", c.as_str()), self.rate_limits.get(c)))
+            .map(|c| {
+                (
+                    format!("notify.rate_limits.{}", c.as_str()),
+                    self.rate_limits.get(c),
+                )
+            })
             .chain(self.tenant_rate_limits.iter().flat_map(|(tenant, t)| {
                 Channel::ALL
                     .iter()

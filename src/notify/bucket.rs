@@ -69,4 +69,17 @@ impl Buckets {
         let secs = (missing / limit.refill_per_sec).max(1.0 / limit.refill_per_sec);
         Ok(Take::Empty(Duration::from_secs_f64(secs.min(3_600.0))))
     }
+
+    /// Deletes buckets untouched for `idle`: a bucket idle that long has refilled (for any
+    /// capacity that refills within it), and one taken from next is created full. Returns how
+    /// many.
+    pub async fn prune(&self, idle: Duration) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM notify_rate_buckets WHERE updated_at < clock_timestamp() - make_interval(secs => $1)",
+        )
+        .bind(idle.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }

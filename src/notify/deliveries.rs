@@ -139,7 +139,9 @@ impl Deliveries {
     ) -> Result<(), sqlx::Error> {
         let (state, error, next_at, provider_id, failed_attempt) = match finish {
             Finish::Delivered { provider_id } => ("delivered", None, None, provider_id, false),
-            Finish::Retrying { error, next_at } => ("retrying", Some(error), Some(next_at), None, true),
+            Finish::Retrying { error, next_at } => {
+                ("retrying", Some(error), Some(next_at), None, true)
+            }
             Finish::Deferred { until } => ("deferred", None, Some(until), None, false),
             Finish::Failed { error, attempted } => ("failed", Some(error), None, None, attempted),
         };
@@ -217,16 +219,23 @@ impl Deliveries {
 /// How a claim ends.
 #[derive(Debug, Clone, Copy)]
 pub enum Finish<'a> {
-    Delivered { provider_id: Option<&'a str> },
+    Delivered {
+        provider_id: Option<&'a str>,
+    },
     /// A retryable failure (counted as an attempt); tried again no sooner than `next_at`.
     Retrying {
         error: &'a str,
         next_at: DateTime<Utc>,
     },
     /// Not sent, not failed: waiting (a rate limit) until `until`.
-    Deferred { until: DateTime<Utc> },
+    Deferred {
+        until: DateTime<Utc>,
+    },
     /// The channel gives up; `attempted`: this claim's send failed (counted as an attempt).
-    Failed { error: &'a str, attempted: bool },
+    Failed {
+        error: &'a str,
+        attempted: bool,
+    },
 }
 
 #[derive(sqlx::FromRow)]

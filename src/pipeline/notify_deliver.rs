@@ -138,7 +138,10 @@ impl Deliver {
         let now = Utc::now();
         if n.send_after > now {
             telemetry::notify_deferred("not_due");
-            return Err(defer_until(n.send_after, "not due before its sendAfter".into()));
+            return Err(defer_until(
+                n.send_after,
+                "not due before its sendAfter".into(),
+            ));
         }
         let channel = n.channel;
         let send_timeout = Duration::from_secs(self.config.delivery.send_timeout_secs);
@@ -189,7 +192,8 @@ impl Deliver {
                 Take::Taken => {}
                 Take::Empty(due) => {
                     telemetry::notify_rate_limited(channel.as_str());
-                    let wait = due + jitter(due.max(Duration::from_secs_f64(1.0 / limit.refill_per_sec)));
+                    let wait =
+                        due + jitter(due.max(Duration::from_secs_f64(1.0 / limit.refill_per_sec)));
                     let until = Utc::now() + chrono_duration(wait);
                     guard
                         .finish(Finish::Deferred { until })
@@ -203,18 +207,28 @@ impl Deliver {
                     telemetry::notify_deferred("rate_limited");
                     return Err(defer_until(
                         until,
-                        format!("rate limited: bucket {} is empty", n.delivery.rate_limit_key),
+                        format!(
+                            "rate limited: bucket {} is empty",
+                            n.delivery.rate_limit_key
+                        ),
                     ));
                 }
             }
             let provider = self.providers.get(channel);
-            let sent = match tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address)).await {
-                Ok(sent) => sent,
-                Err(_) => Err(SendError::retryable(
-                    "timeout",
-                    format!("{} did not answer within {}s", channel.as_str(), send_timeout.as_secs()),
-                )),
-            };
+            let sent =
+                match tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address))
+                    .await
+                {
+                    Ok(sent) => sent,
+                    Err(_) => Err(SendError::retryable(
+                        "timeout",
+                        format!(
+                            "{} did not answer within {}s",
+                            channel.as_str(),
+                            send_timeout.as_secs()
+                        ),
+                    )),
+                };
             match sent {
                 Ok(provider_id) => {
                     let recorded = guard
@@ -222,7 +236,8 @@ impl Deliver {
                             provider_id: provider_id.as_deref(),
                         })
                         .await;
-                    let latency = (Utc::now() - n.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    let latency =
+                        (Utc::now() - n.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
                     telemetry::notify_delivered(channel.as_str(), latency);
                     tracing::info!(
                         event_id = %n.event_id,
@@ -273,7 +288,11 @@ impl Deliver {
                     telemetry::notify_deferred("backoff");
                     return Err(defer_until(
                         next_at,
-                        format!("{} attempt {attempts} failed ({}): backing off", channel.as_str(), error.label()),
+                        format!(
+                            "{} attempt {attempts} failed ({}): backing off",
+                            channel.as_str(),
+                            error.label()
+                        ),
                     ));
                 }
             }
@@ -393,7 +412,9 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 /// Up to `spread` more, so waiters on one bucket do not all come back at once.
 fn jitter(spread: Duration) -> Duration {
-    Duration::from_micros(rand::random_range(0..=spread.as_micros().min(u64::MAX as u128) as u64))
+    Duration::from_micros(rand::random_range(
+        0..=spread.as_micros().min(u64::MAX as u128) as u64,
+    ))
 }
 
 /// Ends a claim the run did not finish (its task aborted: a timeout, a lost lease, shutdown),
@@ -443,7 +464,13 @@ impl Drop for ClaimGuard {
             runtime.spawn(async move {
                 let until = Utc::now();
                 let _ = deliveries
-                    .finish(tenant, &event_id, channel, token, Finish::Deferred { until })
+                    .finish(
+                        tenant,
+                        &event_id,
+                        channel,
+                        token,
+                        Finish::Deferred { until },
+                    )
                     .await;
             });
         }

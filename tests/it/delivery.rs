@@ -170,7 +170,11 @@ async fn sent_by_providers(ids: &HashSet<String>) -> HashMap<(String, &'static s
         }
     }
     let push = localstack_record("/_aws/sns/platform-endpoint-messages").await;
-    for messages in push["platform_endpoint_messages"].as_object().unwrap().values() {
+    for messages in push["platform_endpoint_messages"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
         for m in messages.as_array().unwrap() {
             // The GCM message, a JSON string (LocalStack keeps it JSON-encoded once more).
             let raw = m["Message"].as_str().unwrap_or_default();
@@ -321,9 +325,16 @@ async fn a_thousand_notifications_over_four_channels_and_20_tenants_are_each_del
     for (id, hits) in receiver.delivered() {
         let (_, t) = expected[&id];
         for hit in &hits {
-            assert!(verifies(hit, &tenants[t].2), "{id}: signature of tenant {t}");
+            assert!(
+                verifies(hit, &tenants[t].2),
+                "{id}: signature of tenant {t}"
+            );
             assert!(!verifies(hit, &tenants[(t + 1) % 20].2));
-            assert!(hit.path.starts_with(&format!("hook/{t}/")), "{id} went to {}", hit.path);
+            assert!(
+                hit.path.starts_with(&format!("hook/{t}/")),
+                "{id} went to {}",
+                hit.path
+            );
         }
         *sent.entry((id, "webhook")).or_default() += hits.len();
     }
@@ -332,7 +343,10 @@ async fn a_thousand_notifications_over_four_channels_and_20_tenants_are_each_del
         for c in CHANNELS {
             let n = sent.get(&(id.clone(), c)).copied().unwrap_or(0);
             let want = usize::from(c == *channel);
-            assert_eq!(n, want, "{id} sent {n} times on {c} (its channel: {channel})");
+            assert_eq!(
+                n, want,
+                "{id} sent {n} times on {c} (its channel: {channel})"
+            );
         }
         *per_channel.entry(channel).or_default() += 1;
     }
@@ -426,22 +440,18 @@ async fn a_tenant_bucket_of_10_refilling_20_per_second_paces_300_webhooks_across
             .fetch_one(&s.pool)
             .await
             .unwrap();
-    assert_eq!(rate_limited, 0, "waiting for a token is never a failed attempt");
+    assert_eq!(
+        rate_limited, 0,
+        "waiting for a token is never a failed attempt"
+    );
 }
 
 #[tokio::test]
-async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_channels_reason()
-{
+async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_channels_reason() {
     let _ls = localstack_shared().await;
     // /flaky answers 503 twice, then 200; /gone always 410.
     let receiver = Receiver::start(|path, n| match path {
-        p if p.starts_with("flaky") => {
-            if n < 2 {
-                503
-            } else {
-                200
-            }
-        }
+        p if p.starts_with("flaky") && n < 2 => 503,
         p if p.starts_with("gone") => 410,
         _ => 200,
     })
@@ -485,12 +495,27 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
         format!("{p}-gone"),
         format!("{p}-doomed"),
     ];
-    s.publish(&notification(tenant, &ids[0], "flaky", &["webhook", "email"]))
-        .await;
-    s.publish(&notification(tenant, &ids[1], "gone", &["webhook", "email"]))
-        .await;
-    s.publish(&notification(tenant, &ids[2], "doomed", &["push", "webhook"]))
-        .await;
+    s.publish(&notification(
+        tenant,
+        &ids[0],
+        "flaky",
+        &["webhook", "email"],
+    ))
+    .await;
+    s.publish(&notification(
+        tenant,
+        &ids[1],
+        "gone",
+        &["webhook", "email"],
+    ))
+    .await;
+    s.publish(&notification(
+        tenant,
+        &ids[2],
+        "doomed",
+        &["push", "webhook"],
+    ))
+    .await;
 
     let dead = drain_queue(&s.sqs, &s.priority_dlq_url, 1, Duration::from_secs(120)).await;
     eventually("two delivered", Duration::from_secs(120), async || {
@@ -529,10 +554,18 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
     let body: Value = serde_json::from_str(dead[0].body().unwrap()).unwrap();
     assert_eq!(body["eventId"], ids[2]);
     assert!(reason.contains("every channel failed"), "{reason}");
-    assert!(reason.contains("push") && reason.contains("EndpointDisabled"), "{reason}");
-    assert!(reason.contains("webhook") && reason.contains("410"), "{reason}");
     assert!(
-        !reason.contains("BODY-MARK") && !reason.contains("addr-mark") && !reason.contains("/gone/"),
+        reason.contains("push") && reason.contains("EndpointDisabled"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("webhook") && reason.contains("410"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("BODY-MARK")
+            && !reason.contains("addr-mark")
+            && !reason.contains("/gone/"),
         "no content, no address: {reason}"
     );
 
@@ -544,13 +577,19 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
     };
     let flaky = status(&ids[0]);
     assert!(
-        flaky["summary"].as_str().unwrap().starts_with("delivered on webhook"),
+        flaky["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("delivered on webhook"),
         "{flaky}"
     );
     assert_eq!(flaky["channels"][0]["attempts"], 2);
     let gone = status(&ids[1]);
     assert!(
-        gone["summary"].as_str().unwrap().starts_with("delivered on email"),
+        gone["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("delivered on email"),
         "{gone}"
     );
     let channels: Vec<(&str, &str)> = gone["channels"]
@@ -602,8 +641,14 @@ async fn a_webhook_on_a_private_address_is_refused_by_the_ssrf_guard_without_the
     daemon.stop().await;
     assert_eq!(dead.len(), 1);
     let reason = string_attribute(&dead[0], "conveyor.error").unwrap();
-    assert!(reason.contains("SSRF guard") && reason.contains("loopback"), "{reason}");
-    assert!(reason.contains("allow_private_targets"), "names the setting: {reason}");
+    assert!(
+        reason.contains("SSRF guard") && reason.contains("loopback"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("allow_private_targets"),
+        "names the setting: {reason}"
+    );
     assert!(receiver.hits().is_empty(), "nothing reached the address");
 
     // The delivery stage's policy: SES on the sender's identities only, SNS publishing, the
@@ -631,7 +676,11 @@ async fn a_webhook_on_a_private_address_is_refused_by_the_ssrf_guard_without_the
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    assert_eq!(identities.len(), 2, "the address and its domain: {identities:?}");
+    assert_eq!(
+        identities.len(),
+        2,
+        "the address and its domain: {identities:?}"
+    );
     assert!(identities.iter().all(|r| r.contains(":identity/")));
     assert_eq!(
         statement(&run, "NotifyDeliverPush")["Action"],

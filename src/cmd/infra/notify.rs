@@ -155,11 +155,18 @@ async fn ensure_sender(c: &Clients, sender: &str, dry_run: bool) -> Result<Chang
     };
     // An identity is an address or a domain; an address at a verified domain may send too.
     let domain = sender.rsplit_once('@').map(|(_, d)| d.to_owned());
-    let identities: Vec<String> = std::iter::once(sender.to_owned()).chain(domain.clone()).collect();
+    let identities: Vec<String> = std::iter::once(sender.to_owned())
+        .chain(domain.clone())
+        .collect();
     // Which of them SES knows: ListIdentities, since LocalStack reports any identity asked
     // about as verified.
     let mut known = Vec::new();
-    let mut pages = c.ses.list_identities().max_items(1000).into_paginator().send();
+    let mut pages = c
+        .ses
+        .list_identities()
+        .max_items(1000)
+        .into_paginator()
+        .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| ses_err("ListIdentities", e.into()))?;
         known.extend(
@@ -186,7 +193,12 @@ async fn ensure_sender(c: &Clients, sender: &str, dry_run: bool) -> Result<Chang
         }
     }
     if dry_run {
-        return Ok(change(resource, "would create", dry_run, vec!["verification request".into()]));
+        return Ok(change(
+            resource,
+            "would create",
+            dry_run,
+            vec!["verification request".into()],
+        ));
     }
     if !known.iter().any(|i| i.eq_ignore_ascii_case(sender)) {
         c.ses
@@ -209,7 +221,12 @@ async fn ensure_sender(c: &Clients, sender: &str, dry_run: bool) -> Result<Chang
         .map(|a| a.verification_status.as_str().to_owned())
         .unwrap_or_else(|| "NotStarted".into());
     if state == "Success" {
-        return Ok(change(resource, "created", dry_run, vec!["verified".into()]));
+        return Ok(change(
+            resource,
+            "created",
+            dry_run,
+            vec!["verified".into()],
+        ));
     }
     Err(InfraError::Other(format!(
         "notify.email.sender: SES has not verified {sender} yet (status {state}); SES sent it a verification link — open it, or verify its domain{}, then run `conveyor infra up` again",

@@ -19,12 +19,8 @@ pub fn refused(ip: IpAddr) -> Option<&'static str> {
             let s = v6.segments();
             // NAT64 (64:ff9b::/96) reaches the IPv4 address in its last 32 bits.
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let v4 = Ipv4Addr::new(
-                    (s[6] >> 8) as u8,
-                    s[6] as u8,
-                    (s[7] >> 8) as u8,
-                    s[7] as u8,
-                );
+                let v4 =
+                    Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
                 return refused_v4(v4);
             }
             if v6.is_loopback() {
@@ -84,9 +80,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
@@ -112,7 +107,7 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "refused by the SSRF guard: the host resolves only to {} addresses (notify.webhook.allow_private_targets is off)",
+            "refused by the SSRF guard: every address of the webhook's host is {} (notify.webhook.allow_private_targets is off)",
             self.0
         )
     }

@@ -136,7 +136,9 @@ where
                 SendError::retryable("server_error", reason)
             }
         }
-        SdkError::TimeoutError(_) => SendError::retryable("timeout", format!("{service}: timed out")),
+        SdkError::TimeoutError(_) => {
+            SendError::retryable("timeout", format!("{service}: timed out"))
+        }
         other => SendError::retryable(
             "connection",
             format!("{service}: {}", crate::safe::error_chain(other)),

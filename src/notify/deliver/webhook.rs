@@ -54,7 +54,11 @@ impl Secrets {
             let tenant: Uuid = tenant.trim().parse().map_err(|_| {
                 format!("{SECRETS_ENV}: entry {n} does not start with a tenant id (a UUID)")
             })?;
-            keys.insert(tenant, decode_secret(secret.trim()).map_err(|e| format!("{SECRETS_ENV}: entry {n} (tenant {tenant}): {e}"))?);
+            keys.insert(
+                tenant,
+                decode_secret(secret.trim())
+                    .map_err(|e| format!("{SECRETS_ENV}: entry {n} (tenant {tenant}): {e}"))?,
+            );
         }
         Ok(Self(Arc::new(keys)))
     }
@@ -146,7 +150,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
     let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
     let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(Duration::from_millis(wait.num_milliseconds().clamp(0, 86_400_000) as u64))
+    Some(Duration::from_millis(
+        wait.num_milliseconds().clamp(0, 86_400_000) as u64,
+    ))
 }
 
 impl Provider for Webhook {
@@ -208,7 +214,10 @@ impl Provider for Webhook {
                         source = s.source();
                     }
                     if e.is_timeout() {
-                        SendError::retryable("timeout", "the webhook receiver did not answer in time")
+                        SendError::retryable(
+                            "timeout",
+                            "the webhook receiver did not answer in time",
+                        )
                     } else {
                         // Without the URL: it is the tenant's address.
                         SendError::retryable(
@@ -241,7 +250,9 @@ impl Provider for Webhook {
                 },
                 300..=399 => SendError::permanent(
                     "redirect",
-                    format!("{reason}: redirects are not followed; point the webhook at the final URL"),
+                    format!(
+                        "{reason}: redirects are not followed; point the webhook at the final URL"
+                    ),
                 ),
                 _ => SendError::permanent("http_4xx", reason),
             })
@@ -284,6 +295,9 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
         h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(80) && d <= Duration::from_secs(90), "{d:?}");
+        assert!(
+            d > Duration::from_secs(80) && d <= Duration::from_secs(90),
+            "{d:?}"
+        );
     }
 }
