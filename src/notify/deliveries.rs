@@ -108,6 +108,29 @@ impl Deliveries {
         })
     }
 
+    /// Opens a failed channel again for a new round of attempts: a dead-lettered notification
+    /// that an operator redrives. Returns whether the row was failed.
+    pub async fn reopen(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+        channel: Channel,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            r#"
+            UPDATE notify_deliveries SET state = 'retrying', attempts = 0, next_at = NULL,
+                updated_at = clock_timestamp()
+            WHERE tenant_id = $1 AND event_id = $2 AND channel = $3 AND state = 'failed'
+            "#,
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(channel.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The send under `token` was accepted by the provider.
     pub async fn delivered(
         &self,

@@ -147,7 +147,7 @@ impl Deliver {
         let send_timeout = Duration::from_secs(self.config.delivery.send_timeout_secs);
         let hold = send_timeout + CLAIM_MARGIN;
         let limit = self.config.limit(n.tenant_id, channel);
-        let (mut waits, busy_since) = (0, Instant::now());
+        let (mut waits, mut reopened, busy_since) = (0, false, Instant::now());
         loop {
             let claim = self
                 .deliveries
@@ -161,7 +161,18 @@ impl Deliver {
                     return Ok(());
                 }
                 // The channel gave up earlier and its failover was sent then.
-                Claim::Failed => return Ok(()),
+                Claim::Failed if !n.failover.is_empty() || reopened => return Ok(()),
+                // The last channel gave up and the notification was dead-lettered: this is it
+                // coming back (`conveyor dlq redrive`), so the channel gets a new round.
+                Claim::Failed => {
+                    self.deliveries
+                        .reopen(n.tenant_id, &n.event_id, channel)
+                        .await
+                        .map_err(|e| self.db_error("reopening a failed channel", &e))?;
+                    reopened = true;
+                    tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), "a dead-lettered notification is back (redriven): trying its channel again");
+                    continue;
+                }
                 Claim::Busy(remaining) => {
                     if busy_since.elapsed() > hold {
                         return Err(PipelineError::RetryAfter(

@@ -452,6 +452,8 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
     // /flaky answers 503 twice, then 200; /gone always 410.
     let receiver = Receiver::start(|path, n| match path {
         p if p.starts_with("flaky") && n < 2 => 503,
+        // The doomed user's receiver is fixed after its first answer (see the redrive below).
+        p if p.starts_with("gone") && p.ends_with("/2") && n > 0 => 200,
         p if p.starts_with("gone") => 410,
         _ => 200,
     })
@@ -522,7 +524,6 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
         delivered_rows(&s).await == 2
     })
     .await;
-    daemon.stop().await;
 
     // 503, 503, 200: delivered once, after two retries, on the webhook.
     let flaky: Vec<Hit> = receiver
@@ -611,6 +612,36 @@ async fn webhooks_that_fail_are_retried_failed_over_or_dead_lettered_with_every_
     for out in [&flaky, &gone, &doomed] {
         assert!(!out.to_string().contains("addr-mark"), "no address: {out}");
     }
+
+    // The receiver is fixed; the operator redrives the dead letter (as `dlq redrive` does: the
+    // body and its own attributes back on the queue). Its last channel gets a new round. (The
+    // daemon keeps running: a stopped one's abandoned long poll would take the message for a
+    // visibility timeout — the fast exit's documented price.)
+    let attributes = dead[0].message_attributes().unwrap();
+    let mut send = s
+        .sqs
+        .send_message()
+        .queue_url(&s.priority_url)
+        .message_body(dead[0].body().unwrap());
+    for name in ["source", "type", "eventId", "channel", "priority"] {
+        send = send.message_attributes(name, attributes[name].clone());
+    }
+    send.send().await.unwrap();
+    eventually(
+        "the redriven one delivered",
+        Duration::from_secs(60),
+        async || delivered_rows(&s).await == 3,
+    )
+    .await;
+    daemon.stop().await;
+    let doomed = status(&ids[2]);
+    assert!(
+        doomed["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("delivered on webhook"),
+        "{doomed}"
+    );
 }
 
 #[tokio::test]
