@@ -289,6 +289,19 @@ def metric_labelled(text, name, label):
                if line.startswith(name + "{") and label in line)
 
 
+def wait_for_ops(label, log_path):
+    """Waits up to 30 s for a started daemon's ops listener (its /metrics)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conveyor_metrics(PORT)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{label}: the daemon did not start; log {log_path}")
+            time.sleep(0.2)
+
+
 def notify_drop_file(tenant):
     """A JSON-lines drop of NOTIFY_EVENTS NotificationEvents, ~520 bytes a line, for 20 users;
     and their preferences."""
@@ -362,15 +375,7 @@ pipelines = ["notify-rank"]
     subprocess.check_call([CONVEYOR, "notify", "prefs", "import", prefs], **quiet)
     log_path = f"/tmp/conveyor-bench-notify-{scorer}.log"
     proc = subprocess.Popen([CONVEYOR, "run"], env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            conveyor_metrics(PORT)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{label}: the daemon did not start; log {log_path}")
-            time.sleep(0.2)
+    wait_for_ops(label, log_path)
     calls_before = model.calls
     started = time.monotonic()
     subprocess.check_call([CONVEYOR, "notify", "drop", drop, "--key", "drops/bench.jsonl"], **quiet)
@@ -561,18 +566,10 @@ def delivery_main():
                 "user": {"id": f"u-{i % users}", "channels": [CHANNELS[i % 4]]},
                 "content": {"title": f"Report {i}", "body": "Your weekly report is ready.",
                             "metadata": {"urgency": "normal"}}}, separators=(",", ":")) + "\n")
-    log_path = f"/tmp/conveyor-bench-deliver.log"
+    log_path = "/tmp/conveyor-bench-deliver.log"
     log_file = open(log_path, "w")
     proc = subprocess.Popen([CONVEYOR, "run"], env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            conveyor_metrics(PORT)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"delivery: the daemon did not start; log {log_path}")
-            time.sleep(0.2)
+    wait_for_ops("delivery", log_path)
     started = time.monotonic()
     subprocess.check_call([CONVEYOR, "notify", "drop", drop, "--key", "drops/bench.jsonl"], **quiet)
     uploaded = time.monotonic()
