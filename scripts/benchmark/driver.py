@@ -634,7 +634,7 @@ def delivery_main():
                f"daemon is measured, not the providers' quotas. Latency: {DELIVERY_ROUNDS} rounds of one event per "
                f"channel sent with `conveyor notify send` on the otherwise idle daemon, from the event's occurredAt to "
                f"the provider's acceptance as the daemon logs it (EventBridge → incoming → ranking → priority → "
-               f"delivery: two SQS hops and LocalStack's EventBridge delivery included).")
+               f"delivery: two SQS hops and LocalStack's EventBridge delivery included; with 30 samples the p99 is the slowest of them).")
     report("delivery", lines, summary)
 
 
