@@ -79,25 +79,10 @@ pub struct NotifyResources {
     pub runs_rank: bool,
     /// A route runs `notify-deliver` (SES, SNS, and failovers to `priority`).
     pub runs_deliver: bool,
-    /// `notify.email.sender`, when set.
-    pub email_sender: Option<String>,
+    /// The SES identities of `notify.email.sender` (`EmailConfig::identities`).
+    pub sender_identities: Vec<String>,
     /// `notify.email.configuration_set`, when set.
     pub configuration_set: Option<String>,
-}
-
-impl NotifyResources {
-    /// The SES identities mail may be sent from: the address, and its domain (an address at a
-    /// verified domain sends as the domain identity).
-    fn sender_identities(&self) -> Vec<String> {
-        let Some(sender) = &self.email_sender else {
-            return Vec::new();
-        };
-        let mut ids = vec![sender.clone()];
-        if let Some((_, domain)) = sender.rsplit_once('@') {
-            ids.push(domain.to_owned());
-        }
-        ids
-    }
 }
 
 /// SQS's AWS managed key: its key policy already lets every principal of the account use it
@@ -266,7 +251,7 @@ fn run_statements(r: &Resources) -> Vec<Value> {
     }
     if let Some(n) = r.notify.as_ref().filter(|n| n.runs_deliver) {
         let mut ses: Vec<String> = n
-            .sender_identities()
+            .sender_identities
             .iter()
             .map(|id| format!("arn:aws:ses:{}:{}:identity/{id}", r.region, r.account))
             .collect();
@@ -381,7 +366,7 @@ fn infra_statements(r: &Resources) -> Vec<Value> {
                        "s3:PutBucketNotification"],
             "Resource": [format!("arn:aws:s3:::{}", n.bucket)],
         }));
-        if n.email_sender.is_some() {
+        if !n.sender_identities.is_empty() {
             statements.push(json!({
                 "Sid": "InfraNotifySender",
                 "Effect": "Allow",
@@ -497,7 +482,7 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
             runs_ingest: config.routes_to("notify-ingest"),
             runs_rank: config.routes_to("notify-rank"),
             runs_deliver: config.routes_to("notify-deliver"),
-            email_sender: Some(n.email.sender.clone()).filter(|s| !s.is_empty()),
+            sender_identities: n.email.identities(),
             configuration_set: n.email.configuration_set.clone(),
         }),
     })
@@ -621,7 +606,7 @@ mod tests {
             runs_ingest: true,
             runs_rank: false,
             runs_deliver: false,
-            email_sender: None,
+            sender_identities: Vec::new(),
             configuration_set: None,
         });
         let run = document(&r, Role::Run);

@@ -98,6 +98,21 @@ pub struct EmailConfig {
     pub configuration_set: Option<String>,
 }
 
+impl EmailConfig {
+    /// The SES identities mail from `sender` may be sent as: the address, and its domain (an
+    /// address at a verified domain may send as the domain identity). Empty without a sender.
+    pub fn identities(&self) -> Vec<String> {
+        if self.sender.is_empty() {
+            return Vec::new();
+        }
+        let mut ids = vec![self.sender.clone()];
+        if let Some((_, domain)) = self.sender.rsplit_once('@') {
+            ids.push(domain.to_owned());
+        }
+        ids
+    }
+}
+
 /// `[notify.sms]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -139,25 +139,26 @@ pub(super) async fn up(
     );
     changes.push(ensure_notification(c, &notify.bucket, ingest_arn, dry_run).await?);
     if !notify.email.sender.is_empty() {
-        changes.push(ensure_sender(c, &notify.email.sender, dry_run).await?);
+        changes.push(ensure_sender(c, &notify.email, dry_run).await?);
     }
     Ok(changes)
 }
 
-/// The SES identity mail is sent from: its verification status, and a verification request
-/// when SES does not know it (an address gets a link by mail; a domain needs its TXT record,
-/// printed). A sender that is not verified yet is an error after the request: delivery would
-/// fail over every email until it is.
-async fn ensure_sender(c: &Clients, sender: &str, dry_run: bool) -> Result<Change, InfraError> {
+/// The SES identity mail is sent from: verified (the address, or its domain), or else a
+/// verification request for the address (SES mails it a link). A sender that is not verified
+/// yet is an error after the request: delivery would fail over every email until it is.
+async fn ensure_sender(
+    c: &Clients,
+    email: &crate::config::EmailConfig,
+    dry_run: bool,
+) -> Result<Change, InfraError> {
+    let sender = email.sender.as_str();
     let ses_err = |context: &str, e: aws_sdk_ses::Error| {
         let code = aws_sdk_ses::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
         InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
     };
-    // An identity is an address or a domain; an address at a verified domain may send too.
-    let domain = sender.rsplit_once('@').map(|(_, d)| d.to_owned());
-    let identities: Vec<String> = std::iter::once(sender.to_owned())
-        .chain(domain.clone())
-        .collect();
+    let identities = email.identities();
+    let domain = identities.get(1).cloned();
     // Which of them SES knows: ListIdentities, since LocalStack reports any identity asked
     // about as verified.
     let mut known = Vec::new();

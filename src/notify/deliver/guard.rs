@@ -6,7 +6,7 @@
 //! addresses it then connects to, so a name that resolves to a public address when checked and
 //! to a private one when connecting (DNS rebinding) cannot slip through.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Why an address is refused, or `None` when it is public.
 pub fn refused(ip: IpAddr) -> Option<&'static str> {
@@ -33,8 +33,6 @@ pub fn refused(ip: IpAddr) -> Option<&'static str> {
                 Some("link-local")
             } else if v6.is_multicast() {
                 Some("multicast")
-            } else if v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1) {
-                Some("loopback")
             } else {
                 None
             }
