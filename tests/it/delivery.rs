@@ -397,13 +397,15 @@ async fn a_tenant_bucket_of_10_refilling_20_per_second_paces_300_webhooks_across
     );
     let mut at: Vec<Instant> = delivered.values().map(|h| h[0].at).collect();
     at.sort();
-    // In any window [a_i, a_j] the bucket allows capacity + refill × (a_j − a_i) sends; one
-    // more is allowed for the time between taking a token and the request's arrival.
-    let mut worst = 0.0f64;
+    // In any window of take times [t_i, t_j] the bucket grants at most capacity + refill ×
+    // (t_j − t_i) tokens. Arrivals are seen here, a little after each take: two sends whose
+    // takes were up to ~150 ms apart may arrive closer together on a loaded machine, which is
+    // 3 tokens at 20/s. A second bucket (a daemon not sharing it) would show 10 more at once.
+    let mut worst = f64::MIN;
     for i in 0..at.len() {
         for j in i..at.len() {
             let window = (at[j] - at[i]).as_secs_f64();
-            let allowed = 10.0 + 20.0 * window + 1.0;
+            let allowed = 10.0 + 20.0 * window + 3.0;
             let seen = (j - i + 1) as f64;
             worst = worst.max(seen - allowed);
             assert!(
@@ -414,7 +416,7 @@ async fn a_tenant_bucket_of_10_refilling_20_per_second_paces_300_webhooks_across
     }
     let span = (at[at.len() - 1] - at[0]).as_secs_f64();
     eprintln!(
-        "300 webhooks in {span:.1}s ({:.1}/s; the bucket allows 10 + 20/s), worst window margin {worst:.2}",
+        "300 webhooks in {span:.1}s ({:.1}/s; the bucket allows 10 + 20/s), the fullest window {worst:.2} sends from the bound (≤ 0)",
         300.0 / span
     );
     let mut per_daemon = Vec::new();
