@@ -67,9 +67,19 @@ def aws(target, payload, timeout=30):
         return json.loads(resp.read() or b"{}")
 
 
-def record(path):
-    with urllib.request.urlopen(ENDPOINT + path, timeout=60) as resp:
-        return json.loads(resp.read())
+def record(path, key):
+    """LocalStack's record of what SES / SNS sent; asked again when an answer lacks `key` (under
+    load it answers these internal endpoints with an error now and then)."""
+    for _ in range(20):
+        try:
+            with urllib.request.urlopen(ENDPOINT + path, timeout=60) as resp:
+                out = json.loads(resp.read())
+            if key in out:
+                return out
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"LocalStack's {path} never answered with {key}")
 
 
 def psql(url, query):
@@ -245,9 +255,9 @@ def delivered_ids(ids):
         last = (text or "").split("\n")[0].split(" ")[-1]
         if last in ids:
             sent[last] = sent.get(last, 0) + 1
-    for m in record("/_aws/ses")["messages"]:
+    for m in record("/_aws/ses", "messages")["messages"]:
         count(m.get("Subject"))
-    for msgs in record("/_aws/sns/sms-messages")["sms_messages"].values():
+    for msgs in record("/_aws/sns/sms-messages", "sms_messages")["sms_messages"].values():
         for m in msgs:
             count(m.get("Message"))
     with Receiver.lock:

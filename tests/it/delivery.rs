@@ -135,15 +135,25 @@ fn verifies(hit: &Hit, key: &[u8]) -> bool {
     hit.signature.split(' ').any(|s| s == expected)
 }
 
-/// LocalStack's record of what SES and SNS sent.
-async fn localstack_record(path: &str) -> Value {
+/// LocalStack's record of what SES and SNS sent (`key` is its top-level list). Asked again when
+/// the answer lacks it: under load LocalStack answers these internal endpoints with an error
+/// now and then.
+async fn localstack_record(path: &str, key: &str) -> Value {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or("http://127.0.0.1:4566".into());
-    reqwest::get(format!("{endpoint}{path}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let mut last = String::new();
+    for _ in 0..20 {
+        if let Ok(response) = reqwest::get(format!("{endpoint}{path}")).await {
+            let text = response.text().await.unwrap_or_default();
+            if let Ok(record) = serde_json::from_str::<Value>(&text)
+                && record.get(key).is_some()
+            {
+                return record;
+            }
+            last = text.chars().take(300).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("LocalStack's {path} never answered with {key}: {last}");
 }
 
 /// Event ids found in sent mail, texts and pushes: each of `ids` that appears in a message's
@@ -159,17 +169,21 @@ async fn sent_by_providers(ids: &HashSet<String>) -> HashMap<(String, &'static s
             *seen.entry((id.to_owned(), channel)).or_default() += 1;
         }
     };
-    let ses = localstack_record("/_aws/ses").await;
+    let ses = localstack_record("/_aws/ses", "messages").await;
     for m in ses["messages"].as_array().unwrap() {
         count(m["Subject"].as_str().unwrap_or_default(), "email");
     }
-    let sms = localstack_record("/_aws/sns/sms-messages").await;
+    let sms = localstack_record("/_aws/sns/sms-messages", "sms_messages").await;
     for messages in sms["sms_messages"].as_object().unwrap().values() {
         for m in messages.as_array().unwrap() {
             count(m["Message"].as_str().unwrap_or_default(), "sms");
         }
     }
-    let push = localstack_record("/_aws/sns/platform-endpoint-messages").await;
+    let push = localstack_record(
+        "/_aws/sns/platform-endpoint-messages",
+        "platform_endpoint_messages",
+    )
+    .await;
     for messages in push["platform_endpoint_messages"]
         .as_object()
         .unwrap()
