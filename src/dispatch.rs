@@ -13,6 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::breaker::{Admission, Breakers, Dependency};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
@@ -22,7 +23,7 @@ use crate::input::claim_check::{ClaimCheck, FetchError, Pointer};
 use crate::input::{self, Decoded, Event, Format};
 use crate::ledger::{Claim, Ledger};
 use crate::pipeline::{Delivery, Pipeline, PipelineError, Registry};
-use crate::telemetry;
+use crate::telemetry::{self, otel};
 
 /// `*` (anything), `prefix*`, or an exact value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +280,12 @@ impl Dispatcher {
         };
         match &validated {
             Validated::Interaction(i) => {
+                // The producer's context, when SQS did not carry it (see `otel::process`).
+                if let (None, Some(trace_id), true) =
+                    (&message.trace_header, &i.trace_id, otel::enabled())
+                {
+                    otel::link_envelope(trace_id);
+                }
                 labels.tenant_id = Some(i.tenant_id.to_string());
                 labels.kind = i.interaction_type.as_str();
             }
@@ -389,12 +396,15 @@ async fn run_stage(stage: Stage, delivery: &Arc<Delivery>, ledger: &Ledger) -> V
     let mut tasks = JoinSet::new();
     let mut steps = HashMap::with_capacity(stage.len());
     for (i, step) in stage.iter().enumerate() {
-        let task = tasks.spawn(run_once(
-            step.pipeline.clone(),
-            step.timeout,
-            delivery.clone(),
-            ledger.clone(),
-        ));
+        let task = tasks.spawn(
+            run_once(
+                step.pipeline.clone(),
+                step.timeout,
+                delivery.clone(),
+                ledger.clone(),
+            )
+            .instrument(otel::pipeline(step.pipeline.name())),
+        );
         steps.insert(task.id(), (i, Instant::now()));
     }
     let mut results = Vec::new();
@@ -501,6 +511,9 @@ async fn run_once(
             // Not recorded: the claim expires by itself and a redelivery runs the pipeline again.
             tracing::warn!(queue = %delivery.queue, message_id = %delivery.message_id, pipeline = name, error = %e, "ledger write failed");
         }
+    }
+    if result.is_err() {
+        otel::failed(&tracing::Span::current());
     }
     result.map(|()| Ran::Succeeded).map_err(Failure::Pipeline)
 }

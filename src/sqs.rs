@@ -271,3 +271,23 @@ mod tests {
         }
     }
 }
+
+/// The `AWSTraceHeader` system attribute carrying `header` (X-Ray format), for a send.
+pub fn trace_header_attribute(
+    header: Option<String>,
+) -> Option<
+    std::collections::HashMap<
+        aws_sdk_sqs::types::MessageSystemAttributeNameForSends,
+        aws_sdk_sqs::types::MessageSystemAttributeValue,
+    >,
+> {
+    let value = aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(header?)
+        .build()
+        .ok()?;
+    Some(std::collections::HashMap::from([(
+        aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
+}

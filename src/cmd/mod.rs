@@ -106,9 +106,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         file: cli.config.config_file.clone(),
     };
     let config = Config::load(&sources)?;
-    if cli.command.logs() {
-        crate::telemetry::init_logging(&config.telemetry)?;
-    }
+    // Held to the end: dropping it flushes the spans still buffered.
+    let _telemetry = if cli.command.logs() {
+        Some(crate::telemetry::init_logging(&config.telemetry)?)
+    } else {
+        None
+    };
     match cli.command {
         Command::Run => run::run(config).await,
         Command::Check(args) => check::run(&config, &cli.config.env, args).await,

@@ -361,6 +361,7 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
             anyhow::anyhow!("PutEvents on bus {bus:?}: {}", crate::safe::error_chain(&e))
         })?;
     let eventbridge_id = results
+        .entries
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("PutEvents answered no entry"))?

@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use crate::envelope::{self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType};
 use crate::input::eventbridge::EventBridgeEvent;
+use crate::telemetry::otel;
+use opentelemetry::trace::SpanContext;
 
 /// EventBridge takes at most 10 entries per PutEvents call.
 pub const MAX_ENTRIES_PER_CALL: usize = 10;
@@ -148,6 +150,22 @@ pub struct Prepared {
     pub content_sha256: String,
 }
 
+impl Prepared {
+    /// The detail to send: an envelope without a `trace_id` of its own gets the sending span's
+    /// context as one (a W3C traceparent), so the consumer links back even when the bus or
+    /// queue does not pass the trace header on.
+    fn traced_detail(&self, trace: Option<&SpanContext>) -> Map<String, Value> {
+        let mut detail = self.detail.clone();
+        let is_envelope = !self.interaction_id.is_nil();
+        if let (Some(cx), true) = (trace, is_envelope)
+            && detail.get("trace_id").is_none_or(Value::is_null)
+        {
+            detail.insert("trace_id".into(), Value::String(otel::to_traceparent(cx)));
+        }
+        detail
+    }
+}
+
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -282,12 +300,24 @@ impl fmt::Display for FailedEntry {
     }
 }
 
-/// Puts up to 10 events in one call; returns each entry's event id or failure.
+/// What one PutEvents call did.
+pub struct Put {
+    /// Each entry's event id or failure, in order.
+    pub entries: Vec<Result<String, FailedEntry>>,
+    /// The trace the events carry (their `TraceHeader`), when tracing.
+    pub trace_id: Option<String>,
+}
+
+/// Puts up to 10 events in one call, in a `send {bus}` span whose context each event carries
+/// as its `TraceHeader` — and, for an envelope with no `trace_id` of its own, as its
+/// `trace_id` too (a W3C traceparent), since a bus target need not pass the header on.
 pub async fn put(
     client: &aws_sdk_eventbridge::Client,
     bus: &str,
     events: &[Prepared],
-) -> Result<Vec<Result<String, FailedEntry>>, aws_sdk_eventbridge::Error> {
+) -> Result<Put, aws_sdk_eventbridge::Error> {
+    let span = otel::send("aws_eventbridge", bus, events.len());
+    let trace = otel::context_of(&span);
     let entries = events
         .iter()
         .map(|e| {
@@ -295,16 +325,13 @@ pub async fn put(
                 .event_bus_name(bus)
                 .source(&e.source)
                 .detail_type(&e.detail_type)
-                .detail(Value::Object(e.detail.clone()).to_string())
+                .detail(Value::Object(e.traced_detail(trace.as_ref())).to_string())
+                .set_trace_header(trace.as_ref().map(otel::to_xray))
                 .build()
         })
         .collect();
-    let out = client
-        .put_events()
-        .set_entries(Some(entries))
-        .send()
-        .await?;
-    Ok(out
+    let out = otel::traced(span, client.put_events().set_entries(Some(entries)).send()).await?;
+    let entries = out
         .entries
         .unwrap_or_default()
         .into_iter()
@@ -315,7 +342,11 @@ pub async fn put(
                 message: entry.error_message.unwrap_or_default(),
             }),
         })
-        .collect())
+        .collect();
+    Ok(Put {
+        entries,
+        trace_id: trace.map(|cx| cx.trace_id().to_string()),
+    })
 }
 
 /// `publish --queue`: each event sent to the queue as EventBridge would deliver it; bodies over
@@ -352,15 +383,22 @@ async fn send_to_queue(
     let claim_check = ClaimCheck::new(crate::aws::s3_client(sdk));
     for event in events {
         let event_id = Uuid::new_v4().to_string();
+        let span = otel::send("aws_sqs", key, 1);
+        let trace = otel::context_of(&span);
         let body = json!({
             "version": "0", "id": event_id, "detail-type": event.detail_type,
             "source": event.source,
             "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "region": sdk.region().map(|r| r.to_string()), "resources": [],
-            "detail": event.detail,
+            "detail": event.traced_detail(trace.as_ref()),
         })
         .to_string();
-        let mut send = sqs.send_message().queue_url(&url);
+        let mut send = sqs
+            .send_message()
+            .queue_url(&url)
+            .set_message_system_attributes(crate::sqs::trace_header_attribute(
+                trace.as_ref().map(otel::to_xray),
+            ));
         if let Some(group) = &args.group_id {
             send = send
                 .message_group_id(group)
@@ -385,8 +423,7 @@ async fn send_to_queue(
             }
             _ => send = send.message_body(body),
         }
-        let message_id = send
-            .send()
+        let message_id = otel::traced(span, send.send())
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -402,6 +439,7 @@ async fn send_to_queue(
             json!({
                 "message_id": message_id, "event_id": event_id, "interaction_id": event.interaction_id,
                 "queue": key, "offloaded_to": offloaded,
+                "trace_id": trace.map(|cx| cx.trace_id().to_string()),
                 "source": event.source, "detail_type": event.detail_type,
                 "tenant_id": identity.tenant_id, "user_id": identity.user_id,
                 "content_length": event.content_len, "content_sha256": event.content_sha256,
@@ -623,10 +661,10 @@ pub async fn run(
     let total = events.len();
     let mut published = 0;
     for chunk in events.chunks(MAX_ENTRIES_PER_CALL) {
-        let results = put(&client, bus, chunk).await.map_err(|e| {
+        let put = put(&client, bus, chunk).await.map_err(|e| {
             anyhow::anyhow!("PutEvents on bus {bus:?}: {}", crate::safe::error_chain(&e))
         })?;
-        for (event, result) in chunk.iter().zip(results) {
+        for (event, result) in chunk.iter().zip(put.entries) {
             let event_id = result.map_err(|failed| {
                 anyhow::anyhow!(
                     "EventBridge rejected the event (interaction_id {}): {failed}",
@@ -641,6 +679,7 @@ pub async fn run(
                     "source": event.source, "detail_type": event.detail_type,
                     "tenant_id": identity.tenant_id, "user_id": identity.user_id, "account_id": identity.account_id,
                     "content_length": event.content_len, "content_sha256": event.content_sha256,
+                    "trace_id": put.trace_id,
                 })
             );
             published += 1;

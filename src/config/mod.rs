@@ -80,7 +80,7 @@ pub use notify::{EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
 pub use queue::{Ack, Jitter, PipelineConfig, QueueConfig, RetryConfig, RouteConfig, Unrouted};
 pub use secrets::{Secret, Secrets};
 pub use service::{
-    AwsConfig, BreakerConfig, LogFormat, OpsConfig, ShutdownConfig, TelemetryConfig,
+    AwsConfig, BreakerConfig, LogFormat, OpsConfig, OtlpConfig, ShutdownConfig, TelemetryConfig,
 };
 pub use stores::{DatabaseConfig, ExtractionConfig, ExtractorKind, GraphConfig};
 

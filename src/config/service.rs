@@ -22,6 +22,9 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `conveyor=debug,info`); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// OpenTelemetry traces over OTLP/HTTP; off unless an endpoint is set here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -29,6 +32,26 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            otlp: OtlpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// A collector's OTLP/HTTP base URL (`http://collector:4318`); traces go to
+    /// `<endpoint>/v1/traces`. Empty: `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else tracing is off.
+    pub endpoint: String,
+    /// `service.name` of the exported spans, unless `OTEL_SERVICE_NAME` is set.
+    pub service_name: String,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            service_name: "conveyor".to_owned(),
         }
     }
 }
@@ -115,6 +138,24 @@ impl TelemetryConfig {
                 &format!(
                     "not a tracing filter ({e}); use e.g. \"info\" or \"conveyor=debug,info\""
                 ),
+            );
+        }
+        let endpoint = &self.otlp.endpoint;
+        if !endpoint.is_empty() {
+            match url::Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => problems.bad(
+                    "telemetry.otlp.endpoint",
+                    &format!("{endpoint:?}"),
+                    "not an http(s) URL; use a collector's OTLP/HTTP address such as \"http://otel-collector:4318\", or \"\" for no tracing",
+                ),
+            }
+        }
+        if self.otlp.service_name.trim().is_empty() {
+            problems.bad(
+                "telemetry.otlp.service_name",
+                &"\"\"",
+                "must name the service, e.g. \"conveyor\"",
             );
         }
     }

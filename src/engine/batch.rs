@@ -14,11 +14,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Endpoint;
 use super::backoff::CallBackoff;
 use super::queue::EntryFailure;
-use crate::telemetry::SqsOp;
+use crate::telemetry::{SqsOp, otel};
 
 /// SQS takes at most 10 entries per batch call.
 const MAX_ENTRIES: usize = 10;
@@ -54,6 +55,9 @@ struct Request {
     receipt_handle: String,
     action: Action,
     reply: oneshot::Sender<Result<(), ActionError>>,
+    /// The requester's span (a message's process span), which the batch's settle span links
+    /// to; only while tracing.
+    link: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// A handle to the queue's batcher. Cloned into every message task; when the last clone is
@@ -80,6 +84,7 @@ impl Batcher {
                 receipt_handle,
                 action,
                 reply,
+                link: otel::current_context(),
             })
             .map_err(|_| ActionError::Stopped)?;
         result.await.unwrap_or(Err(ActionError::Stopped))
@@ -159,7 +164,17 @@ async fn send(calls: &mut JoinSet<()>, sqs: &Endpoint, batch: Vec<Request>) {
         calls.join_next().await;
     }
     let sqs = sqs.clone();
-    calls.spawn(async move { send_with_retries(&sqs, batch).await });
+    let span = if otel::enabled() {
+        let operation = match batch[0].action {
+            Action::Delete => "DeleteMessageBatch",
+            Action::SetVisibility(_) => "ChangeMessageVisibilityBatch",
+        };
+        let links: Vec<_> = batch.iter().filter_map(|r| r.link.clone()).collect();
+        otel::settle(&sqs.queue, operation, &links)
+    } else {
+        tracing::Span::none()
+    };
+    calls.spawn(async move { send_with_retries(&sqs, batch).await }.instrument(span));
 }
 
 async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
@@ -199,6 +214,7 @@ async fn send_with_retries(sqs: &Endpoint, mut batch: Vec<Request>) {
             tokio::time::sleep(delay).await;
         }
     }
+    otel::failed(&tracing::Span::current());
     tracing::warn!(queue, entries = batch.len(), error = %last_reason, "batch action failed after retries");
     for request in batch {
         let _ = request.reply.send(Err(ActionError::GaveUp {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::backoff;
 use super::batch::Action;
@@ -17,7 +18,7 @@ use super::lease::LeaseGuard;
 use super::queue::{FifoIds, SendError};
 use super::{Labels, Outcome, Queue, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
-use crate::telemetry::{self, SqsOp};
+use crate::telemetry::{self, SqsOp, otel};
 
 /// SQS allows at most 10 message attributes per message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -80,6 +81,8 @@ pub(super) struct Leased {
     /// When the receive call was sent.
     received_at: Instant,
     group_id: Option<String>,
+    /// The receive's span, the parent of this message's process span (while tracing).
+    receive_span: Option<opentelemetry::Context>,
     _in_flight: telemetry::InFlight,
     _permit: OwnedSemaphorePermit,
 }
@@ -98,6 +101,7 @@ pub(super) fn lease(
     message: Message,
     received_at: Instant,
     permit: OwnedSemaphorePermit,
+    receive_span: Option<opentelemetry::Context>,
 ) -> Option<Leased> {
     let Some(receipt) = message.receipt_handle.clone() else {
         // SQS always sends one.
@@ -111,6 +115,7 @@ pub(super) fn lease(
             .map(str::to_owned),
         receipt,
         received_at,
+        receive_span,
         message,
         _permit: permit,
     })
@@ -128,14 +133,25 @@ pub(super) enum Next {
     Stop { come_back_in_secs: u32 },
 }
 
-/// Handles one leased message from handler to applied outcome.
+/// Handles one leased message from handler to applied outcome, in its `process` span.
 pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
+    let span = otel::process(
+        &queue.name,
+        leased.message.message_id().unwrap_or_default(),
+        leased.receive_span.as_ref(),
+        system_attribute(&leased.message, MessageSystemAttributeName::AwsTraceHeader),
+    );
+    handle_and_apply(queue, leased).instrument(span).await
+}
+
+async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next {
     let Leased {
         mut message,
         receipt,
         lease,
         received_at,
         group_id,
+        receive_span: _,
         _in_flight,
         _permit,
     } = leased;
@@ -276,6 +292,17 @@ pub(super) async fn process(queue: Arc<Queue>, leased: Leased) -> Next {
     drop(lease);
 
     let latency_ms = received_at.elapsed().as_millis() as u64;
+    let (outcome, error) = match applied {
+        Applied::Deleted => ("deleted", false),
+        Applied::Retried { .. } => ("retry", true),
+        Applied::DeadLettered => ("dead_lettered", true),
+        Applied::Requeued { .. } => ("requeued", true),
+        Applied::Deferred { .. } => ("deferred", false),
+        Applied::Released => ("released", false),
+        Applied::LeaseLost => ("lease_lost", true),
+        Applied::Failed => ("action_failed", true),
+    };
+    otel::outcome(&tracing::Span::current(), outcome, error);
     let labels = received.labels.get().unwrap_or(&Labels::NONE);
     let (event_id, tenant_id, kind) = (
         labels.event_id.as_deref().unwrap_or("-"),

@@ -523,10 +523,21 @@ fn hand_over(
     mut held: OwnedSemaphorePermit,
 ) {
     let mut leased = Vec::with_capacity(messages.len());
+    let receive_span = crate::telemetry::otel::receive(
+        &queue.name,
+        messages.len(),
+        std::time::SystemTime::now() - sent_at.elapsed(),
+    );
     for message in messages {
         match held.split(1) {
             Some(permit) if !shutdown.graceful.is_cancelled() => {
-                leased.extend(message::lease(queue, message, sent_at, permit));
+                leased.extend(message::lease(
+                    queue,
+                    message,
+                    sent_at,
+                    permit,
+                    receive_span.clone(),
+                ));
             }
             // Received while stopping (or beyond the in-flight bound, which SQS never
             // returns): hand it straight back.

@@ -35,7 +35,8 @@ use tokio::time::Instant;
 use super::{ExtractError, Extraction, RawItem};
 use crate::config::{ExtractionConfig, Secret};
 use crate::envelope::Interaction;
-use crate::telemetry;
+use crate::telemetry::{self, otel};
+use tracing::Instrument;
 
 /// Bump when the instructions or schema change: stored extractions are keyed by it.
 pub const PROMPT_VERSION: &str = "action-items/1";
@@ -425,8 +426,14 @@ impl Llm {
 
         let _permit = self.limiter.acquire().await;
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(self.timeout, self.client.chat().create(request)).await;
+        let span = otel::chat(&self.model);
+        let sent = tokio::time::timeout(self.timeout, self.client.chat().create(request))
+            .instrument(span.clone())
+            .await;
         let seconds = started.elapsed().as_secs_f64();
+        if !matches!(sent, Ok(Ok(_))) {
+            otel::failed(&span);
+        }
         let response = match sent {
             Err(_) => {
                 telemetry::llm_request("timeout", seconds);
@@ -454,6 +461,7 @@ impl Llm {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
         telemetry::llm_tokens(prompt_tokens, completion_tokens);
+        otel::chat_tokens(&span, prompt_tokens, completion_tokens);
         Ok(Asked {
             content: response
                 .choices

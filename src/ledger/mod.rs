@@ -23,6 +23,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
+use crate::telemetry::otel;
+
 /// The result of asking to run a pipeline for a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -103,7 +105,8 @@ impl Ledger {
             key,
             pipeline,
         };
-        self.0.claim(key, Uuid::new_v4(), hold).await
+        let span = otel::db("postgresql", "claim", "pipeline_ledger");
+        otel::traced(span, self.0.claim(key, Uuid::new_v4(), hold)).await
     }
 
     /// Records the claimed run's success.
@@ -119,7 +122,8 @@ impl Ledger {
             key,
             pipeline,
         };
-        self.0.finish(key, token, None).await
+        let span = otel::db("postgresql", "succeeded", "pipeline_ledger");
+        otel::traced(span, self.0.finish(key, token, None)).await
     }
 
     /// Records the claimed run's failure, releasing the claim.
@@ -136,7 +140,8 @@ impl Ledger {
             key,
             pipeline,
         };
-        self.0.finish(key, token, Some(error)).await
+        let span = otel::db("postgresql", "failed", "pipeline_ledger");
+        otel::traced(span, self.0.finish(key, token, Some(error))).await
     }
 
     /// Deletes rows no delivery can need any more; returns how many.

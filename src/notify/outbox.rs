@@ -12,6 +12,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::breaker::{Breakers, Dependency};
 use crate::pipeline::PipelineError;
+use crate::telemetry::otel;
 
 /// SQS caps DelaySeconds at 900 (15 minutes; SendMessage API reference).
 pub const MAX_DELAY_SECS: u32 = 900;
@@ -89,6 +90,7 @@ impl Outbox {
 
     /// Sends one message, visible after `delay_secs` (at most [`MAX_DELAY_SECS`]).
     pub async fn send(&self, message: Outgoing, delay_secs: u32) -> Result<(), PipelineError> {
+        let span = otel::send("aws_sqs", &self.name, 1);
         let sent = self
             .sqs
             .send_message()
@@ -96,8 +98,11 @@ impl Outbox {
             .message_body(message.body)
             .delay_seconds(delay_secs.min(MAX_DELAY_SECS) as i32)
             .set_message_attributes(Some(attributes(message.attributes)))
-            .send()
-            .await;
+            .set_message_system_attributes(crate::sqs::trace_header_attribute(otel::header_of(
+                &span,
+            )))
+            .send();
+        let sent = otel::traced(span, sent).await;
         match sent {
             Ok(_) => {
                 self.breakers.success(Dependency::Sqs);
@@ -116,6 +121,8 @@ impl Outbox {
             .map(|(i, m)| (i.to_string(), m))
             .collect();
         let mut pause = Duration::from_millis(100);
+        let span = otel::send("aws_sqs", &self.name, pending.len());
+        let trace = crate::sqs::trace_header_attribute(otel::header_of(&span));
         for round in 1..=BATCH_ROUNDS {
             let entries = pending
                 .iter()
@@ -124,18 +131,18 @@ impl Outbox {
                         .id(id)
                         .message_body(&m.body)
                         .set_message_attributes(Some(attributes(m.attributes.clone())))
+                        .set_message_system_attributes(trace.clone())
                         .build()
                         .map_err(|e| PipelineError::Permanent(format!("building a batch: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = match self
+            let sent = self
                 .sqs
                 .send_message_batch()
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
-                .send()
-                .await
-            {
+                .send();
+            let out = match otel::traced(span.clone(), sent).await {
                 Ok(out) => out,
                 Err(e) => return Err(self.failed("SendMessageBatch", &e)),
             };

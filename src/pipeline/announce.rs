@@ -17,6 +17,7 @@ use serde_json::json;
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::{Breakers, Dependency};
 use crate::config::AnnounceConfig;
+use crate::telemetry::otel;
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "announce",
@@ -82,16 +83,15 @@ impl Pipeline for Announce {
                 "content_length": interaction.map(|i| i.content.len()),
                 "content_sha256": interaction.map(|i| i.content.sha256()),
             });
+            let span = otel::send("aws_eventbridge", &config.bus_name, 1);
             let entry = PutEventsRequestEntry::builder()
                 .event_bus_name(&config.bus_name)
                 .source(&config.source)
                 .detail_type(&config.detail_type)
                 .detail(detail.to_string())
+                .set_trace_header(otel::header_of(&span))
                 .build();
-            let out = client
-                .put_events()
-                .entries(entry)
-                .send()
+            let out = otel::traced(span, client.put_events().entries(entry).send())
                 .await
                 .map_err(|e| {
                     let reason = format!("PutEvents: {}", crate::safe::error_chain(&e));

@@ -29,6 +29,7 @@ use crate::contract::Contract;
 use crate::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
 use crate::fields::kind;
+use crate::telemetry::otel;
 use crate::{bolt, telemetry};
 
 /// Transient conflicts are retried this many times in place, with a short random pause,
@@ -105,7 +106,8 @@ impl Pipeline for GraphPipeline {
             let started = Instant::now();
             let mut attempt = 1;
             let result = loop {
-                match write(&graph, statements.clone()).await {
+                let span = otel::db("neo4j", "merge", "interaction_graph");
+                match otel::traced(span, write(&graph, statements.clone())).await {
                     Err(e) if attempt < IN_PLACE_ATTEMPTS && bolt::is_worth_retrying_now(&e) => {
                         let pause = rand::random_range(10..100) * attempt;
                         tokio::time::sleep(Duration::from_millis(pause)).await;

@@ -25,6 +25,8 @@ use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
+use tracing::Instrument;
+
 use crate::breaker::{Breakers, Dependency};
 use crate::config::NotifyConfig;
 use crate::contract::Contract;
@@ -36,7 +38,7 @@ use crate::notify::deliver::{Providers, SendError};
 use crate::notify::deliveries::{Claim, Deliveries, Finish};
 use crate::notify::outbox::{Outbox, Outgoing};
 use crate::notify::ranked::{self, RankedNotification};
-use crate::telemetry;
+use crate::telemetry::{self, otel};
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "notify-deliver",
@@ -151,7 +153,8 @@ impl Deliver {
         loop {
             let claim = self
                 .deliveries
-                .claim(n.tenant_id, &n.event_id, channel, hold)
+                .claim(n.tenant_id, &n.event_id, channel, hold);
+            let claim = otel::traced(otel::db("postgresql", "claim", "notify_deliveries"), claim)
                 .await
                 .map_err(|e| self.db_error("claiming the delivery record", &e))?;
             let (token, attempts) = match claim {
@@ -194,9 +197,10 @@ impl Deliver {
                 );
                 return self.fail_over(n, &mut guard, attempts, error, false).await;
             }
-            match self
+            let take = self
                 .buckets
-                .take(n.tenant_id, &n.delivery.rate_limit_key, limit)
+                .take(n.tenant_id, &n.delivery.rate_limit_key, limit);
+            match otel::traced(otel::db("postgresql", "take", "notify_rate_buckets"), take)
                 .await
                 .map_err(|e| self.db_error("taking a rate-limit token", &e))?
             {
@@ -226,20 +230,22 @@ impl Deliver {
                 }
             }
             let provider = self.providers.get(channel);
-            let sent =
-                match tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address))
-                    .await
-                {
-                    Ok(sent) => sent,
-                    Err(_) => Err(SendError::retryable(
-                        "timeout",
-                        format!(
-                            "{} did not answer within {}s",
-                            channel.as_str(),
-                            send_timeout.as_secs()
-                        ),
-                    )),
-                };
+            let send = tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address));
+            let span = otel::deliver(channel.as_str());
+            let sent = match send.instrument(span.clone()).await {
+                Ok(sent) => sent,
+                Err(_) => Err(SendError::retryable(
+                    "timeout",
+                    format!(
+                        "{} did not answer within {}s",
+                        channel.as_str(),
+                        send_timeout.as_secs()
+                    ),
+                )),
+            };
+            if sent.is_err() {
+                otel::failed(&span);
+            }
             match sent {
                 Ok(provider_id) => {
                     let recorded = guard

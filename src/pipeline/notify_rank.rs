@@ -24,7 +24,7 @@ use crate::notify::prefs::{PreferenceStore, PrefsError};
 use crate::notify::rank;
 use crate::notify::ranked::RankedNotification;
 use crate::notify::score::{Method, Scores};
-use crate::telemetry;
+use crate::telemetry::{self, otel};
 
 /// The `source` and `type` attributes of ranked messages (what the `raw` format routes on).
 pub const RANKED_SOURCE: &str = "conveyor.notify.rank";
@@ -114,7 +114,9 @@ impl Pipeline for NotifyRank {
                     delivery.event.detail_type
                 )));
             };
-            let preferences = match prefs.get(event.tenant_id, &event.user.id).await {
+            let lookup = prefs.get(event.tenant_id, &event.user.id);
+            let span = otel::db("postgresql", "select", "notify_preferences");
+            let preferences = match otel::traced(span, lookup).await {
                 Ok(Some(p)) => {
                     breakers.success(Dependency::Postgres);
                     p

@@ -17,7 +17,7 @@ use crate::breaker::{Breakers, Dependency};
 use crate::contract::Contract;
 use crate::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
-use crate::telemetry;
+use crate::telemetry::{self, otel};
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "projection",
@@ -69,7 +69,9 @@ impl Pipeline for Projection {
             let interaction = super::require_interaction(&delivery, "projection")?;
             let extraction = extractions.get(&delivery.key, interaction).await?;
             let started = Instant::now();
-            match write(&pool, &delivery.key, interaction, &extraction).await {
+            let span = otel::db("postgresql", "upsert", "projection_interactions");
+            let written = write(&pool, &delivery.key, interaction, &extraction);
+            match otel::traced(span, written).await {
                 Ok(()) => {
                     breakers.success(Dependency::Postgres);
                     telemetry::projection_written(started.elapsed().as_secs_f64());

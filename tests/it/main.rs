@@ -21,3 +21,4 @@ mod outages;
 mod pipelines;
 mod publish;
 mod ship;
+mod traces;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// A fresh bus with a rule sending everything on it to a fresh queue.
-async fn bus_to_queue(label: &str) -> (String, TestQueue) {
+pub(crate) async fn bus_to_queue(label: &str) -> (String, TestQueue) {
     let sdk = aws_sdk().await;
     let (eb, sqs) = (
         aws_sdk_eventbridge::Client::new(&sdk),

@@ -921,6 +921,7 @@ async fn publish_and_wait(c: &Clients, config: &Config, probe: &Probe) -> Result
     .await
     .map_err(|e| InfraError::aws("PutEvents", e.code(), crate::safe::error_chain(&e)))?;
     let event_id = results
+        .entries
         .into_iter()
         .next()
         .unwrap_or_else(|| {

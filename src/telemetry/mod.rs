@@ -2,51 +2,121 @@
 //! per event that both logs and counts. Labels stay low-cardinality (queue, operation, outcome,
 //! reason, pipeline); ids and lengths go into log fields, message content goes nowhere.
 
+pub mod otel;
+
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+/// What telemetry keeps running for the process: the trace exporter, when tracing is on. Hold
+/// it until the command is done; dropping it flushes the spans still buffered.
+pub struct Telemetry {
+    _traces: Option<otel::Provider>,
+}
+
 /// Installs the global tracing subscriber: JSON lines or readable text, to stderr, with the
-/// level from `RUST_LOG` when set, else from config.
-pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<()> {
+/// level from `RUST_LOG` when set, else from config; and, when an OTLP endpoint is configured,
+/// the span exporter (see [`otel`]).
+pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let env = |name: &str| std::env::var(name).ok();
+    let endpoint = otel::Endpoint::resolve(&config.otlp, env);
+    let traces = match &endpoint {
+        otel::Endpoint::Off => None,
+        endpoint => Some(otel::Provider::start(
+            endpoint,
+            &config.otlp.service_name,
+            env,
+        )?),
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => EnvFilter::try_new(filter)?,
         _ => EnvFilter::try_new(&config.log_level)?,
     }
     // async-openai logs response bodies (model output derived from content) on some errors;
     // conveyor logs those errors itself, without the bodies.
-    .add_directive("async_openai=off".parse()?);
-    let registry = tracing_subscriber::registry().with(filter);
+    .add_directive("async_openai=off".parse()?)
+    // Spans for export exist only while exporting: off, their callsites are disabled outright.
+    .add_directive(
+        format!(
+            "{}={}",
+            otel::TARGET,
+            if traces.is_some() { "info" } else { "off" }
+        )
+        .parse()?,
+    );
+    // The log output shows events only from conveyor's exported spans, never the spans (their
+    // ids go on the lines instead); the exporter sees those spans only.
+    let not_exported = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == otel::TARGET)
+    });
+    let exported_only = tracing_subscriber::filter::filter_fn(|meta| meta.target() == otel::TARGET);
+    let ids = traces.is_some();
+    let registry = tracing_subscriber::registry().with(filter).with(
+        traces
+            .as_ref()
+            .map(|t| t.layer().with_filter(exported_only)),
+    );
     match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()?,
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    // Colour only for a terminal: escape codes in a piped log break grep and parsers.
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()?,
+        LogFormat::Json => {
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(std::io::stderr);
+            if ids {
+                let format = otel::WithTraceIds {
+                    inner: tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(false),
+                    json: true,
+                };
+                registry
+                    .with(layer.event_format(format).with_filter(not_exported))
+                    .try_init()?
+            } else {
+                registry.with(layer.with_filter(not_exported)).try_init()?
+            }
+        }
+        LogFormat::Text => {
+            // Colour only for a terminal: escape codes in a piped log break grep and parsers.
+            let ansi = std::io::stderr().is_terminal();
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr);
+            if ids {
+                let format = otel::WithTraceIds {
+                    // The ids are spliced into the formatted line, which has no colour then.
+                    inner: tracing_subscriber::fmt::format().with_ansi(false),
+                    json: false,
+                };
+                registry
+                    .with(layer.event_format(format).with_filter(not_exported))
+                    .try_init()?
+            } else {
+                registry.with(layer.with_filter(not_exported)).try_init()?
+            }
+        }
+    }
+    if let otel::Endpoint::Configured(url) = &endpoint {
+        tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
+    } else if ids {
+        tracing::info!("exporting traces over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT");
     }
     // A panic is a bug worth a structured log line, not a stray line on stderr.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "panic");
     }));
-    Ok(())
+    Ok(Telemetry { _traces: traces })
 }
 
 /// The Prometheus recorder. The `metrics` facade is process-global by design (its macros find
