@@ -24,7 +24,7 @@ const CHANNELS: [&str; 4] = ["email", "sms", "push", "webhook"];
 
 /// One webhook request as the receiver got it.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     path: String,
     id: String,
     timestamp: String,
@@ -39,8 +39,8 @@ type Answer = Arc<dyn Fn(&str, usize) -> u16 + Send + Sync>;
 
 /// A local webhook receiver: records every request, answers as `answer` says.
 #[derive(Clone)]
-struct Receiver {
-    base: String,
+pub(crate) struct Receiver {
+    pub(crate) base: String,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
@@ -51,7 +51,7 @@ struct ReceiverState {
 }
 
 impl Receiver {
-    async fn start(answer: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> Self {
+    pub(crate) async fn start(answer: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> Self {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let state = ReceiverState {
             hits: hits.clone(),
@@ -69,7 +69,7 @@ impl Receiver {
         }
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 
@@ -112,7 +112,7 @@ async fn receive(
 }
 
 /// A Standard Webhooks secret and its key.
-fn new_secret() -> (String, Vec<u8>) {
+pub(crate) fn new_secret() -> (String, Vec<u8>) {
     let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
     (
         format!(
@@ -237,7 +237,7 @@ async fn push_endpoints(tokens: &[String]) -> Vec<String> {
 }
 
 /// A notification for `user` of `tenant` on exactly `channels`, titled `N <eventId>`.
-fn notification(tenant: uuid::Uuid, id: &str, user: &str, channels: &[&str]) -> Value {
+pub(crate) fn notification(tenant: uuid::Uuid, id: &str, user: &str, channels: &[&str]) -> Value {
     json!({
         "eventId": id, "source": "billing", "occurredAt": chrono::Utc::now().to_rfc3339(),
         "tenantId": tenant,
@@ -249,7 +249,7 @@ fn notification(tenant: uuid::Uuid, id: &str, user: &str, channels: &[&str]) -> 
 }
 
 /// Uploads `events` as one drop with `notify drop`.
-fn drop_events(s: &Stages, events: &[Value]) {
+pub(crate) fn drop_events(s: &Stages, events: &[Value]) {
     let mut file = tempfile::Builder::new()
         .suffix(".jsonl")
         .tempfile()

@@ -488,3 +488,81 @@ async fn with_no_endpoint_there_is_no_exporter_and_nothing_is_sent() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn a_notification_carries_its_trace_from_stage_to_stage() {
+    let _ls = localstack_shared().await;
+    let receiver = Receiver::start().await;
+    let webhooks = crate::delivery::Receiver::start(|_, _| 200).await;
+    let tenant = uuid::Uuid::new_v4();
+    let s = crate::notifications::Stages::provision_with(
+        "it-trace-notify",
+        Some(crate::notifications::Delivering {
+            allow_private: true,
+            secrets: format!("{tenant}={}", crate::delivery::new_secret().0),
+        }),
+    )
+    .await;
+    s.import_prefs(&[serde_json::json!({"tenantId": tenant, "userId": "u-1",
+        "channels": {"webhook": format!("{}/k/{tenant}", webhooks.base)}})]);
+    let mut daemon = traced(s.cli(""), &receiver, "conveyor-it").spawn_daemon();
+    let event =
+        crate::delivery::notification(tenant, &format!("{}-0", s.prefix), "u-1", &["webhook"]);
+    crate::delivery::drop_events(&s, &[event]);
+
+    // Each stage's process span links to the send span of the stage before it.
+    let linked = |spans: &[Exported], queue: &str| -> Option<(Exported, Exported)> {
+        let process = spans
+            .iter()
+            .find(|p| p.name == format!("process {queue}"))?;
+        let (trace, span, _) = process.links.first()?;
+        let send = spans
+            .iter()
+            .find(|s| &s.trace_id == trace && &s.span_id == span)?;
+        Some((process.clone(), send.clone()))
+    };
+    eventually(
+        "the three stages' spans exported",
+        Duration::from_secs(120),
+        async || {
+            let spans = receiver.spans();
+            linked(&spans, "incoming").is_some()
+                && linked(&spans, "priority").is_some()
+                && spans.iter().any(|s| s.name == "deliver webhook")
+        },
+    )
+    .await;
+    assert_eq!(webhooks.hits().len(), 1);
+    let spans = receiver.spans();
+    let parent_of = |span: &Exported| spans.iter().find(|p| p.span_id == span.parent).cloned();
+    for (queue, sender) in [
+        ("incoming", "pipeline notify-ingest"),
+        ("priority", "pipeline notify-rank"),
+    ] {
+        let (process, send) = linked(&spans, queue).unwrap();
+        assert_eq!(send.kind, SpanKind::Producer, "{send:#?}");
+        assert!(send.name.starts_with("send "), "{send:#?}");
+        assert_eq!(attribute(&send, "messaging.system"), "aws_sqs");
+        assert_eq!(
+            parent_of(&send).map(|p| p.name),
+            Some(sender.to_owned()),
+            "the {queue} message was sent by {sender}"
+        );
+        assert_eq!(
+            process
+                .links
+                .iter()
+                .map(|l| l.2.as_str())
+                .collect::<Vec<_>>(),
+            ["AWSTraceHeader"]
+        );
+    }
+    let deliver = one(&spans, "deliver", |s| s.name == "deliver webhook");
+    assert_eq!(deliver.kind, SpanKind::Client);
+    let pipeline = parent_of(deliver).expect("the deliver span's parent");
+    assert_eq!(pipeline.name, "pipeline notify-deliver");
+    let (priority, _) = linked(&spans, "priority").unwrap();
+    assert_eq!(pipeline.parent, priority.span_id);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+}
