@@ -4,6 +4,7 @@
 
 mod defer;
 mod delivery;
+mod deploy;
 mod dispatch;
 mod dlq;
 mod engine;
