@@ -255,23 +255,6 @@ pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, QueueLook
         .unwrap_or_default())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redrive_policy_accepts_number_and_string_counts() {
-        for json in [
-            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":3}"#,
-            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":"3"}"#,
-        ] {
-            let p: RedrivePolicy = serde_json::from_str(json).unwrap();
-            assert_eq!(p.max_receive_count, 3);
-            assert_eq!(p.dead_letter_target_arn, "arn:aws:sqs:us-east-1:1:dlq");
-        }
-    }
-}
-
 /// The `AWSTraceHeader` system attribute carrying `header` (X-Ray format), for a send.
 pub fn trace_header_attribute(
     header: Option<String>,
@@ -290,4 +273,21 @@ pub fn trace_header_attribute(
         aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
         value,
     )]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_accepts_number_and_string_counts() {
+        for json in [
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":3}"#,
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:dlq","maxReceiveCount":"3"}"#,
+        ] {
+            let p: RedrivePolicy = serde_json::from_str(json).unwrap();
+            assert_eq!(p.max_receive_count, 3);
+            assert_eq!(p.dead_letter_target_arn, "arn:aws:sqs:us-east-1:1:dlq");
+        }
+    }
 }

@@ -16,6 +16,7 @@ use aws_sdk_sqs::types::{
 };
 use serde_json::json;
 
+use super::progress::{Progress, Unit};
 use crate::config::Config;
 
 /// How long inspected messages stay hidden before they are released (they are released at
@@ -325,6 +326,7 @@ async fn redrive(
     // Every message of a batch must be sent and deleted before its visibility runs out, or it
     // reappears in the DLQ and is sent twice: at a slow rate, receive fewer at once.
     let per_batch = redrive_batch_size(pause);
+    let progress = Progress::new(goal as u64, "redriving", Unit::Items("messages"));
     let (mut moved, mut failed, mut undeleted) = (0usize, 0usize, 0usize);
     while moved + undeleted < goal {
         let want = (goal - moved - undeleted).min(per_batch);
@@ -362,10 +364,10 @@ async fn redrive(
                     .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
                 let Some(group) = group else {
                     failed += 1;
-                    eprintln!(
-                        "\ncould not send {} back to the FIFO queue {destination}: it has no MessageGroupId (left in the DLQ)",
+                    progress.note(format!(
+                        "could not send {} back to the FIFO queue {destination}: it has no MessageGroupId (left in the DLQ)",
                         m.message_id().unwrap_or("?")
-                    );
+                    ));
                     continue;
                 };
                 send = send
@@ -390,31 +392,31 @@ async fn redrive(
                             // Sent back, still in the DLQ: it reappears there, and a second
                             // redrive would send it again. Say so; go on with the rest.
                             undeleted += 1;
-                            eprintln!(
-                                "\nsent {} back but could not delete it from the DLQ (it will show there again; do not redrive it twice): {}",
+                            progress.note(format!(
+                                "sent {} back but could not delete it from the DLQ (it will show there again; do not redrive it twice): {}",
                                 m.message_id().unwrap_or("?"),
                                 crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
-                            );
+                            ));
                         }
                     }
                 }
                 Err(e) => {
                     // Left in the DLQ: it reappears there when its visibility runs out.
                     failed += 1;
-                    eprintln!(
-                        "\ncould not send {} back to {destination}: {}",
+                    progress.note(format!(
+                        "could not send {} back to {destination}: {}",
                         m.message_id().unwrap_or("?"),
                         crate::safe::error_chain(&aws_sdk_sqs::Error::from(e))
-                    );
+                    ));
                 }
             }
-            eprint!("\rredriven {moved}/{goal}");
+            progress.advance(1);
         }
         if let Some(pause) = pause {
             tokio::time::sleep(pause).await;
         }
     }
-    eprintln!();
+    progress.finish();
     println!(
         "{}",
         json!({"redriven": moved, "failed": failed, "sent_not_deleted": undeleted, "dlq": target.dlq_url})

@@ -8,6 +8,7 @@ pub mod infra;
 pub mod migrate;
 pub mod notify;
 pub mod policy;
+mod progress;
 pub mod publish;
 pub mod run;
 

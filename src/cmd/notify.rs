@@ -5,14 +5,13 @@
 //! operator asks for by name.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncReadExt;
 
+use super::progress::{Progress, Unit};
 use super::publish::{IdentityInputs, resolve_identity};
 use crate::config::{Config, NotifyConfig};
 use crate::notify::event::{NOTIFICATION_REQUESTED, NotificationEvent};
@@ -410,7 +409,7 @@ async fn upload(config: &Config, args: DropArgs) -> anyhow::Result<ExitCode> {
     crate::aws::require_region(&sdk).map_err(anyhow::Error::msg)?;
     let s3 = crate::aws::s3_client(&sdk);
     let bucket = notify.bucket.as_str();
-    let progress = Progress::new(total, "uploading");
+    let progress = Progress::new(total, "uploading", Unit::Bytes);
     let s3_error = |call: &str, e: &dyn std::error::Error| {
         anyhow::anyhow!(
             "{call} s3://{bucket}/{key}: {}",
@@ -519,62 +518,6 @@ async fn upload_parts(
         progress.advance(len);
     }
     Ok(parts)
-}
-
-/// Progress of long CLI work: a bar with rate and ETA on a terminal, a plain line every few
-/// seconds otherwise (logs, CI).
-pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    total: u64,
-    what: &'static str,
-    done: std::sync::atomic::AtomicU64,
-    last_line: std::sync::Mutex<Instant>,
-}
-
-impl Progress {
-    pub fn new(total: u64, what: &'static str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_message(what);
-            bar
-        });
-        Self {
-            bar,
-            total,
-            what,
-            done: Default::default(),
-            last_line: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    pub fn advance(&self, by: u64) {
-        let done = self
-            .done
-            .fetch_add(by, std::sync::atomic::Ordering::Relaxed)
-            + by;
-        match &self.bar {
-            Some(bar) => bar.set_position(done),
-            None => {
-                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-                if last.elapsed() >= Duration::from_secs(5) {
-                    eprintln!("{} {done}/{} bytes", self.what, self.total);
-                    *last = Instant::now();
-                }
-            }
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 async fn prefs(config: &Config, command: PrefsCommand) -> anyhow::Result<ExitCode> {

@@ -10,6 +10,7 @@ use chrono::Utc;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::progress::{Progress, Unit};
 use crate::envelope::{self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType};
 use crate::input::eventbridge::EventBridgeEvent;
 use crate::telemetry::otel;
@@ -381,6 +382,8 @@ async fn send_to_queue(
     }
     let url = info.url;
     let claim_check = ClaimCheck::new(crate::aws::s3_client(sdk));
+    let progress = (events.len() > MAX_ENTRIES_PER_CALL)
+        .then(|| Progress::new(events.len() as u64, "sending", Unit::Items("events")));
     for event in events {
         let event_id = Uuid::new_v4().to_string();
         let span = otel::send("aws_sqs", key, 1);
@@ -445,6 +448,12 @@ async fn send_to_queue(
                 "content_length": event.content_len, "content_sha256": event.content_sha256,
             })
         );
+        if let Some(progress) = &progress {
+            progress.advance(1);
+        }
+    }
+    if let Some(progress) = &progress {
+        progress.finish();
     }
     Ok(())
 }
@@ -658,8 +667,9 @@ pub async fn run(
     }
     let bus = args.bus.as_deref().unwrap_or(&config.eventbridge.bus_name);
     let client = aws_sdk_eventbridge::Client::new(&sdk);
-    let total = events.len();
-    let mut published = 0;
+    // A bar for more than one call's worth; a single call's events print as they go.
+    let progress = (events.len() > MAX_ENTRIES_PER_CALL)
+        .then(|| Progress::new(events.len() as u64, "publishing", Unit::Items("events")));
     for chunk in events.chunks(MAX_ENTRIES_PER_CALL) {
         let put = put(&client, bus, chunk).await.map_err(|e| {
             anyhow::anyhow!("PutEvents on bus {bus:?}: {}", crate::safe::error_chain(&e))
@@ -682,11 +692,13 @@ pub async fn run(
                     "trace_id": put.trace_id,
                 })
             );
-            published += 1;
         }
-        if total > MAX_ENTRIES_PER_CALL {
-            eprintln!("published {published}/{total}");
+        if let Some(progress) = &progress {
+            progress.advance(chunk.len() as u64);
         }
+    }
+    if let Some(progress) = &progress {
+        progress.finish();
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -130,7 +130,16 @@ async fn redrive_after_a_fix_processes_every_dead_letter_with_attributes_cleaned
 
     // Fix, redrive, and check what went back before the daemon takes it.
     fixable.fixed.store(true, Ordering::SeqCst);
-    let redriven = lines(&cli().output(&["dlq", "redrive"]));
+    let out = cli().output(&["dlq", "redrive"]);
+    // Not on a terminal: plain progress lines, the last one saying where it ended.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("redriving 6/6 messages, ")),
+        "{}",
+        out.stderr
+    );
+    let redriven = lines(&out);
     assert_eq!(redriven.last().unwrap()["redriven"], 6);
     assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
     let mut seen = HashSet::new();

@@ -279,3 +279,31 @@ async fn publish_to_a_fifo_queue_needs_a_group_id_and_sends_with_it() {
         .collect();
     assert_eq!(received, ids, "all three, in the order published");
 }
+
+#[tokio::test]
+async fn publish_count_shows_progress_as_plain_lines_off_a_terminal() {
+    let _ls = localstack_shared().await;
+    let (bus, q) = bus_to_queue("it-publish-count").await;
+    let out = Conveyor::new("").output(&[
+        "publish", "--type", "note", "--sample", "--count", "25", "--bus", &bus,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(out.stdout.lines().count(), 25, "one line per event");
+    let progress: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("publishing "))
+        .collect();
+    assert!(
+        progress
+            .last()
+            .is_some_and(|l| l.starts_with("publishing 25/25 events, ")),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}'), "no escape codes in a pipe");
+    eventually("all 25 on the queue", Duration::from_secs(30), async || {
+        queue_depth(&sqs_client().await, &q.url).await.0 == 25
+    })
+    .await;
+}
