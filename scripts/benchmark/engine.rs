@@ -9,6 +9,12 @@
 //!
 //! Metrics go to the Prometheus recorder, as in the daemon. Prints CPU µs per message (user + system, from getrusage) and wall time for each, and the
 //! ratios to the loop.
+//!
+//! Tracing: `scripts/bench` runs this twice in one go, with logging set up as the daemon does
+//! it — `BENCH_TRACING=off` (no OTLP endpoint) and `BENCH_TRACING=on` (exporting to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, the SDK's default batching) — against an OTLP sink that is
+//! this same binary run as `engine-bench sink PORT` (it decodes and counts the spans), and
+//! prints the CPU ratio on / off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,12 +137,63 @@ fn dispatcher(url: &str) -> Arc<dyn Handler> {
     Arc::new(dispatcher)
 }
 
+/// The OTLP/HTTP sink: decodes every ExportTraceServiceRequest and counts its spans; `GET
+/// /count` answers the count so far.
+async fn sink(port: u16) {
+    use prost::Message as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let spans = Arc::new(AtomicU64::new(0));
+    let (counted, counting) = (spans.clone(), spans);
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let counting = counting.clone();
+                async move {
+                    let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body)
+                        .expect("an ExportTraceServiceRequest");
+                    let n: usize = request
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .map(|s| s.spans.len())
+                        .sum();
+                    counting.fetch_add(n as u64, Ordering::Relaxed);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .route(
+            "/count",
+            axum::routing::get(move || async move { counted.load(Ordering::Relaxed).to_string() }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the sink's port");
+    axum::serve(listener, app).await.unwrap();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("sink") {
+        let port = args.get(2).and_then(|p| p.parse().ok()).expect("engine-bench sink PORT");
+        return sink(port).await;
+    }
     let n: usize = std::env::var("BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    // Logging as the daemon sets it up (warnings only, so the run prints nothing), with or
+    // without the exporter.
+    let tracing = std::env::var("BENCH_TRACING").ok();
+    let _telemetry = tracing.as_ref().map(|_| {
+        let config = conveyor::config::TelemetryConfig {
+            log_level: "warn".into(),
+            ..Default::default()
+        };
+        conveyor::telemetry::init_logging(&config).expect("logging set up")
+    });
     // Metrics recorded as the daemon records them (Prometheus registry).
     let _ = conveyor::telemetry::metrics_handle();
     // Warm the allocator and the code paths once.
@@ -169,4 +226,13 @@ async fn main() {
         per(en.0.saturating_sub(lp.0)),
         per(di.0.saturating_sub(en.0))
     );
+    if let Some(tracing) = tracing {
+        // For scripts/bench's on/off comparison.
+        println!(
+            "RESULT tracing={tracing} loop={:.3} engine={:.3} dispatcher={:.3}",
+            per(lp.0),
+            per(en.0),
+            per(di.0)
+        );
+    }
 }

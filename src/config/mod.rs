@@ -569,6 +569,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tracing_endpoint_must_be_an_http_url_and_the_service_named() {
+        for endpoint in ["otel-collector:4318", "grpc://c:4317", "http://"] {
+            let e = load_err(
+                &format!("[telemetry.otlp]\nendpoint = \"{endpoint}\"\n"),
+                &[],
+            );
+            assert!(
+                e.contains(&format!("telemetry.otlp.endpoint = \"{endpoint}\"")),
+                "{e}"
+            );
+            assert!(e.contains("http://otel-collector:4318"), "the fix: {e}");
+        }
+        let e = load_err("[telemetry.otlp]\nservice_name = \" \"\n", &[]);
+        assert!(e.contains("telemetry.otlp.service_name"), "{e}");
+    }
+
+    #[test]
     fn queue_needs_exactly_one_of_url_and_name() {
         let e = load_err("[queues.main]\npollers = 1\n", &[]);
         assert!(e.contains("queues.main.url"), "{e}");

@@ -563,6 +563,7 @@ impl QueueApi for MemoryQueues {
         url: &'a str,
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
+        _trace_header: Option<&'a str>,
         delay_secs: u32,
         fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {

@@ -528,6 +528,7 @@ async fn replace_with_copy(
         &queue.url,
         &received.body,
         attributes,
+        received.trace_header.as_deref(),
         delay_secs,
         fifo_ids(queue, received),
     );
@@ -659,7 +660,14 @@ async fn dead_letter(
         // group id and a deduplication id that is the same for the full and the minimal copy.
         let send = queue
             .api
-            .send(&dlq.url, body, attributes, 0, fifo_ids(queue, received));
+            .send(
+                &dlq.url,
+                body,
+                attributes,
+                received.trace_header.as_deref(),
+                0,
+                fifo_ids(queue, received),
+            );
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
         // copies; nothing is lost).

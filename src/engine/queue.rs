@@ -83,13 +83,15 @@ pub trait QueueApi: Send + Sync + 'static {
         entries: Vec<(&'a str, u32)>,
     ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>>;
 
-    /// Sends a message; `fifo` is set exactly when `url` is a FIFO queue (which takes no
+    /// Sends a message, with `trace_header` as its `AWSTraceHeader` (a copy keeps its
+    /// producer's); `fifo` is set exactly when `url` is a FIFO queue (which takes no
     /// per-message delay).
     fn send<'a>(
         &'a self,
         url: &'a str,
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
+        trace_header: Option<&'a str>,
         delay_secs: u32,
         fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>>;
@@ -216,6 +218,7 @@ impl QueueApi for Sqs {
         url: &'a str,
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
+        trace_header: Option<&'a str>,
         delay_secs: u32,
         fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
@@ -225,7 +228,10 @@ impl QueueApi for Sqs {
                 .send_message()
                 .queue_url(url)
                 .message_body(body)
-                .set_message_attributes(Some(attributes));
+                .set_message_attributes(Some(attributes))
+                .set_message_system_attributes(crate::sqs::trace_header_attribute(
+                    trace_header.map(str::to_owned),
+                ));
             match fifo {
                 Some(ids) => {
                     send = send

@@ -23,8 +23,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
-use crate::telemetry::otel;
-
 /// The result of asking to run a pipeline for a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -105,8 +103,7 @@ impl Ledger {
             key,
             pipeline,
         };
-        let span = otel::db("postgresql", "claim", "pipeline_ledger");
-        otel::traced(span, self.0.claim(key, Uuid::new_v4(), hold)).await
+        self.0.claim(key, Uuid::new_v4(), hold).await
     }
 
     /// Records the claimed run's success.
@@ -122,8 +119,7 @@ impl Ledger {
             key,
             pipeline,
         };
-        let span = otel::db("postgresql", "succeeded", "pipeline_ledger");
-        otel::traced(span, self.0.finish(key, token, None)).await
+        self.0.finish(key, token, None).await
     }
 
     /// Records the claimed run's failure, releasing the claim.
@@ -140,8 +136,7 @@ impl Ledger {
             key,
             pipeline,
         };
-        let span = otel::db("postgresql", "failed", "pipeline_ledger");
-        otel::traced(span, self.0.finish(key, token, Some(error))).await
+        self.0.finish(key, token, Some(error)).await
     }
 
     /// Deletes rows no delivery can need any more; returns how many.

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Claim, Key, LedgerError, LedgerStore};
+use crate::telemetry::otel;
 
 /// Longest `last_error` kept.
 const MAX_ERROR_CHARS: usize = 1024;
@@ -37,7 +38,8 @@ impl LedgerStore for PostgresLedger {
         hold: Duration,
     ) -> BoxFuture<'a, Result<Claim, LedgerError>> {
         let pool = &self.pool;
-        Box::pin(async move {
+        let span = otel::db("postgresql", "claim", "pipeline_ledger");
+        Box::pin(otel::traced(span, async move {
             let claimed: Option<i32> = sqlx::query_scalar(
                     "INSERT INTO pipeline_ledger AS l (tenant, key, pipeline, status, claim_token, claimed_until)
                      VALUES ($5, $1, $2, 'running', $3, now() + make_interval(secs => $4))
@@ -73,7 +75,7 @@ impl LedgerStore for PostgresLedger {
                 // It changed between the two statements: try again shortly.
                 None => Claim::Busy(Duration::from_secs(1)),
             })
-        })
+        }))
     }
 
     fn finish<'a>(
@@ -87,7 +89,8 @@ impl LedgerStore for PostgresLedger {
         error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         let pool = &self.pool;
-        Box::pin(async move {
+        let span = otel::db("postgresql", "finish", "pipeline_ledger");
+        Box::pin(otel::traced(span, async move {
             let error: Option<String> = error.map(|e| crate::safe::one_line(e, MAX_ERROR_CHARS));
             sqlx::query(
                     "UPDATE pipeline_ledger
@@ -103,7 +106,7 @@ impl LedgerStore for PostgresLedger {
                 .execute(pool)
                 .await?;
             Ok(())
-        })
+        }))
     }
 
     fn prune(&self) -> BoxFuture<'_, Result<u64, LedgerError>> {

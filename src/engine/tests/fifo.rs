@@ -368,10 +368,11 @@ impl QueueApi for FailingOnce {
         url: &'a str,
         body: &'a str,
         attributes: HashMap<String, MessageAttributeValue>,
+        trace_header: Option<&'a str>,
         delay_secs: u32,
         fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        self.inner.send(url, body, attributes, delay_secs, fifo)
+        self.inner.send(url, body, attributes, trace_header, delay_secs, fifo)
     }
 }
 
