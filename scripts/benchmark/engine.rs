@@ -177,7 +177,10 @@ async fn sink(port: u16) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("sink") {
-        let port = args.get(2).and_then(|p| p.parse().ok()).expect("engine-bench sink PORT");
+        let port = args
+            .get(2)
+            .and_then(|p| p.parse().ok())
+            .expect("engine-bench sink PORT");
         return sink(port).await;
     }
     let n: usize = std::env::var("BENCH_MESSAGES")

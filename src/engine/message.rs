@@ -658,16 +658,14 @@ async fn dead_letter(
         queue.endpoint.metrics.request(SqsOp::SendMessage);
         // A FIFO DLQ (the only kind a FIFO queue may have, checked at startup) gets the
         // group id and a deduplication id that is the same for the full and the minimal copy.
-        let send = queue
-            .api
-            .send(
-                &dlq.url,
-                body,
-                attributes,
-                received.trace_header.as_deref(),
-                0,
-                fifo_ids(queue, received),
-            );
+        let send = queue.api.send(
+            &dlq.url,
+            body,
+            attributes,
+            received.trace_header.as_deref(),
+            0,
+            fifo_ids(queue, received),
+        );
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
         // copies; nothing is lost).

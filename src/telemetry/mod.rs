@@ -57,60 +57,47 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
         !(meta.is_span() && meta.target() == otel::TARGET)
     });
     let exported_only = tracing_subscriber::filter::filter_fn(|meta| meta.target() == otel::TARGET);
-    let ids = traces.is_some();
     let registry = tracing_subscriber::registry().with(filter).with(
         traces
             .as_ref()
             .map(|t| t.layer().with_filter(exported_only)),
     );
+    // Either format puts the trace's ids on lines written inside a traced span (and only then:
+    // untraced, the line is written as it always was, colour and all).
     match config.log_format {
-        LogFormat::Json => {
-            let layer = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .with_writer(std::io::stderr);
-            if ids {
-                let format = otel::WithTraceIds {
-                    inner: tracing_subscriber::fmt::format()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(false),
-                    json: true,
-                };
-                registry
-                    .with(layer.event_format(format).with_filter(not_exported))
-                    .try_init()?
-            } else {
-                registry.with(layer.with_filter(not_exported)).try_init()?
-            }
-        }
-        LogFormat::Text => {
-            // Colour only for a terminal: escape codes in a piped log break grep and parsers.
-            let ansi = std::io::stderr().is_terminal();
-            let layer = tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .with_writer(std::io::stderr);
-            if ids {
-                let format = otel::WithTraceIds {
-                    // The ids are spliced into the formatted line, which has no colour then.
-                    inner: tracing_subscriber::fmt::format().with_ansi(false),
-                    json: false,
-                };
-                registry
-                    .with(layer.event_format(format).with_filter(not_exported))
-                    .try_init()?
-            } else {
-                registry.with(layer.with_filter(not_exported)).try_init()?
-            }
-        }
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr)
+                    .map_event_format(|inner| otel::WithTraceIds { inner, json: true })
+                    .with_filter(not_exported),
+            )
+            .try_init()?,
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colour only for a terminal: escape codes in a piped log break grep and parsers.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr)
+                    .map_event_format(|inner| otel::WithTraceIds { inner, json: false })
+                    .with_filter(not_exported),
+            )
+            .try_init()?,
     }
-    if let otel::Endpoint::Configured(url) = &endpoint {
-        tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
-    } else if ids {
-        tracing::info!("exporting traces over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT");
+    if traces.is_some() {
+        // The host only: a collector URL may carry credentials.
+        let to = match &endpoint {
+            otel::Endpoint::Configured(url) => url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default(),
+            _ => "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        };
+        tracing::info!(to, "exporting traces over OTLP/HTTP");
     }
     // A panic is a bug worth a structured log line, not a stray line on stderr.
     std::panic::set_hook(Box::new(|info| {

@@ -468,7 +468,8 @@ fn remote(trace: TraceId, span: SpanId, sampled: bool) -> Option<SpanContext> {
 // --- log lines ------------------------------------------------------------------------------
 
 /// Puts the current span's `trace_id` and `span_id` on every log line written inside a traced
-/// span: as two more fields of a JSON object, or two more `key=value` pairs of a text line.
+/// span: as two more fields of a JSON object, or two more `key=value` pairs of a text line
+/// (written without colour: the ids are spliced into the formatted line).
 pub struct WithTraceIds<F> {
     pub inner: F,
     pub json: bool,

@@ -409,6 +409,20 @@ async fn a_message_sent_to_the_queue_carries_its_trace_in_aws_trace_header() {
     );
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+    // Text logs too: the `log` pipeline's line, written in its pipeline span, names the trace.
+    let pipeline = one(&spans, "pipeline log", |s| s.parent == process.span_id);
+    let logs = daemon.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("payload_sha256"))
+        .expect("the log pipeline's line");
+    assert!(
+        line.ends_with(&format!(
+            "trace_id={} span_id={}",
+            process.trace_id, pipeline.span_id
+        )),
+        "{line}"
+    );
 }
 
 /// Threads of `pid` whose name starts with `prefix`.

@@ -372,7 +372,8 @@ impl QueueApi for FailingOnce {
         delay_secs: u32,
         fifo: Option<FifoIds<'a>>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        self.inner.send(url, body, attributes, trace_header, delay_secs, fifo)
+        self.inner
+            .send(url, body, attributes, trace_header, delay_secs, fifo)
     }
 }
 
