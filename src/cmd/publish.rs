@@ -7,6 +7,7 @@ use std::fmt;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use chrono::Utc;
+use opentelemetry::trace::SpanContext;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -14,7 +15,6 @@ use super::progress::{Progress, Unit};
 use crate::envelope::{self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType};
 use crate::input::eventbridge::EventBridgeEvent;
 use crate::telemetry::otel;
-use opentelemetry::trace::SpanContext;
 
 /// EventBridge takes at most 10 entries per PutEvents call.
 pub const MAX_ENTRIES_PER_CALL: usize = 10;

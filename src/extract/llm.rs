@@ -31,12 +31,12 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{ExtractError, Extraction, RawItem};
 use crate::config::{ExtractionConfig, Secret};
 use crate::envelope::Interaction;
 use crate::telemetry::{self, otel};
-use tracing::Instrument;
 
 /// Bump when the instructions or schema change: stored extractions are keyed by it.
 pub const PROMPT_VERSION: &str = "action-items/1";

@@ -22,11 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use tracing::Instrument;
-
 use crate::breaker::{Breakers, Dependency};
 use crate::config::NotifyConfig;
 use crate::contract::Contract;

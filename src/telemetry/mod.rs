@@ -1,6 +1,7 @@
-//! Logging and metrics in one place: the subscriber set-up, every metric name, and one function
-//! per event that both logs and counts. Labels stay low-cardinality (queue, operation, outcome,
-//! reason, pipeline); ids and lengths go into log fields, message content goes nowhere.
+//! Logging and metrics in one place: the subscriber set-up (with the trace exporter of
+//! [`otel`] when configured), every metric name, and one function per event that both logs and
+//! counts. Labels stay low-cardinality (queue, operation, outcome, reason, pipeline); ids and
+//! lengths go into log fields, message content goes nowhere.
 
 pub mod otel;
 
@@ -51,8 +52,8 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
         )
         .parse()?,
     );
-    // The log output shows events only from conveyor's exported spans, never the spans (their
-    // ids go on the lines instead); the exporter sees those spans only.
+    // The log output leaves the exported spans out (their ids go on its lines instead); the
+    // exporter sees nothing else.
     let not_exported = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.target() == otel::TARGET)
     });
