@@ -580,3 +580,56 @@ async fn a_notification_carries_its_trace_from_stage_to_stage() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
 }
+
+#[tokio::test]
+async fn a_dead_lettered_copy_keeps_its_producers_trace_header() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-trace-dlq", 3).await;
+    let k = unique("td").replace('-', "_").to_lowercase();
+    let toml = queue_toml(
+        &k,
+        &q.url,
+        &format!("[[queues.{k}.routes]]\npipelines = [\"log\"]"),
+    );
+    let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body("not json")
+        .set_message_system_attributes(conveyor::sqs::trace_header_attribute(Some(
+            header.to_owned(),
+        )))
+        .send()
+        .await
+        .unwrap();
+    // Tracing off: the header is the producer's, carried whether or not this daemon traces.
+    let mut daemon = Conveyor::new(&toml).spawn_daemon();
+    let mut dead = Vec::new();
+    eventually("the dead letter", Duration::from_secs(30), async || {
+        dead = sqs
+            .receive_message()
+            .queue_url(&q.dlq_url)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader,
+            )
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        !dead.is_empty()
+    })
+    .await;
+    let copy = &dead[0];
+    assert_eq!(copy.body(), Some("not json"));
+    assert!(string_attribute(copy, "conveyor.error").is_some_and(|e| !e.is_empty()));
+    assert_eq!(
+        copy.attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader))
+            .map(String::as_str),
+        Some(header)
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+}
