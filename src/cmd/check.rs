@@ -151,6 +151,22 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
             result,
         });
     }
+    let env = |name: &str| std::env::var(name).ok();
+    if let Some(url) =
+        crate::telemetry::otel::Endpoint::resolve(&config.telemetry.otlp, env).traces_url(env)
+    {
+        let result = crate::telemetry::otel::probe(&url, env)
+            .await
+            .map_err(|reason| {
+                format!(
+                    "{reason}; check telemetry.otlp.endpoint or OTEL_EXPORTER_OTLP_ENDPOINT (an OTLP/HTTP receiver, port 4318)"
+                )
+            });
+        probes.push(Probe {
+            name: "otlp traces".into(),
+            result,
+        });
+    }
     let scores_with_model = config
         .notify
         .as_ref()

@@ -80,6 +80,63 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The URL spans are POSTed to, as the exporter derives it: the configured one; else
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is; else `OTEL_EXPORTER_OTLP_ENDPOINT` with
+    /// `/v1/traces` appended.
+    pub fn traces_url(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        match self {
+            Endpoint::Off => None,
+            Endpoint::Configured(url) => Some(url.clone()),
+            Endpoint::Environment => set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+                set("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+            }),
+        }
+    }
+}
+
+/// Asks the collector to take an empty export (a zero-length ExportTraceServiceRequest), with
+/// the headers of `OTEL_EXPORTER_OTLP_HEADERS` / `_TRACES_HEADERS` (`key=value,…`): what
+/// `conveyor check` reports. Names the host, never the full URL (it may carry credentials).
+pub async fn probe(url: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/x-protobuf");
+    for variable in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        for pair in env(variable).unwrap_or_default().split(',') {
+            if let Some((key, value)) = pair.split_once('=') {
+                request = request.header(key.trim(), value.trim());
+            }
+        }
+    }
+    match request.send().await {
+        Ok(answer) if answer.status().is_success() => {
+            Ok(format!("the collector at {host} took an empty export"))
+        }
+        Ok(answer) => Err(format!(
+            "the collector at {host} answered {} to an empty export",
+            answer.status()
+        )),
+        Err(e) => Err(format!(
+            "no collector answers at {host}: {}",
+            crate::safe::error_chain(&e)
+        )),
+    }
+}
+
 /// The exporting tracer provider; flushes what is buffered when dropped (at process exit).
 pub struct Provider(SdkTracerProvider);
 
@@ -585,6 +642,30 @@ mod tests {
         assert_eq!(Endpoint::resolve(&config(""), env), Endpoint::Environment);
         let blank = |_: &str| Some(" ".to_owned());
         assert_eq!(Endpoint::resolve(&config(""), blank), Endpoint::Off);
+    }
+
+    #[test]
+    fn the_traces_url_is_derived_as_the_exporter_does() {
+        let env = |traces: Option<&'static str>, base: Option<&'static str>| {
+            move |name: &str| match name {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => traces.map(str::to_owned),
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => base.map(str::to_owned),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            Endpoint::Environment.traces_url(env(None, Some("http://c:4318/"))),
+            Some("http://c:4318/v1/traces".into())
+        );
+        assert_eq!(
+            Endpoint::Environment.traces_url(env(Some("http://t:4318/x"), Some("http://c:4318"))),
+            Some("http://t:4318/x".into())
+        );
+        assert_eq!(
+            Endpoint::Configured("http://k:4318/v1/traces".into()).traces_url(env(None, None)),
+            Some("http://k:4318/v1/traces".into())
+        );
+        assert_eq!(Endpoint::Off.traces_url(env(None, Some("http://c"))), None);
     }
 
     #[test]

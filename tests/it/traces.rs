@@ -35,7 +35,8 @@ struct Exported {
     error: bool,
 }
 
-/// An OTLP/HTTP trace receiver on port 0.
+/// An OTLP/HTTP trace receiver on port 0. It answers from the test's runtime, so the tests run
+/// on a multi-threaded one: a CLI run waited for with `output()` blocks one thread.
 struct Receiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Exported>>>,
@@ -198,7 +199,7 @@ async fn consumed(receiver: &Receiver, k: &str, trace: &str) -> Vec<Exported> {
     receiver.spans()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_envelope_is_one_trace_from_the_publisher_through_sqs_to_the_writes() {
     let _ls = localstack_shared().await;
     let receiver = Receiver::start().await;
@@ -362,7 +363,7 @@ async fn a_published_envelope_is_one_trace_from_the_publisher_through_sqs_to_the
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_to_the_queue_carries_its_trace_in_aws_trace_header() {
     let _ls = localstack_shared().await;
     let receiver = Receiver::start().await;
@@ -434,7 +435,7 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_endpoint_there_is_no_exporter_and_nothing_is_sent() {
     let _ls = localstack_shared().await;
     let receiver = Receiver::start().await;
@@ -503,7 +504,7 @@ async fn with_no_endpoint_there_is_no_exporter_and_nothing_is_sent() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_carries_its_trace_from_stage_to_stage() {
     let _ls = localstack_shared().await;
     let receiver = Receiver::start().await;
@@ -581,7 +582,7 @@ async fn a_notification_carries_its_trace_from_stage_to_stage() {
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_copy_keeps_its_producers_trace_header() {
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
@@ -632,4 +633,26 @@ async fn a_dead_lettered_copy_keeps_its_producers_trace_header() {
     );
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_the_collector() {
+    let receiver = Receiver::start().await;
+    let out = traced(Conveyor::new(""), &receiver, "conveyor-it").output(&["check"]);
+    assert!(
+        out.stdout
+            .contains("ok    otlp traces: the collector at 127.0.0.1 took an empty export"),
+        "{}",
+        out.all()
+    );
+    let closed = format!("http://127.0.0.1:{}", closed_port());
+    let out =
+        Conveyor::new(&format!("[telemetry.otlp]\nendpoint = \"{closed}\"\n")).output(&["check"]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  otlp traces: no collector answers at 127.0.0.1"))
+        .unwrap_or_else(|| panic!("{}", out.all()));
+    assert!(line.contains("telemetry.otlp.endpoint"), "{line}");
 }
