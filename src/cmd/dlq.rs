@@ -349,11 +349,17 @@ async fn redrive(
             let destination = DeadLetter::of(&m)
                 .source_queue
                 .unwrap_or_else(|| target.source_url.clone());
+            // The producer's trace goes back with it, so the redriven message still links to it.
+            let trace_header = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                .cloned();
             let mut send = client
                 .send_message()
                 .queue_url(&destination)
                 .message_body(m.body().unwrap_or_default())
-                .set_message_attributes(Some(cleaned_attributes(&m)));
+                .set_message_attributes(Some(cleaned_attributes(&m)))
+                .set_message_system_attributes(crate::sqs::trace_header_attribute(trace_header));
             // Back into a FIFO queue (SQS ties the .fifo suffix to FIFO queues) with the group
             // it was dead-lettered from, deduplicated by the dead letter's own id: a redrive
             // repeated after a send whose delete failed leaves one copy (within SQS's 5-minute

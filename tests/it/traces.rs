@@ -605,32 +605,50 @@ async fn a_dead_lettered_copy_keeps_its_producers_trace_header() {
         .unwrap();
     // Tracing off: the header is the producer's, carried whether or not this daemon traces.
     let mut daemon = Conveyor::new(&toml).spawn_daemon();
-    let mut dead = Vec::new();
-    eventually("the dead letter", Duration::from_secs(30), async || {
-        dead = sqs
-            .receive_message()
-            .queue_url(&q.dlq_url)
-            .message_system_attribute_names(
-                aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader,
-            )
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        !dead.is_empty()
-    })
-    .await;
-    let copy = &dead[0];
-    assert_eq!(copy.body(), Some("not json"));
-    assert!(string_attribute(copy, "conveyor.error").is_some_and(|e| !e.is_empty()));
-    assert_eq!(
-        copy.attributes()
+    let dead_letter = async || {
+        let mut dead = Vec::new();
+        eventually("a dead letter", Duration::from_secs(30), async || {
+            dead = sqs
+                .receive_message()
+                .queue_url(&q.dlq_url)
+                // Back in a second, for the redrive below.
+                .visibility_timeout(1)
+                .message_system_attribute_names(
+                    aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader,
+                )
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            !dead.is_empty()
+        })
+        .await;
+        dead.remove(0)
+    };
+    let trace_header = |m: &aws_sdk_sqs::types::Message| {
+        m.attributes()
             .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader))
-            .map(String::as_str),
-        Some(header)
-    );
+            .cloned()
+    };
+    let first = dead_letter().await;
+    assert_eq!(first.body(), Some("not json"));
+    assert!(string_attribute(&first, "conveyor.error").is_some_and(|e| !e.is_empty()));
+    assert_eq!(trace_header(&first).as_deref(), Some(header));
+
+    // Redriven, it goes back with the header: dead-lettered again, the new copy still has it.
+    eventually(
+        "the dead letter visible again",
+        Duration::from_secs(10),
+        async || queue_depth(&sqs, &q.dlq_url).await == (1, 0),
+    )
+    .await;
+    let out = Conveyor::new(&toml).output(&["dlq", "redrive"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let second = dead_letter().await;
+    assert_ne!(second.message_id(), first.message_id(), "a new dead letter");
+    assert_eq!(trace_header(&second).as_deref(), Some(header));
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
 }
