@@ -78,9 +78,7 @@ impl Endpoint {
             Endpoint::Off
         }
     }
-}
 
-impl Endpoint {
     /// The URL spans are POSTed to, as the exporter derives it: the configured one; else
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is; else `OTEL_EXPORTER_OTLP_ENDPOINT` with
     /// `/v1/traces` appended.
@@ -132,7 +130,7 @@ pub async fn probe(url: &str, env: impl Fn(&str) -> Option<String>) -> Result<St
         )),
         Err(e) => Err(format!(
             "no collector answers at {host}: {}",
-            crate::safe::error_chain(&e)
+            crate::safe::error_chain(&e.without_url())
         )),
     }
 }
