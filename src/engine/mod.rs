@@ -523,11 +523,7 @@ fn hand_over(
     mut held: OwnedSemaphorePermit,
 ) {
     let mut leased = Vec::with_capacity(messages.len());
-    let receive_span = crate::telemetry::otel::receive(
-        &queue.name,
-        messages.len(),
-        std::time::SystemTime::now() - sent_at.elapsed(),
-    );
+    let receive_span = crate::telemetry::otel::receive(&queue.name, messages.len(), sent_at);
     for message in messages {
         match held.split(1) {
             Some(permit) if !shutdown.graceful.is_cancelled() => {

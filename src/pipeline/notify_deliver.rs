@@ -214,18 +214,15 @@ impl Deliver {
                         .await
                         .map_err(|e| self.db_error("recording a deferral", &e))?;
                     waits += 1;
-                    if wait < IN_PLACE && waits <= MAX_WAITS_IN_PLACE {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    telemetry::notify_deferred("rate_limited");
-                    return Err(defer_until(
-                        until,
+                    let in_place = wait < IN_PLACE && waits <= MAX_WAITS_IN_PLACE;
+                    wait_or_defer(in_place, wait, until, "rate_limited", || {
                         format!(
                             "rate limited: bucket {} is empty",
                             n.delivery.rate_limit_key
-                        ),
-                    ));
+                        )
+                    })
+                    .await?;
+                    continue;
                 }
             }
             let provider = self.providers.get(channel);
@@ -297,19 +294,15 @@ impl Deliver {
                         })
                         .await
                         .map_err(|e| self.db_error("recording a failed attempt", &e))?;
-                    if delay < IN_PLACE {
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    telemetry::notify_deferred("backoff");
-                    return Err(defer_until(
-                        next_at,
+                    wait_or_defer(delay < IN_PLACE, delay, next_at, "backoff", || {
                         format!(
                             "{} attempt {attempts} failed ({}): backing off",
                             channel.as_str(),
                             error.label()
-                        ),
-                    ));
+                        )
+                    })
+                    .await?;
+                    continue;
                 }
             }
         }
@@ -413,6 +406,23 @@ impl Deliver {
             PipelineError::Retryable(reason)
         }
     }
+}
+
+/// A wait for a token or a retry: held here when `in_place` (short; the lease is kept), else
+/// the notification is deferred until `until` and counted as deferred for `label`.
+async fn wait_or_defer(
+    in_place: bool,
+    wait: Duration,
+    until: chrono::DateTime<Utc>,
+    label: &'static str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), PipelineError> {
+    if in_place {
+        tokio::time::sleep(wait).await;
+        return Ok(());
+    }
+    telemetry::notify_deferred(label);
+    Err(defer_until(until, reason()))
 }
 
 fn defer_until(until: chrono::DateTime<Utc>, reason: String) -> PipelineError {

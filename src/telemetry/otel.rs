@@ -215,13 +215,14 @@ pub fn enabled() -> bool {
 // --- the spans ------------------------------------------------------------------------------
 
 /// The `receive {queue}` span of a receive that brought `count` messages, from when the call
-/// was sent until now. Made through the OpenTelemetry API rather than `tracing` so an empty
+/// was sent (`sent_at`) until now. Made through the OpenTelemetry API rather than `tracing` so an empty
 /// long poll makes no span at all (its outcome is known only at its end). The returned context
 /// is the parent of the messages' process spans.
-pub fn receive(queue: &str, count: usize, sent_at: SystemTime) -> Option<Context> {
+pub fn receive(queue: &str, count: usize, sent_at: tokio::time::Instant) -> Option<Context> {
     if !enabled() {
         return None;
     }
+    let sent_at = SystemTime::now() - sent_at.elapsed();
     let tracer = opentelemetry::global::tracer(SCOPE);
     let span = tracer
         .span_builder(format!("receive {queue}"))
