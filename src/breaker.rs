@@ -20,46 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::fault::Dependency;
 use crate::ops::Readiness;
 use crate::telemetry;
-
-/// Something outside conveyor that pipelines need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dependency {
-    Postgres,
-    Graph,
-    Model,
-    EventBridge,
-    /// SQS as a destination: the notification stages sending to the next stage's queue.
-    Sqs,
-    /// S3: the notification drops `notify-ingest` reads.
-    S3,
-}
-
-impl Dependency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dependency::Postgres => "postgres",
-            Dependency::Graph => "graph",
-            Dependency::Model => "model",
-            Dependency::EventBridge => "eventbridge",
-            Dependency::Sqs => "sqs",
-            Dependency::S3 => "s3",
-        }
-    }
-}
-
-impl std::fmt::Display for Dependency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {

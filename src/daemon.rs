@@ -10,12 +10,13 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
+use crate::claim_check::ClaimCheck;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::{self, Consumer};
 use crate::extract::Extractions;
-use crate::input::claim_check::ClaimCheck;
+use crate::fault::Dependency;
 use crate::ledger::Ledger;
 use crate::ops::{self, Readiness};
 use crate::pipeline::{Registry, Shared};
@@ -203,7 +204,7 @@ async fn build_pipelines(
     registry: &mut Registry,
     shared: &Shared,
 ) -> anyhow::Result<()> {
-    for descriptor in config.routed_pipelines() {
+    for descriptor in crate::pipeline::catalog::routed(config) {
         if registry.get(descriptor.name).is_none() {
             let pipeline = (descriptor.build)(shared)
                 .await

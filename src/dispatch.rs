@@ -15,11 +15,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::breaker::{Admission, Breakers, Dependency};
+use crate::breaker::{Admission, Breakers};
+use crate::claim_check::{ClaimCheck, FetchError, Pointer};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
 use crate::contract::{Contract, Validated};
 use crate::engine::{Handler, Labels, Outcome, Received};
-use crate::input::claim_check::{ClaimCheck, FetchError, Pointer};
+use crate::fault::Dependency;
 use crate::input::{self, Decoded, Event, Format};
 use crate::ledger::{Claim, Ledger};
 use crate::pipeline::{Delivery, Pipeline, PipelineError, Registry};
@@ -155,7 +156,7 @@ impl Dispatcher {
                         })?;
                         Ok(Step {
                             pipeline: pipeline.clone(),
-                            timeout: config.pipeline_timeout(name),
+                            timeout: crate::pipeline::catalog::timeout(config, name),
                             metrics: Arc::new(telemetry::PipelineMetrics::new(pipeline.name())),
                         })
                     })

@@ -5,14 +5,15 @@
 pub mod aws;
 pub mod bolt;
 pub mod breaker;
+pub mod claim_check;
 pub mod cmd;
 pub mod config;
 pub mod contract;
 pub mod daemon;
 pub mod dispatch;
 pub mod engine;
-pub mod envelope;
 pub mod extract;
+pub mod fault;
 pub mod fields;
 pub mod input;
 pub mod ledger;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use conveyor::contract::{Contract, Validated};
 use conveyor::input::{self, Decoded, Event, Format};
-use conveyor::notify::event::NotificationEvent;
-use conveyor::notify::ranked::RankedNotification;
+use conveyor::contract::notification::NotificationEvent;
+use conveyor::contract::ranked::RankedNotification;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

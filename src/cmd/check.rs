@@ -140,7 +140,7 @@ async fn probe_all(config: &Config) -> Vec<Probe> {
         });
     }
 
-    if config.needs(crate::pipeline::Need::Model) {
+    if crate::pipeline::catalog::needs(config, crate::pipeline::Need::Model) {
         let result =
             match Extractor::new(&config.extraction, config.secrets.openai_api_key.as_ref()) {
                 Ok(extractor) => extractor.probe().await,

@@ -106,7 +106,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         env: cli.config.env.clone(),
         file: cli.config.config_file.clone(),
     };
-    let config = Config::load(&sources)?;
+    let config = Config::load_with(&sources, crate::pipeline::catalog::rules)?;
     // Held to the end: dropping it flushes the spans still buffered.
     let _telemetry = if cli.command.logs() {
         Some(crate::telemetry::init_logging(&config.telemetry)?)

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use super::progress::{Progress, Unit};
 use super::publish::{IdentityInputs, resolve_identity};
 use crate::config::{Config, NotifyConfig};
-use crate::notify::event::{NOTIFICATION_REQUESTED, NotificationEvent};
+use crate::contract::notification::{NOTIFICATION_REQUESTED, NotificationEvent};
 use crate::notify::prefs::{PreferenceStore, Preferences};
 
 #[derive(Debug, clap::Args)]

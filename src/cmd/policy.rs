@@ -467,8 +467,7 @@ pub async fn resources(config: &Config) -> anyhow::Result<Resources> {
         account,
         consumed,
         bus: config.eventbridge.bus_name.clone(),
-        announce_bus: config
-            .needs(crate::pipeline::Need::EventBridge)
+        announce_bus: crate::pipeline::catalog::needs(config, crate::pipeline::Need::EventBridge)
             .then(|| config.announce.bus_name.clone()),
         infra_queue: config.infra.queue_name.clone(),
         infra_dlq: config.infra.dlq_name(),

@@ -12,7 +12,9 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::progress::{Progress, Unit};
-use crate::envelope::{self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType};
+use crate::contract::envelope::{
+    self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, InteractionType,
+};
 use crate::input::eventbridge::EventBridgeEvent;
 use crate::telemetry::otel;
 
@@ -360,7 +362,7 @@ async fn send_to_queue(
     events: &[Prepared],
     identity: &Identity,
 ) -> anyhow::Result<()> {
-    use crate::input::claim_check::{ClaimCheck, SIZE_ATTRIBUTE};
+    use crate::claim_check::{ClaimCheck, SIZE_ATTRIBUTE};
     let queue = config.queues.get(key).ok_or_else(|| {
         anyhow::anyhow!(
             "--queue {key:?}: no [queues.{key}] in the config; configured: {}",

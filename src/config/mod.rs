@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -77,32 +76,27 @@ mod stores;
 
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
 pub use notify::{EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
-pub use queue::{Ack, Jitter, PipelineConfig, QueueConfig, RetryConfig, RouteConfig, Unrouted};
-pub use secrets::{Secret, Secrets};
+pub use queue::{
+    Ack, DEFAULT_PIPELINE_TIMEOUT_SECS, Jitter, PipelineConfig, QueueConfig, RetryConfig,
+    RouteConfig, Unrouted,
+};
+pub use secrets::{Secret, Secrets, SigningSecrets, WEBHOOK_SECRETS_ENV, decode_secret};
 pub use service::{
     AwsConfig, BreakerConfig, LogFormat, OpsConfig, OtlpConfig, ShutdownConfig, TelemetryConfig,
 };
 pub use stores::{DatabaseConfig, ExtractionConfig, ExtractorKind, GraphConfig};
 
-impl Config {
-    /// The timeout of one run of `pipeline`: `pipelines.<name>.timeout_secs`, else the
-    /// catalog's default for it.
-    pub fn pipeline_timeout(&self, pipeline: &str) -> Duration {
-        let secs = match self.pipelines.get(pipeline) {
-            Some(p) => p.timeout_secs,
-            None => crate::pipeline::descriptor(pipeline)
-                .map_or(PipelineConfig::default().timeout_secs, |d| d.timeout_secs),
-        };
-        Duration::from_secs(secs)
-    }
-}
+/// Rules over the whole configuration that config itself cannot know (see
+/// [`Config::load_with`]).
+pub type Rules = fn(&Config, &mut Problems);
 
 /// Every problem found while validating, each naming its key, its value and the fix.
 #[derive(Debug, Default)]
-pub(crate) struct Problems(Vec<String>);
+pub struct Problems(Vec<String>);
 
 impl Problems {
-    pub(crate) fn bad(&mut self, key: &str, value: &dyn fmt::Display, want: &str) {
+    /// Records that `key = value` is wrong, and `want` says what would be right.
+    pub fn bad(&mut self, key: &str, value: &dyn fmt::Display, want: &str) {
         self.0.push(format!("{key} = {value}: {want}"));
     }
 
@@ -141,8 +135,17 @@ pub enum ConfigError {
 const NON_CONFIG_ENV_KEYS: &[&str] = &["env", "config", "config_dir"];
 
 impl Config {
-    /// Loads and validates the configuration from `sources`, the process environment included.
+    /// Loads the configuration from `sources`, the process environment included, and validates
+    /// its own fields. What needs the pipeline catalog is checked by [`Config::load_with`].
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        Self::load_with(sources, |_, _| {})
+    }
+
+    /// Loads like [`Config::load`], then runs `rules` too, reporting their problems with
+    /// config's own in one error. The rules that need to know the pipelines (does a route name a
+    /// known one, does it take the route's contract, is what it needs configured) live above
+    /// config, beside the catalog, and come in here.
+    pub fn load_with(sources: &Sources, rules: Rules) -> Result<Config, ConfigError> {
         let default_file = sources.dir.join("default.toml");
         let env_file = sources.dir.join(format!("{}.toml", sources.env));
         require_file(
@@ -191,23 +194,27 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| describe(&e)).collect()))?;
         config.secrets = Secrets::from_env();
-        config.validate()?;
+        config.validate_with(rules)?;
         Ok(config)
     }
 
     /// Checks every rule a single field's type cannot express. Each problem names the key, the
     /// value and what would be valid; all problems are reported at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(|_, _| {})
+    }
+
+    /// [`Config::validate`] plus `rules` (see [`Config::load_with`]).
+    pub fn validate_with(&self, rules: Rules) -> Result<(), ConfigError> {
         let mut problems = Problems::default();
         self.telemetry.validate(&mut problems);
         self.aws.validate(&mut problems);
         self.shutdown.validate(&mut problems);
         for (name, queue) in &self.queues {
-            queue.validate(name, self, &mut problems);
+            queue.validate(name, &mut problems);
         }
         self.database.validate(&self.secrets, &mut problems);
         self.graph.validate(&self.secrets, &mut problems);
-        self.validate_needs(&mut problems);
         self.extraction.validate(&mut problems);
         for (name, pipeline) in &self.pipelines {
             pipeline.validate(name, &mut problems);
@@ -225,85 +232,8 @@ impl Config {
                 );
             }
         }
+        rules(self, &mut problems);
         problems.into_result()
-    }
-
-    /// What the routed pipelines need configured (the catalog says): secrets, URLs.
-    fn validate_needs(&self, problems: &mut Problems) {
-        // What the routed pipelines need, from the catalog.
-        let needs = |need: crate::pipeline::Need| {
-            self.routed_pipelines()
-                .filter(|d| d.needs.contains(&need))
-                .map(|d| d.name)
-                .collect::<Vec<_>>()
-        };
-        use crate::pipeline::Need;
-        let (graph_users, postgres_users, model_users) = (
-            needs(Need::Graph),
-            needs(Need::Postgres),
-            needs(Need::Model),
-        );
-        if !graph_users.is_empty() && self.graph.uri.is_none() {
-            problems.bad(
-                "graph.uri",
-                &"(unset)",
-                &format!(
-                    "a route names the {} pipeline: set graph.uri (or NEO4J_URI) and NEO4J_PASSWORD",
-                    graph_users.join(", ")
-                ),
-            );
-        }
-        if !postgres_users.is_empty() && self.secrets.database_url.is_none() {
-            for pipeline in postgres_users {
-                problems.bad(
-                    "queues.*.routes.pipelines",
-                    &format!("{pipeline:?}"),
-                    &format!(
-                        "the {pipeline} pipeline writes to PostgreSQL: export DATABASE_URL, or remove it from the route"
-                    ),
-                );
-            }
-        }
-        if self.notify.is_none() {
-            for pipeline in needs(Need::Notify) {
-                problems.bad(
-                    "notify",
-                    &"(absent)",
-                    &format!(
-                        "a route names the {pipeline} pipeline, which sends to the notification stages' queues: add a [notify] section (see config/default.toml)"
-                    ),
-                );
-            }
-        }
-        let x = &self.extraction;
-        if !model_users.is_empty() && x.extractor == ExtractorKind::Llm {
-            if self.secrets.openai_api_key.is_none() {
-                problems.bad(
-                    "extraction.extractor",
-                    &"\"llm\"",
-                    "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use extractor = \"patterns\" to run offline",
-                );
-            }
-            if url::Url::parse(&x.base_url).is_err() {
-                problems.bad(
-                    "extraction.base_url",
-                    &format!("{:?}", x.base_url),
-                    "must be an absolute URL such as \"https://api.openai.com/v1\"",
-                );
-            }
-        }
-    }
-
-    /// The catalog entries of every pipeline a route names (each once).
-    pub fn routed_pipelines(&self) -> impl Iterator<Item = &'static crate::pipeline::Descriptor> {
-        crate::pipeline::CATALOG
-            .iter()
-            .filter(|d| self.routes_to(d.name))
-    }
-
-    /// Does any routed pipeline need `need` (the catalog says)?
-    pub fn needs(&self, need: crate::pipeline::Need) -> bool {
-        self.routed_pipelines().any(|d| d.needs.contains(&need))
     }
 
     /// Does any queue's route run `pipeline`?
@@ -594,44 +524,15 @@ mod tests {
     }
 
     #[test]
-    fn the_real_pipelines_name_what_they_need() {
-        let route = "[queues.main]\nname = \"q\"\n[[queues.main.routes]]\npipelines = [\"graph\", \"projection\"]\n";
-        let mut e = String::new();
-        Jail::expect_with(|jail| {
-            jail.clear_env(); // no secrets at all, whatever the test's environment holds
-            jail_with_config(jail, route)?;
-            e = Config::load(&sources("dev")).unwrap_err().to_string();
-            Ok(())
-        });
-        assert!(e.contains("graph.uri = (unset)"), "{e}");
-        assert!(e.contains("export DATABASE_URL"), "{e}");
-        assert!(e.contains("OPENAI_API_KEY is not set"), "{e}");
-        let e = load_err(
-            &format!(
-                "{route}[extraction]\nextractor = \"patterns\"\nchunk_tokens = 10\nrequests_per_minute = 0\n"
-            ),
-            &[],
-        );
-        assert!(!e.contains("OPENAI_API_KEY"), "patterns need no key: {e}");
-        assert!(e.contains("extraction.chunk_tokens = 10"), "{e}");
-        assert!(e.contains("extraction.requests_per_minute = 0"), "{e}");
-    }
-
-    #[test]
-    fn routes_must_name_known_pipelines_and_valid_patterns() {
+    fn routes_must_have_pipelines_and_valid_patterns() {
+        // Whether the pipelines exist is the catalog's rule (`pipeline::catalog`).
         let e = load_err(
             "[queues.main]\nname = \"q\"\n[[queues.main.routes]]\nsource = \"a*b\"\npipelines = [\"grph\"]\n",
             &[],
         );
-        assert!(
-            e.contains("queues.main.routes[0].pipelines = \"grph\": unknown pipeline; known: graph, projection"),
-            "{e}"
-        );
         assert!(e.contains("queues.main.routes[0].source = \"a*b\""), "{e}");
         let e = load_err("[queues.main]\nname = \"q\"\n", &[]);
         assert!(e.contains("queues.main.routes = []"), "{e}");
-        let e = load_err("[pipelines.nope]\ntimeout_secs = 3\n", &[]);
-        assert!(e.contains("pipelines.nope"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Problems;
-use crate::notify::Channel;
-use crate::notify::ranked::PRIORITIES;
+use crate::contract::notification::Channel;
+use crate::contract::ranked::PRIORITIES;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -382,10 +382,10 @@ impl NotifyConfig {
         }
         self.validate_delivery(problems);
         if let Some(secrets) = &secrets.notify_webhook_secrets
-            && let Err(e) = crate::notify::deliver::webhook::Secrets::parse(secrets.expose())
+            && let Err(e) = super::SigningSecrets::parse(secrets.expose())
         {
             problems.bad(
-                crate::notify::deliver::webhook::SECRETS_ENV,
+                super::WEBHOOK_SECRETS_ENV,
                 &"***",
                 &format!("{e}; the format is <tenant id>=whsec_<base64>[,…]"),
             );

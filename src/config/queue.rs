@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, Problems, SQS_MAX_BATCH, SQS_MAX_VISIBILITY_SECS, SQS_MAX_WAIT_SECS};
+use super::{Problems, SQS_MAX_BATCH, SQS_MAX_VISIBILITY_SECS, SQS_MAX_WAIT_SECS};
 
 /// One queue to consume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +103,10 @@ pub enum Unrouted {
     Drop,
 }
 
+/// The run timeout of most pipelines (a pipeline's work is one event's), and of any named in
+/// a `[pipelines.<name>]` table without `timeout_secs`.
+pub const DEFAULT_PIPELINE_TIMEOUT_SECS: u64 = 300;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -113,7 +117,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            timeout_secs: crate::pipeline::DEFAULT_TIMEOUT_SECS,
+            timeout_secs: DEFAULT_PIPELINE_TIMEOUT_SECS,
         }
     }
 }
@@ -196,7 +200,7 @@ impl Default for RetryConfig {
 
 impl QueueConfig {
     /// Checks the queue `queues.<name>` and its routes.
-    pub(super) fn validate(&self, name: &str, config: &Config, problems: &mut Problems) {
+    pub(super) fn validate(&self, name: &str, problems: &mut Problems) {
         let key = |field: &str| format!("queues.{name}.{field}");
         for bucket in &self.claim_check_buckets {
             let valid = (3..=63).contains(&bucket.len())
@@ -312,72 +316,12 @@ impl QueueConfig {
             if route.pipelines.is_empty() {
                 problems.bad(&route_key("pipelines"), &"[]", "name at least one pipeline");
             }
-            for (field, names) in [("pipelines", &route.pipelines), ("after", &route.after)] {
-                for pipeline in names {
-                    let Some(descriptor) = crate::pipeline::descriptor(pipeline) else {
-                        problems.bad(
-                            &route_key(field),
-                            &format!("{pipeline:?}"),
-                            &format!(
-                                "unknown pipeline; known: {}",
-                                crate::pipeline::catalog_names()
-                            ),
-                        );
-                        continue;
-                    };
-                    let contract = route.contract;
-                    if contract != crate::contract::Contract::Auto
-                        && !descriptor.accepts.is_empty()
-                        && !descriptor.accepts.contains(&contract)
-                    {
-                        problems.bad(
-                            &route_key("contract"),
-                            &format!("{:?}", contract.as_str()),
-                            &format!(
-                                "the {pipeline} pipeline cannot take it (it takes {}); route {pipeline} only events of those contracts, or change the contract",
-                                descriptor
-                                    .accepts
-                                    .iter()
-                                    .map(|c| c.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        );
-                    }
-                }
-            }
         }
-        let longest_route = self
-            .routes
-            .iter()
-            .map(|r| {
-                let stage = |names: &[String]| {
-                    names
-                        .iter()
-                        .map(|n| config.pipeline_timeout(n))
-                        .max()
-                        .unwrap_or_default()
-                };
-                stage(&r.pipelines) + stage(&r.after)
-            })
-            .max()
-            .unwrap_or_default();
         if self.deadline_secs == 0 || self.deadline_secs > u64::from(SQS_MAX_VISIBILITY_SECS) {
             problems.bad(
                 &key("deadline_secs"),
                 &self.deadline_secs,
                 "must be 1..=43200 (no lease outlives SQS's 12-hour visibility cap)",
-            );
-        } else if self.deadline() <= longest_route {
-            problems.bad(
-                &key("deadline_secs"),
-                &self.deadline_secs,
-                &format!(
-                    "must exceed the longest route's pipeline timeouts ({} s: its pipelines' \
-                     longest timeout plus its `after` stage's), or the deadline would cut \
-                     every slow run short; raise it or lower pipelines.<name>.timeout_secs",
-                    longest_route.as_secs()
-                ),
             );
         }
         if self.retry.cap_secs < self.retry.base_secs
@@ -397,16 +341,6 @@ impl QueueConfig {
 
 impl PipelineConfig {
     pub(super) fn validate(&self, name: &str, problems: &mut Problems) {
-        if crate::pipeline::descriptor(name).is_none() {
-            problems.bad(
-                &format!("pipelines.{name}"),
-                &"(section)",
-                &format!(
-                    "unknown pipeline; known: {}",
-                    crate::pipeline::catalog_names()
-                ),
-            );
-        }
         if self.timeout_secs == 0 {
             problems.bad(
                 &format!("pipelines.{name}.timeout_secs"),

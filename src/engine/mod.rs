@@ -10,11 +10,13 @@
 
 pub mod backoff;
 mod batch;
+mod dead_letter;
 mod fifo;
 mod lease;
 pub mod memory;
 mod message;
 pub mod queue;
+mod settle;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

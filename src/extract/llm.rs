@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::{ExtractError, Extraction, RawItem};
 use crate::config::{ExtractionConfig, Secret};
-use crate::envelope::Interaction;
+use crate::contract::envelope::Interaction;
 use crate::telemetry::{self, otel};
 
 /// Bump when the instructions or schema change: stored extractions are keyed by it.

@@ -18,10 +18,10 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::breaker::Dependency;
 use crate::config::{ExtractionConfig, ExtractorKind, Secret};
-use crate::envelope::Interaction;
-use crate::pipeline::PipelineError;
+use crate::contract::envelope::Interaction;
+use crate::fault::Dependency;
+use crate::fault::PipelineError;
 
 pub use store::Extractions;
 

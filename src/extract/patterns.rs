@@ -17,7 +17,7 @@
 use chrono::{Datelike, Duration, NaiveDate, Weekday};
 
 use super::{ActionItem, Extraction, MAX_DESCRIPTION_CHARS, Owner, Priority, Status};
-use crate::envelope::Interaction;
+use crate::contract::envelope::Interaction;
 
 /// Part of the stored extraction's key: bump when a rule changes.
 pub const RULES_VERSION: &str = "patterns/1";

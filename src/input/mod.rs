@@ -11,9 +11,8 @@
 //! | `raw`         | the `source` message attribute (or "") | the `type` attribute (or "") | the body |
 //!
 //! A body that is an S3 pointer written by the AWS extended clients is resolved first, in any
-//! format (see [`claim_check`]).
+//! format (see `claim_check`, above this pure layer: it fetches from S3).
 
-pub mod claim_check;
 pub mod eventbridge;
 mod raw;
 mod s3;
@@ -125,7 +124,7 @@ pub fn decode(
 }
 
 /// Parses a body as JSON, naming the error's position but never quoting the body.
-fn json(body: &str) -> Result<Value, PoisonError> {
+pub(crate) fn json(body: &str) -> Result<Value, PoisonError> {
     serde_json::from_str(body).map_err(|e| PoisonError::NotJson(crate::safe::json_error(&e)))
 }
 

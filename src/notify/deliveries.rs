@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::Channel;
+use crate::contract::notification::Channel;
 
 /// What a claim on a channel's row found.
 #[derive(Debug, Clone, PartialEq)]

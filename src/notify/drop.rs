@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use super::event::{NOTIFICATION_REQUESTED, NotificationEvent};
+use crate::contract::notification::{NOTIFICATION_REQUESTED, NotificationEvent};
 
 /// The suffix of a rejects object; objects with it are never read as drops.
 pub const REJECTS_SUFFIX: &str = ".rejects.jsonl";

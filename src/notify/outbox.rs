@@ -10,8 +10,9 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use crate::breaker::{Breakers, Dependency};
-use crate::pipeline::PipelineError;
+use crate::breaker::Breakers;
+use crate::fault::Dependency;
+use crate::fault::PipelineError;
 use crate::telemetry::otel;
 
 /// SQS caps DelaySeconds at 900 (15 minutes; SendMessage API reference).

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Channel, MAX_URL_CHARS, channels};
+use crate::contract::notification::{Channel, MAX_URL_CHARS, channels};
 use crate::fields::{FieldError, Fields};
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

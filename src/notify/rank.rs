@@ -16,11 +16,11 @@
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use super::Channel;
-use super::event::NotificationEvent;
 use super::prefs::{Preferences, QuietHours};
-use super::ranked::{Delivery, RankedNotification, Target};
 use crate::config::{NotifyConfig, Scorer};
+use crate::contract::notification::Channel;
+use crate::contract::notification::NotificationEvent;
+use crate::contract::ranked::{Delivery, RankedNotification, Target};
 
 /// A notification's priority and how it came about.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +102,10 @@ pub fn rank(
             delivery: Delivery {
                 address: first.address,
                 provider: None,
-                rate_limit_key: super::ranked::rate_limit_key(first.channel, event.tenant_id),
+                rate_limit_key: crate::contract::ranked::rate_limit_key(
+                    first.channel,
+                    event.tenant_id,
+                ),
             },
             failover,
             attempt: 0,
@@ -163,8 +166,8 @@ fn resolve(zone: chrono_tz::Tz, local: NaiveDateTime) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::Content;
-    use crate::notify::event::User;
+    use crate::contract::notification::Content;
+    use crate::contract::notification::User;
     use chrono::NaiveTime;
     use chrono_tz::Tz;
     use std::collections::BTreeMap;

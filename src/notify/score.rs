@@ -25,13 +25,14 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::event::NotificationEvent;
 use super::rank::Score;
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::config::Scorer;
+use crate::contract::notification::NotificationEvent;
 use crate::extract::ExtractError;
 use crate::extract::llm::{Llm, Question};
-use crate::pipeline::PipelineError;
+use crate::fault::Dependency;
+use crate::fault::PipelineError;
 use crate::telemetry;
 
 /// Bump when the instructions or schema change (stored with nothing; documents the prompt).
@@ -366,8 +367,8 @@ fn schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::event::User;
-    use crate::notify::{Channel, Content};
+    use crate::contract::notification::User;
+    use crate::contract::notification::{Channel, Content};
 
     fn event(metadata: Value) -> NotificationEvent {
         NotificationEvent {

@@ -15,8 +15,9 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::config::AnnounceConfig;
+use crate::fault::Dependency;
 use crate::telemetry::otel;
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {

@@ -24,10 +24,11 @@ use neo4rs::{BoltType, Graph, Query, query};
 use serde_json::Value;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::contract::Contract;
-use crate::envelope::Interaction;
+use crate::contract::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
+use crate::fault::Dependency;
 use crate::fields::kind;
 use crate::telemetry::otel;
 use crate::{bolt, telemetry};

@@ -1,9 +1,10 @@
 //! Pipelines: named units of work run on one delivered event, each saying whether its errors
-//! can be retried. [`CATALOG`] lists every pipeline a config may name — what contracts it
-//! takes, what it needs and how it is built — and is what config validation, the daemon's
-//! wiring and `conveyor check` read. Adding a pipeline is its own file plus one line there.
+//! can be retried. The [`catalog`] lists every pipeline a config may name — what contracts it
+//! takes, what it needs and how it is built — and holds the config rules that need to know
+//! them. Adding a pipeline is its own file plus one line there.
 
 mod announce;
+pub mod catalog;
 mod chaos;
 mod graph;
 mod log;
@@ -18,81 +19,21 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::breaker::Dependency;
+use crate::contract::envelope::Interaction;
+use crate::contract::notification::NotificationEvent;
+use crate::contract::ranked::RankedNotification;
 use crate::contract::{Contract, Validated};
-use crate::envelope::Interaction;
+use crate::fault::Dependency;
 use crate::input::Event;
-use crate::notify::event::NotificationEvent;
-use crate::notify::ranked::RankedNotification;
 
+pub use crate::fault::PipelineError;
 pub use announce::{Announce, announcement_id};
+pub use catalog::{CATALOG, DEFAULT_TIMEOUT_SECS, Descriptor, Need, descriptor};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
 pub use notify_rank::{RANKED_SOURCE, RANKED_TYPE};
 pub use projection::Projection;
 pub use shared::Shared;
-
-/// Every pipeline a route may name.
-pub const CATALOG: &[Descriptor] = &[
-    graph::DESCRIPTOR,
-    projection::DESCRIPTOR,
-    announce::DESCRIPTOR,
-    NOOP,
-    chaos::DESCRIPTOR,
-    log::DESCRIPTOR,
-    notify_ingest::DESCRIPTOR,
-    notify_rank::DESCRIPTOR,
-    notify_deliver::DESCRIPTOR,
-];
-
-/// What config validation, the daemon and `conveyor check` know of a pipeline before it exists.
-pub struct Descriptor {
-    pub name: &'static str,
-    /// The route contracts it can take; empty: any (it reads only ids, or the raw payload).
-    /// An `auto` route is accepted by any pipeline and checked per event.
-    pub accepts: &'static [Contract],
-    /// What it calls: checked at startup (secrets, URLs) and probed by `conveyor check`.
-    pub needs: &'static [Need],
-    /// How long one run may take unless `pipelines.<name>.timeout_secs` says otherwise.
-    pub timeout_secs: u64,
-    /// Builds it from the daemon's shared clients.
-    pub build: Build,
-}
-
-/// The run timeout of most pipelines: a pipeline's work is one event's.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
-
-/// How a [`Descriptor`] builds its pipeline.
-pub type Build = fn(&Shared) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
-
-/// A dependency a pipeline needs configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// `DATABASE_URL`.
-    Postgres,
-    /// `graph.uri` and `NEO4J_PASSWORD`.
-    Graph,
-    /// The `[extraction]` model (an OpenAI-compatible endpoint, or offline patterns).
-    Model,
-    /// EventBridge, through the AWS credential chain.
-    EventBridge,
-    /// The `[notify]` section: the notification stages' bucket and queues.
-    Notify,
-}
-
-/// The catalog entry named `name`.
-pub fn descriptor(name: &str) -> Option<&'static Descriptor> {
-    CATALOG.iter().find(|d| d.name == name)
-}
-
-/// Names in the catalog, for error messages.
-pub fn catalog_names() -> String {
-    CATALOG
-        .iter()
-        .map(|d| d.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// What a pipeline is given: one delivery of one event.
 #[derive(Debug)]
@@ -185,34 +126,6 @@ pub(crate) fn require_interaction<'a>(
     })
 }
 
-/// A pipeline's failure, split by what the message's fate should be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PipelineError {
-    /// May succeed later (a dependency is down, a rate limit, a timeout).
-    #[error("{0}")]
-    Retryable(String),
-    /// May succeed later, and the dependency asked not to be called again for this long
-    /// (`Retry-After`): the message comes back no sooner.
-    #[error("{0} (retry after {1:?})")]
-    RetryAfter(String, std::time::Duration),
-    /// Can never succeed for this input (it is invalid for this pipeline).
-    #[error("{0}")]
-    Permanent(String),
-    /// A dependency is down or refuses conveyor (connection refused, timeouts, 5xx, rejected
-    /// credentials): nothing is wrong with the message. Counts toward the dependency's circuit
-    /// breaker, and never dead-letters the message (see `engine::Outcome::Retry::outage`).
-    #[error("{1}")]
-    Unavailable(Dependency, String),
-    /// Not a failure: not now. The message is handled again no sooner than `until`, without
-    /// spending a receive (`engine::Outcome::Defer`): a notification waiting for its
-    /// `sendAfter`, a rate-limit token or its next retry.
-    #[error("deferred: {reason}")]
-    Defer {
-        until: std::time::SystemTime,
-        reason: String,
-    },
-}
-
 /// A named unit of work. Implementations must be idempotent per event: delivery is
 /// at-least-once.
 pub trait Pipeline: Send + Sync + 'static {
@@ -236,7 +149,7 @@ pub trait Pipeline: Send + Sync + 'static {
 /// Succeeds at once. For smoke tests and benchmarks of the engine itself.
 pub struct Noop;
 
-const NOOP: Descriptor = Descriptor {
+pub(crate) const NOOP: Descriptor = Descriptor {
     name: "noop",
     accepts: &[],
     needs: &[],

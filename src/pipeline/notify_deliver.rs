@@ -26,17 +26,18 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
-use crate::config::NotifyConfig;
+use crate::breaker::Breakers;
+use crate::config::{NotifyConfig, SigningSecrets};
 use crate::contract::Contract;
+use crate::contract::ranked::{self, RankedNotification};
+use crate::fault::Dependency;
 use crate::notify::bucket::{Buckets, Take};
 use crate::notify::deliver::email::Email;
 use crate::notify::deliver::sns::{Push, Sms};
-use crate::notify::deliver::webhook::{self, Webhook};
+use crate::notify::deliver::webhook::Webhook;
 use crate::notify::deliver::{Providers, SendError};
 use crate::notify::deliveries::{Claim, Deliveries, Finish};
 use crate::notify::outbox::{Outbox, Outgoing};
-use crate::notify::ranked::{self, RankedNotification};
 use crate::telemetry::{self, otel};
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
@@ -50,8 +51,8 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
             let pool = shared.postgres()?;
             let aws = shared.aws()?;
             let secrets = match &shared.config.secrets.notify_webhook_secrets {
-                Some(s) => webhook::Secrets::parse(s.expose()).map_err(anyhow::Error::msg)?,
-                None => webhook::Secrets::default(),
+                Some(s) => SigningSecrets::parse(s.expose()).map_err(anyhow::Error::msg)?,
+                None => SigningSecrets::default(),
             };
             let sns = aws_sdk_sns::Client::new(aws);
             let providers = Providers {
@@ -450,7 +451,7 @@ struct ClaimGuard {
     deliveries: Deliveries,
     tenant: Uuid,
     event_id: String,
-    channel: crate::notify::Channel,
+    channel: crate::contract::notification::Channel,
     token: Option<Uuid>,
 }
 

@@ -18,8 +18,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::contract::Contract;
+use crate::fault::Dependency;
 use crate::notify::drop::{self, Lines, MAX_LINE_BYTES, MAX_REJECTS_LISTED, Reject};
 use crate::notify::outbox::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Outbox, Outgoing};
 use crate::telemetry;

@@ -16,13 +16,14 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::config::{NotifyConfig, Scorer};
 use crate::contract::Contract;
+use crate::contract::ranked::RankedNotification;
+use crate::fault::Dependency;
 use crate::notify::outbox::{Outbox, Outgoing};
 use crate::notify::prefs::{PreferenceStore, PrefsError};
 use crate::notify::rank;
-use crate::notify::ranked::RankedNotification;
 use crate::notify::score::{Method, Scores};
 use crate::telemetry::{self, otel};
 

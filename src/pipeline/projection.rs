@@ -13,10 +13,11 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::{Breakers, Dependency};
+use crate::breaker::Breakers;
 use crate::contract::Contract;
-use crate::envelope::Interaction;
+use crate::contract::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
+use crate::fault::Dependency;
 use crate::telemetry::{self, otel};
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {

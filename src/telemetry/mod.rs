@@ -334,7 +334,7 @@ impl PipelineMetrics {
 }
 
 /// A dependency's circuit breaker changed state: the gauge is 0 closed, 1 half-open, 2 open.
-pub fn breaker_state(dependency: crate::breaker::Dependency, state: &'static str) {
+pub fn breaker_state(dependency: crate::fault::Dependency, state: &'static str) {
     let value = match state {
         "closed" => 0.0,
         "half_open" => 1.0,

@@ -72,7 +72,9 @@ async fn envelopes_through_a_real_eventbridge_rule_reach_pipelines_with_every_fi
                 .to_string(),
         )
         .unwrap();
-        conveyor::envelope::parse(&event).unwrap().unwrap()
+        conveyor::contract::envelope::parse(&event)
+            .unwrap()
+            .unwrap()
     };
     let envelope = expect("EnvelopeV1.transcript", &documented_envelope());
     let batch_interaction = expect("BatchProcessingCompleted", &batch);

@@ -289,7 +289,7 @@ async fn an_offloaded_envelope_is_fetched_from_s3_and_dead_letters_keep_the_poin
     // the reason, the pointer as its body.
     let invalid = json!({"version":"0","id": Uuid::new_v4(),"detail-type":"EnvelopeV1.transcript",
         "source":"com.yourapp.transcription","detail": big_envelope(tenant, 300 * 1024, "html")});
-    let pointer = conveyor::input::claim_check::ClaimCheck::new(s3.clone())
+    let pointer = conveyor::claim_check::ClaimCheck::new(s3.clone())
         .offload(&bucket, invalid.to_string())
         .await
         .unwrap();
@@ -311,7 +311,7 @@ async fn an_offloaded_envelope_is_fetched_from_s3_and_dead_letters_keep_the_poin
     assert!(reason.contains("detail.content.format"), "{reason}");
 
     // A pointer to a bucket the queue does not list: refused at once, naming the key to set.
-    let elsewhere = conveyor::input::claim_check::Pointer {
+    let elsewhere = conveyor::claim_check::Pointer {
         bucket: "someone-elses-bucket".into(),
         key: "secrets.json".into(),
     };
@@ -334,7 +334,7 @@ async fn an_offloaded_envelope_is_fetched_from_s3_and_dead_letters_keep_the_poin
     );
 
     // A pointer to nothing: retried, then dead-lettered naming bucket and key.
-    let missing = conveyor::input::claim_check::Pointer {
+    let missing = conveyor::claim_check::Pointer {
         bucket: bucket.clone(),
         key: "gone/1".into(),
     };

@@ -757,7 +757,7 @@ pub async fn pg() -> sqlx::PgPool {
 }
 
 /// (idempotency key, interaction) of each delivery.
-pub type Captured = Vec<(String, Option<conveyor::envelope::Interaction>)>;
+pub type Captured = Vec<(String, Option<conveyor::contract::envelope::Interaction>)>;
 
 /// Records the interactions it is given.
 #[derive(Clone, Default)]

@@ -895,7 +895,7 @@ async fn publish_and_wait(c: &Clients, config: &Config, probe: &Probe) -> Result
         .first()
         .cloned()
         .unwrap_or_else(|| envelope_detail_type(&infra.sources[0]));
-    let kind = match detail_type.strip_prefix(crate::envelope::ENVELOPE_V1_PREFIX) {
+    let kind = match detail_type.strip_prefix(crate::contract::envelope::ENVELOPE_V1_PREFIX) {
         Some("transcript") => EventType::Transcript,
         Some("meeting") => EventType::Meeting,
         Some("email") => EventType::Email,
@@ -956,7 +956,7 @@ async fn publish_and_wait(c: &Clients, config: &Config, probe: &Probe) -> Result
                     "the delivered event is not an EventBridge event: {e}"
                 ))
             })?;
-            let interaction = crate::envelope::parse(&delivered)
+            let interaction = crate::contract::envelope::parse(&delivered)
                 .map_err(|e| {
                     InfraError::Invalid(format!("the delivered event fails validation: {e}"))
                 })?

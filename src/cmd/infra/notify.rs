@@ -18,7 +18,7 @@ use super::{
     ensure_rule_to_queue, queue_policy, remove_queue, remove_rule_target,
 };
 use crate::config::{Config, NotifyConfig};
-use crate::notify::event::NOTIFICATION_REQUESTED;
+use crate::contract::notification::NOTIFICATION_REQUESTED;
 
 /// The id of the bucket's notification to the ingest queue; `down` removes exactly this one.
 const NOTIFICATION_ID: &str = "conveyor-notify-ingest";

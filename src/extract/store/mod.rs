@@ -19,8 +19,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ExtractError, Extraction, Extractor};
-use crate::breaker::{Breakers, Dependency};
-use crate::envelope::Interaction;
+use crate::breaker::Breakers;
+use crate::contract::envelope::Interaction;
+use crate::fault::Dependency;
 use crate::telemetry;
 
 type Computation = BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>;
@@ -216,7 +217,9 @@ pub(super) fn memory_key(tenant_id: Uuid, key: &str, model: &str, version: &str)
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::envelope::{Content, ContentFormat, EventKind, InteractionSource, InteractionType};
+    use crate::contract::envelope::{
+        Content, ContentFormat, EventKind, InteractionSource, InteractionType,
+    };
 
     pub(crate) fn interaction(text: &str) -> Interaction {
         Interaction {

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 
 use super::{Provider, SendError, Sent, classify_aws, plain_text};
 use crate::config::EmailConfig;
-use crate::notify::ranked::RankedNotification;
+use crate::contract::ranked::RankedNotification;
 
 /// SES error codes no retry passes: the message or the sender is refused.
 const PERMANENT: &[&str] = &[

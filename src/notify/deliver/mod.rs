@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::Channel;
-use super::ranked::RankedNotification;
+use crate::contract::notification::Channel;
+use crate::contract::ranked::RankedNotification;
 
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Provider, SendError, Sent, classify_aws, plain_text};
 use crate::config::SmsConfig;
-use crate::notify::ranked::RankedNotification;
+use crate::contract::ranked::RankedNotification;
 
 /// SNS error codes no retry passes.
 const PERMANENT: &[&str] = &[

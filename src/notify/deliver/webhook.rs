@@ -9,7 +9,6 @@
 //! Addresses are checked by the SSRF guard ([`super::guard`]); plain `http://` and private
 //! addresses only with `notify.webhook.allow_private_targets`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,72 +17,11 @@ use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use uuid::Uuid;
 
 use super::guard::{self, GuardedResolver, Refused};
 use super::{Provider, SendError, Sent};
-use crate::notify::ranked::RankedNotification;
-
-/// The environment variable holding every tenant's secret: `<tenant id>=whsec_<base64>`,
-/// comma-separated.
-pub const SECRETS_ENV: &str = "NOTIFY_WEBHOOK_SECRETS";
-
-/// Signing keys by tenant.
-#[derive(Clone, Default)]
-pub struct Secrets(Arc<HashMap<Uuid, Vec<u8>>>);
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} tenants)", self.0.len())
-    }
-}
-
-impl Secrets {
-    /// Parses `<tenant id>=whsec_<base64>[,…]`. Errors name the entry by position, never a
-    /// secret.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let mut keys = HashMap::new();
-        for (i, entry) in value.split(',').map(str::trim).enumerate() {
-            if entry.is_empty() {
-                continue;
-            }
-            let n = i + 1;
-            let (tenant, secret) = entry.split_once('=').ok_or_else(|| {
-                format!("{SECRETS_ENV}: entry {n} is not <tenant id>=whsec_<base64>")
-            })?;
-            let tenant: Uuid = tenant.trim().parse().map_err(|_| {
-                format!("{SECRETS_ENV}: entry {n} does not start with a tenant id (a UUID)")
-            })?;
-            keys.insert(
-                tenant,
-                decode_secret(secret.trim())
-                    .map_err(|e| format!("{SECRETS_ENV}: entry {n} (tenant {tenant}): {e}"))?,
-            );
-        }
-        Ok(Self(Arc::new(keys)))
-    }
-
-    pub fn get(&self, tenant: Uuid) -> Option<&[u8]> {
-        self.0.get(&tenant).map(Vec::as_slice)
-    }
-}
-
-/// `whsec_<base64>` → the key bytes (Standard Webhooks' secret format).
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or("a secret starts with whsec_ followed by base64 (24–64 random bytes)")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| "the part after whsec_ is not valid base64")?;
-    if !(24..=64).contains(&key.len()) {
-        return Err(format!(
-            "the key is {} bytes; use 24–64 random bytes",
-            key.len()
-        ));
-    }
-    Ok(key)
-}
+use crate::config::{SigningSecrets, WEBHOOK_SECRETS_ENV};
+use crate::contract::ranked::RankedNotification;
 
 /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -119,12 +57,16 @@ pub fn payload(n: &RankedNotification, now: chrono::DateTime<chrono::Utc>) -> Ve
 
 pub struct Webhook {
     client: reqwest::Client,
-    secrets: Secrets,
+    secrets: SigningSecrets,
     allow_private: bool,
 }
 
 impl Webhook {
-    pub fn new(secrets: Secrets, allow_private: bool, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        secrets: SigningSecrets,
+        allow_private: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve names itself, out of the guard's reach.
@@ -184,7 +126,7 @@ impl Provider for Webhook {
                 SendError::permanent(
                     "no_secret",
                     format!(
-                        "no webhook signing secret for tenant {}: add <tenant id>=whsec_… to {SECRETS_ENV}",
+                        "no webhook signing secret for tenant {}: add <tenant id>=whsec_… to {WEBHOOK_SECRETS_ENV}",
                         n.tenant_id
                     ),
                 )
@@ -263,6 +205,7 @@ impl Provider for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::decode_secret;
 
     #[test]
     fn signatures_match_the_standard_webhooks_example() {
@@ -273,18 +216,6 @@ mod tests {
             signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-    }
-
-    #[test]
-    fn secrets_parse_per_tenant_and_errors_never_show_them() {
-        let t = Uuid::new_v4();
-        let s = Secrets::parse(&format!(" {t}=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw ,")).unwrap();
-        assert!(s.get(t).is_some());
-        assert!(s.get(Uuid::new_v4()).is_none());
-        let e = Secrets::parse(&format!("{t}=hunter2hunter2")).unwrap_err();
-        assert!(e.contains("entry 1") && !e.contains("hunter2"), "{e}");
-        let e = Secrets::parse("nobody=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err();
-        assert!(e.contains("tenant id"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Channel, Content, MAX_ID_CHARS, MAX_URL_CHARS};
+use super::notification::{Channel, Content, MAX_ID_CHARS, MAX_URL_CHARS};
 use crate::fields::{FieldError, Fields, object_at};
 
 /// Lowest and highest priority.

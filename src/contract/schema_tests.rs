@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::event::NotificationEvent;
+use super::notification::NotificationEvent;
 use super::ranked::RankedNotification;
 
 const EVENT_SCHEMA: &str = include_str!("../../docs/schemas/notification-event.v1.schema.json");

@@ -1,24 +1,28 @@
 //! Contracts: what a route's events must contain, validated once at the edge into a typed
 //! value. A validation error is permanent (the message is dead-lettered) and names the field.
 //!
-//! - `envelope_v1`: an EnvelopeV1 interaction (see `envelope`).
+//! - `envelope_v1`: an EnvelopeV1 interaction ([`envelope`]).
 //! - `batch_completed_v1`: a BatchProcessingCompleted v1.0 transcript.
-//! - `notification_event_v1`: a NotificationEvent v1 (`notify::event`).
-//! - `ranked_notification_v1`: a RankedNotification v1 (`notify::ranked`).
+//! - `notification_event_v1`: a NotificationEvent v1 ([`notification`]).
+//! - `ranked_notification_v1`: a RankedNotification v1 ([`ranked`]).
 //! - `json`: anything; pipelines get the payload untyped.
 //! - `auto` (the default): chosen per event by its type, as EventBridge publishers name them —
 //!   `EnvelopeV1.*` → `envelope_v1`, `BatchProcessingCompleted` → `batch_completed_v1`,
 //!   `NotificationRequested` → `notification_event_v1`, anything else → `json`.
 
+pub mod envelope;
+pub mod notification;
+pub mod ranked;
+#[cfg(test)]
+mod schema_tests;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::envelope::{
-    self, BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, FieldError, Interaction,
-};
 use crate::input::Event;
-use crate::notify::event::{NOTIFICATION_REQUESTED, NotificationEvent};
-use crate::notify::ranked::RankedNotification;
+use envelope::{BATCH_PROCESSING_COMPLETED, ENVELOPE_V1_PREFIX, FieldError, Interaction};
+use notification::{NOTIFICATION_REQUESTED, NotificationEvent};
+use ranked::RankedNotification;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -13,7 +13,7 @@
 
 use serde_json::{Value, json};
 
-use super::PoisonError;
+use crate::input::PoisonError;
 
 const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
 const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
@@ -48,7 +48,7 @@ impl Pointer {
                     .into(),
             )
         };
-        let parsed = super::json(body).and_then(|value| {
+        let parsed = crate::input::json(body).and_then(|value| {
             let fields = value.get(1).ok_or_else(invalid)?;
             let field = |name: &str| {
                 fields
