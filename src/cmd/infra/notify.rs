@@ -13,15 +13,16 @@ use aws_sdk_s3::types::{
 use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde_json::{Value, json};
 
-use super::{
-    Change, Clients, InfraError, RuleToQueue, TARGET_ID, change, ensure_queue, ensure_queue_policy,
-    ensure_rule_to_queue, queue_policy, remove_queue, remove_rule_target,
+use super::resources::{
+    RuleToQueue, TARGET_ID, ensure_queue, ensure_queue_policy, ensure_rule_to_queue, queue_policy,
 };
+use super::resources::{remove_queue, remove_rule_target};
+use super::{Change, Clients, InfraError, change};
 use crate::config::{Config, NotifyConfig};
 use crate::contract::notification::NOTIFICATION_REQUESTED;
 
 /// The id of the bucket's notification to the ingest queue; `down` removes exactly this one.
-const NOTIFICATION_ID: &str = "conveyor-notify-ingest";
+pub(super) const NOTIFICATION_ID: &str = "conveyor-notify-ingest";
 
 /// `{"detail-type": ["NotificationRequested"]}`, and the sources when configured.
 pub fn event_pattern(notify: &NotifyConfig) -> Value {
@@ -147,7 +148,7 @@ pub(super) async fn up(
 /// The SES identity mail is sent from: verified (the address, or its domain), or else a
 /// verification request for the address (SES mails it a link). A sender that is not verified
 /// yet is an error after the request: delivery would fail over every email until it is.
-async fn ensure_sender(
+pub(super) async fn ensure_sender(
     c: &Clients,
     email: &crate::config::EmailConfig,
     dry_run: bool,
@@ -235,13 +236,17 @@ async fn ensure_sender(
     )))
 }
 
-fn s3_err(context: &str, e: impl Into<aws_sdk_s3::Error>) -> InfraError {
+pub(super) fn s3_err(context: &str, e: impl Into<aws_sdk_s3::Error>) -> InfraError {
     let e: aws_sdk_s3::Error = e.into();
     let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
     InfraError::aws(context, code.as_deref(), crate::safe::error_chain(&e))
 }
 
-async fn ensure_bucket(c: &Clients, bucket: &str, dry_run: bool) -> Result<Change, InfraError> {
+pub(super) async fn ensure_bucket(
+    c: &Clients,
+    bucket: &str,
+    dry_run: bool,
+) -> Result<Change, InfraError> {
     let resource = format!("bucket {bucket}");
     match c.s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => return Ok(change(resource, "exists", dry_run, vec![])),
@@ -265,7 +270,7 @@ async fn ensure_bucket(c: &Clients, bucket: &str, dry_run: bool) -> Result<Chang
 
 /// The bucket's notification configuration with ours (id [`NOTIFICATION_ID`]) set to send
 /// every ObjectCreated event to the ingest queue; other notifications are kept as they are.
-async fn ensure_notification(
+pub(super) async fn ensure_notification(
     c: &Clients,
     bucket: &str,
     queue_arn: &str,
@@ -316,7 +321,7 @@ async fn ensure_notification(
 
 /// Puts the bucket's notifications with ours removed, then `add` added; the others kept as
 /// they are.
-async fn replace_ours(
+pub(super) async fn replace_ours(
     c: &Clients,
     bucket: &str,
     current: Option<aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput>,
