@@ -3,7 +3,9 @@
 //! counts. Labels stay low-cardinality (queue, operation, outcome, reason, pipeline); ids and
 //! lengths go into log fields, message content goes nowhere.
 
+mod export;
 pub mod otel;
+mod trace_header;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
