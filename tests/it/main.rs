@@ -15,6 +15,7 @@ mod foundation;
 mod hardening;
 mod helpers;
 mod infra;
+mod layers;
 mod logs;
 mod notifications;
 mod notify;
