@@ -14,6 +14,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from fake_model import FakeModel  # noqa: E402
+from stages import stages_toml  # noqa: E402
 
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
 N = int(os.environ.get("BENCH_MESSAGES", "20000"))
@@ -345,30 +346,12 @@ base_url = "{model.url}"
 model = "fake"
 requests_per_minute = 1000000
 max_concurrent_requests = 64
-[notify]
-bucket = "{prefix}"
-ingest_queue = "{prefix}-ingest"
-incoming_queue = "{prefix}-incoming"
-priority_queue = "{prefix}-priority"
-rule_name = "{prefix}-requested"
-sources = ["{prefix}.producer"]
-scorer = "{scorer}"
-[queues.ingest]
-name = "{prefix}-ingest"
-format = "s3"
-[[queues.ingest.routes]]
-pipelines = ["notify-ingest"]
-[queues.incoming]
-name = "{prefix}-incoming"
-pollers = {TASKS}
-max_in_flight = 100
-[[queues.incoming.routes]]
-detail_type = "NotificationRequested"
-contract = "notification_event_v1"
-pipelines = ["notify-rank"]
+""" + stages_toml(CONVEYOR, REPO, prefix, "--bucket", prefix, "--no-delivery") + f"""scorer = "{scorer}"
 """)
     env = conveyor_env(cfg, ledger_in_postgres=True)
     env["OPENAI_API_KEY"] = "bench"
+    env["CONVEYOR_QUEUES__INCOMING__POLLERS"] = str(TASKS)
+    env["CONVEYOR_QUEUES__INCOMING__MAX_IN_FLIGHT"] = "100"
     quiet = dict(stdout=subprocess.DEVNULL, env=env)
     subprocess.check_call([CONVEYOR, "infra", "up"], **quiet)
     drop, prefs = notify_drop_file(str(uuid.uuid4()))
@@ -494,44 +477,14 @@ listen_addr = "127.0.0.1:{PORT}"
 queue_name = "{prefix}-events"
 rule_name = "{prefix}-events"
 sources = ["{prefix}.unused"]
-[notify]
-bucket = "{prefix}"
-ingest_queue = "{prefix}-ingest"
-incoming_queue = "{prefix}-incoming"
-priority_queue = "{prefix}-priority"
-rule_name = "{prefix}-requested"
-sources = ["{prefix}.producer"]
-[notify.email]
-sender = "bench@{prefix}.example.com"
-[notify.webhook]
-allow_private_targets = true
+""" + stages_toml(CONVEYOR, REPO, prefix, "--bucket", prefix, "--sender", f"bench@{prefix}.example.com",
+                  "--allow-private-targets") + """
 # The daemon is measured, not the providers' quotas: buckets far above what it reaches.
 [notify.rate_limits]
-email = {{ capacity = 100000, refill_per_sec = 100000 }}
-sms = {{ capacity = 100000, refill_per_sec = 100000 }}
-push = {{ capacity = 100000, refill_per_sec = 100000 }}
-webhook = {{ capacity = 100000, refill_per_sec = 100000 }}
-[queues.ingest]
-name = "{prefix}-ingest"
-format = "s3"
-[[queues.ingest.routes]]
-pipelines = ["notify-ingest"]
-[queues.incoming]
-name = "{prefix}-incoming"
-pollers = {TASKS}
-[[queues.incoming.routes]]
-detail_type = "NotificationRequested"
-contract = "notification_event_v1"
-pipelines = ["notify-rank"]
-[queues.priority]
-name = "{prefix}-priority"
-format = "raw"
-pollers = {TASKS}
-[[queues.priority.routes]]
-source = "conveyor.notify.rank"
-detail_type = "RankedNotification"
-contract = "ranked_notification_v1"
-pipelines = ["notify-deliver"]
+email = { capacity = 100000, refill_per_sec = 100000 }
+sms = { capacity = 100000, refill_per_sec = 100000 }
+push = { capacity = 100000, refill_per_sec = 100000 }
+webhook = { capacity = 100000, refill_per_sec = 100000 }
 """)
 
 
@@ -545,6 +498,8 @@ def delivery_main():
     delivery_config(prefix, cfg)
     tenant, users = str(uuid.uuid4()), 20
     env = conveyor_env(cfg, ledger_in_postgres=True)
+    env["CONVEYOR_QUEUES__INCOMING__POLLERS"] = str(TASKS)
+    env["CONVEYOR_QUEUES__PRIORITY__POLLERS"] = str(TASKS)
     env["NOTIFY_WEBHOOK_SECRETS"] = f"{tenant}=whsec_{base64.b64encode(os.urandom(32)).decode()}"
     quiet = dict(stdout=subprocess.DEVNULL, env=env)
     subprocess.check_call([CONVEYOR, "infra", "up"], **quiet)

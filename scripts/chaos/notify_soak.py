@@ -35,6 +35,9 @@ import time
 import urllib.request
 import uuid
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from stages import stages_toml  # noqa: E402
+
 CONVEYOR, REPO = sys.argv[1:3]
 N = int(os.environ.get("NOTIFY_SOAK_EVENTS", "10000"))
 SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
@@ -125,6 +128,7 @@ def start_receiver():
 
 def write_config():
     path = os.path.join(STATE, "notify-soak.toml")
+    stages = stages_toml(CONVEYOR, REPO, P, "--bucket", P, "--source", SOURCE, "--allow-private-targets")
     with open(path, "w") as f:
         f.write(f"""
 [telemetry]
@@ -135,37 +139,7 @@ listen_addr = "127.0.0.1:0"
 queue_name = "{P}-events"
 rule_name = "{P}-events"
 sources = ["{P}.unused"]
-[notify]
-bucket = "{P}"
-ingest_queue = "{P}-ingest"
-incoming_queue = "{P}-incoming"
-priority_queue = "{P}-priority"
-rule_name = "{P}-requested"
-sources = ["{SOURCE}"]
-[notify.email]
-sender = "notify@{P}.example.com"
-[notify.webhook]
-allow_private_targets = true
-[queues.ingest]
-name = "{P}-ingest"
-format = "s3"
-[[queues.ingest.routes]]
-pipelines = ["notify-ingest"]
-[queues.incoming]
-name = "{P}-incoming"
-[[queues.incoming.routes]]
-detail_type = "NotificationRequested"
-contract = "notification_event_v1"
-pipelines = ["notify-rank"]
-[queues.priority]
-name = "{P}-priority"
-format = "raw"
-[[queues.priority.routes]]
-source = "conveyor.notify.rank"
-detail_type = "RankedNotification"
-contract = "ranked_notification_v1"
-pipelines = ["notify-deliver"]
-""")
+""" + stages)
     return path
 
 

@@ -1,8 +1,8 @@
 //! The catalog: every pipeline a config may name, what it accepts and needs, and the config
 //! rules that only the catalog can check (a route names a known pipeline that takes its
 //! contract; what the routed pipelines need is configured; a queue's deadline outlasts its
-//! routes' timeouts). `conveyor` loads its config with [`rules`], so these problems are
-//! reported with config's own, and the daemon checks them again at startup.
+//! routes' timeouts). Every `conveyor` command, `run` and `check` among them, loads its config
+//! with [`rules`], so these problems are reported with config's own, in one error.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -98,61 +98,19 @@ impl Stages {
 
     /// The configuration: `[notify]` with this test's names, and the two consuming queues (three
     /// when delivering). `notify_extra` goes inside `[notify]`, and may add its sub-tables.
+    /// The stages' config (`conveyor notify example-config` for this test's names), with its own
+    /// [infra] names and `notify_extra` added to [notify].
     pub fn toml(&self, notify_extra: &str) -> String {
-        let (p, bucket, source) = (&self.prefix, &self.bucket, &self.source);
-        let deliver = match &self.deliver {
-            None => String::new(),
-            Some(d) => format!(
-                r#"
-[queues.priority]
-name = "{p}-priority"
-format = "raw"
-[[queues.priority.routes]]
-source = "conveyor.notify.rank"
-detail_type = "RankedNotification"
-contract = "ranked_notification_v1"
-pipelines = ["notify-deliver"]
-
-[notify.email]
-sender = "notify@{bucket}.example.com"
-
-[notify.webhook]
-allow_private_targets = {}
-"#,
-                d.allow_private
-            ),
-        };
-        let notify = format!(
-            r#"
-[infra]
-queue_name = "{p}-events"
-rule_name = "{p}-events"
-sources = ["{p}.unused"]
-
-[notify]
-bucket = "{bucket}"
-ingest_queue = "{p}-ingest"
-incoming_queue = "{p}-incoming"
-priority_queue = "{p}-priority"
-rule_name = "{p}-requested"
-sources = ["{source}"]
-{notify_extra}
-
-[queues.ingest]
-name = "{p}-ingest"
-format = "s3"
-[[queues.ingest.routes]]
-pipelines = ["notify-ingest"]
-
-[queues.incoming]
-name = "{p}-incoming"
-[[queues.incoming.routes]]
-detail_type = "NotificationRequested"
-contract = "notification_event_v1"
-pipelines = ["notify-rank"]
-"#
-        );
-        notify + &deliver
+        let p = &self.prefix;
+        let mut names = conveyor::cmd::notify::ExampleArgs::named(p);
+        names.bucket = Some(self.bucket.clone());
+        names.source = Some(self.source.clone());
+        names.no_delivery = self.deliver.is_none();
+        names.allow_private_targets = self.deliver.as_ref().is_some_and(|d| d.allow_private);
+        format!(
+            "[infra]\nqueue_name = \"{p}-events\"\nrule_name = \"{p}-events\"\nsources = [\"{p}.unused\"]\n\n{}{notify_extra}\n",
+            conveyor::cmd::notify::example_config(&names)
+        )
     }
 
     pub fn cli(&self, notify_extra: &str) -> Conveyor {

@@ -5,6 +5,7 @@
 //! operator asks for by name.
 
 mod drop;
+mod example;
 mod prefs;
 mod send;
 mod status;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Config, NotifyConfig};
+pub use example::{ExampleArgs, example_config};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,6 +37,9 @@ pub enum NotifyCommand {
     /// delivered at, failed with), and any dead letter of it in the stages' DLQs with its
     /// reason. Reads PostgreSQL (DATABASE_URL) and peeks at the DLQs (nothing is consumed).
     Status(StatusArgs),
+    /// Print the notification stages' configuration (the three stage queues with their routes
+    /// and the [notify] section) for one set of names, as TOML to start from.
+    ExampleConfig(ExampleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +154,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         NotifyCommand::Drop(drop_args) => drop::upload(config, drop_args).await,
         NotifyCommand::Prefs(command) => prefs::prefs(config, command).await,
         NotifyCommand::Status(status_args) => status::status(config, status_args).await,
+        NotifyCommand::ExampleConfig(names) => {
+            print!("{}", example_config(&names));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
