@@ -113,6 +113,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    for name in &config.ignored_env {
+        tracing::debug!(variable = %name, "not configuration (no such section): ignored");
+    }
     match cli.command {
         Command::Run => run::run(config).await,
         Command::Check(args) => check::run(&config, &cli.config.env, args).await,

@@ -65,6 +65,10 @@ pub struct Config {
     /// Secrets, from the environment only; never read from a file, never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
+    /// `CONVEYOR_…` variables that name no section (`CONVEYOR_BIN` in a CI job, say): not
+    /// configuration, so left alone; the CLI logs their names at debug level.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 mod infra;
@@ -134,6 +138,31 @@ pub enum ConfigError {
 /// or that belong to the scripts (`CONVEYOR_STACK_…`).
 const NON_CONFIG_ENV_KEYS: &[&str] = &["env", "config", "config_dir"];
 
+/// The top-level sections. Only a `CONVEYOR_<SECTION>__…` variable naming one of these is
+/// configuration (and then an unknown key in it is an error naming it); any other `CONVEYOR_…`
+/// variable belongs to something else and is ignored.
+const SECTIONS: &[&str] = &[
+    "telemetry",
+    "ops",
+    "aws",
+    "shutdown",
+    "queues",
+    "database",
+    "graph",
+    "pipelines",
+    "eventbridge",
+    "infra",
+    "announce",
+    "extraction",
+    "breaker",
+    "notify",
+];
+
+/// Whether the `CONVEYOR_`-less, lower-cased variable name `key` is configuration.
+fn names_a_section(key: &str) -> bool {
+    SECTIONS.contains(&key.split("__").next().unwrap_or_default())
+}
+
 impl Config {
     /// Loads the configuration from `sources`, the process environment included, and validates
     /// its own fields. What needs the pipeline catalog is checked by [`Config::load_with`].
@@ -183,10 +212,7 @@ impl Config {
             )
             .merge(
                 Env::prefixed("CONVEYOR_")
-                    .filter(|key| {
-                        let key = key.as_str().to_ascii_lowercase();
-                        !NON_CONFIG_ENV_KEYS.contains(&key.as_str()) && !key.starts_with("stack_")
-                    })
+                    .filter(|key| names_a_section(&key.as_str().to_ascii_lowercase()))
                     .split("__"),
             );
 
@@ -194,6 +220,18 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| describe(&e)).collect()))?;
         config.secrets = Secrets::from_env();
+        config.ignored_env = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                let Some(key) = name.strip_prefix("CONVEYOR_") else {
+                    return false;
+                };
+                let key = key.to_ascii_lowercase();
+                !names_a_section(&key)
+                    && !NON_CONFIG_ENV_KEYS.contains(&key.as_str())
+                    && !key.starts_with("stack_")
+            })
+            .collect();
         config.validate_with(rules)?;
         Ok(config)
     }
@@ -412,6 +450,24 @@ mod tests {
             jail.set_env("CONVEYOR_CONFIG_DIR", "config");
             jail.set_env("CONVEYOR_STACK_DIR", "/tmp/x");
             Config::load(&sources("dev")).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_naming_no_section_are_not_config_and_are_listed() {
+        Jail::expect_with(|jail| {
+            jail_with_config(jail, "")?;
+            jail.set_env("CONVEYOR_BIN", "target/debug/conveyor");
+            jail.set_env("CONVEYOR_ENV", "dev");
+            jail.set_env("CONVEYOR_OPS__LISTEN_ADDR", "127.0.0.1:9999");
+            let c = Config::load(&sources("dev")).map_err(|e| e.to_string())?;
+            assert_eq!(c.ignored_env, ["CONVEYOR_BIN"]);
+            assert_eq!(
+                c.ops.listen_addr.port(),
+                9999,
+                "a section's variable still applies"
+            );
             Ok(())
         });
     }
