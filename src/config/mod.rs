@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// SQS caps a long poll at 20 seconds (ReceiveMessage `WaitTimeSeconds`, API reference).
@@ -71,6 +71,7 @@ pub struct Config {
     pub ignored_env: Vec<String>,
 }
 
+mod env;
 mod infra;
 mod notify;
 mod queue;
@@ -134,35 +135,6 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// Keys of `CONVEYOR_…` variables that select the configuration instead of being part of it,
-/// or that belong to the scripts (`CONVEYOR_STACK_…`).
-const NON_CONFIG_ENV_KEYS: &[&str] = &["env", "config", "config_dir"];
-
-/// The top-level sections. Only a `CONVEYOR_<SECTION>__…` variable naming one of these is
-/// configuration (and then an unknown key in it is an error naming it); any other `CONVEYOR_…`
-/// variable belongs to something else and is ignored.
-const SECTIONS: &[&str] = &[
-    "telemetry",
-    "ops",
-    "aws",
-    "shutdown",
-    "queues",
-    "database",
-    "graph",
-    "pipelines",
-    "eventbridge",
-    "infra",
-    "announce",
-    "extraction",
-    "breaker",
-    "notify",
-];
-
-/// Whether the `CONVEYOR_`-less, lower-cased variable name `key` is configuration.
-fn names_a_section(key: &str) -> bool {
-    SECTIONS.contains(&key.split("__").next().unwrap_or_default())
-}
-
 impl Config {
     /// Loads the configuration from `sources`, the process environment included, and validates
     /// its own fields. What needs the pipeline catalog is checked by [`Config::load_with`].
@@ -197,41 +169,13 @@ impl Config {
             require_file(file, "given with --config / CONVEYOR_CONFIG")?;
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment
-            .merge(
-                Env::raw()
-                    .only(&["NEO4J_URI", "NEO4J_USER"])
-                    // figment hands `map` and `filter` the variable's name in its original case.
-                    .map(|key| {
-                        if key.as_str().eq_ignore_ascii_case("neo4j_uri") {
-                            "graph.uri".into()
-                        } else {
-                            "graph.user".into()
-                        }
-                    }),
-            )
-            .merge(
-                Env::prefixed("CONVEYOR_")
-                    .filter(|key| names_a_section(&key.as_str().to_ascii_lowercase()))
-                    .split("__"),
-            );
+        figment = figment.merge(env::variables());
 
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| describe(&e)).collect()))?;
         config.secrets = Secrets::from_env();
-        config.ignored_env = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
-            .filter(|name| {
-                let Some(key) = name.strip_prefix("CONVEYOR_") else {
-                    return false;
-                };
-                let key = key.to_ascii_lowercase();
-                !names_a_section(&key)
-                    && !NON_CONFIG_ENV_KEYS.contains(&key.as_str())
-                    && !key.starts_with("stack_")
-            })
-            .collect();
+        config.ignored_env = env::ignored();
         config.validate_with(rules)?;
         Ok(config)
     }
