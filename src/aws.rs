@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
 use crate::config::{AwsConfig, SQS_MAX_WAIT_SECS};
 
@@ -47,51 +45,4 @@ pub fn require_region(sdk: &SdkConfig) -> Result<String, String> {
     sdk.region().map(|r| r.to_string()).ok_or_else(|| {
         "no AWS region: set aws.region in the config or AWS_REGION in the environment".to_owned()
     })
-}
-
-/// Whether a failed AWS call may succeed if simply tried again: the request never got an
-/// answer (connection refused or reset, DNS, timeout), or the service answered that it is
-/// overloaded or failing (throttling, 5xx). Everything else — a missing queue, access denied,
-/// an invalid parameter — is an answer. (Every AWS SDK crate shares these error types.)
-pub fn is_transient<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
-    match error {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(e) => {
-            e.raw().status().is_server_error()
-                || is_throttling(e.err().code())
-                || e.err().code() == Some("ServiceUnavailable")
-        }
-        _ => false,
-    }
-}
-
-/// Whether an AWS error code says the caller is being throttled.
-pub fn is_throttling(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some(
-            "ThrottlingException"
-                | "RequestThrottled"
-                | "Throttling"
-                | "AWS.SimpleQueueService.RequestThrottled"
-                | "SlowDown"
-        )
-    )
-}
-
-/// Whether the service refused the credentials (401/403, access denied, an unknown key):
-/// for a dependency the daemon calls, an outage of it, not a property of the message.
-pub fn is_auth_refused<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
-    match error {
-        SdkError::ServiceError(e) => {
-            matches!(e.raw().status().as_u16(), 401 | 403)
-                || matches!(
-                    e.err().code(),
-                    Some("AccessDeniedException" | "UnrecognizedClientException")
-                )
-        }
-        _ => false,
-    }
 }

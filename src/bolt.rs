@@ -94,40 +94,6 @@ pub async fn setup_schema(graph: &Graph) -> Result<(), GraphError> {
     Ok(())
 }
 
-/// Is this Bolt error one a retry cannot fix? A rejected statement (a type the server refuses,
-/// a syntax error; not a vanished entity) or a constraint violation other than uniqueness:
-/// the data is bad. A
-/// uniqueness violation is not: every write is a MERGE on the unique key, so it can only mean
-/// a concurrent MERGE of the same node won the race (ArcadeDB reports that at commit), and a
-/// retry finds the winner's node. Connection loss, timeouts and transient errors pass too.
-pub fn is_permanent(error: &neo4rs::Error) -> bool {
-    match error {
-        neo4rs::Error::Neo4j(e) => {
-            (e.code().contains("ConstraintValidationFailed") && !is_uniqueness_race(e))
-                || (e.code().starts_with("Neo.ClientError.Statement.") && !is_entity_race(e))
-        }
-        _ => false,
-    }
-}
-
-/// Is the server down or refusing conveyor (no connection, the connection lost, credentials
-/// refused, the database unavailable)? An outage of the graph, not a property of the data:
-/// it counts toward the graph's circuit breaker.
-pub fn is_unavailable(error: &neo4rs::Error) -> bool {
-    match error {
-        neo4rs::Error::IOError { .. }
-        | neo4rs::Error::ConnectionError
-        | neo4rs::Error::IncompleteBoltExchange
-        | neo4rs::Error::AuthenticationError(_)
-        | neo4rs::Error::RoutingTableError(_) => true,
-        neo4rs::Error::Neo4j(e) => {
-            e.code().starts_with("Neo.ClientError.Security.")
-                || e.code() == "Neo.TransientError.General.DatabaseUnavailable"
-        }
-        _ => false,
-    }
-}
-
 /// Should the same transaction simply be tried again at once? Transient server errors
 /// (deadlocks, concurrent modification — ArcadeDB reports concurrent appends to one node's
 /// edges this way), uniqueness races and vanished entities.
@@ -135,23 +101,9 @@ pub fn is_worth_retrying_now(error: &neo4rs::Error) -> bool {
     match error {
         neo4rs::Error::Neo4j(e) => {
             e.kind() == neo4rs::Neo4jErrorKind::Transient
-                || is_uniqueness_race(e)
-                || is_entity_race(e)
+                || crate::fault::classify::is_uniqueness_race(e)
+                || crate::fault::classify::is_entity_race(e)
         }
         _ => false,
     }
-}
-
-/// `EntityNotFound`: an entity the statement reached vanished under it — deleted by another
-/// transaction in Neo4j; in ArcadeDB also seen under concurrent writes right after a restart.
-/// conveyor deletes nothing, so it is a race, never bad data.
-fn is_entity_race(e: &neo4rs::Neo4jError) -> bool {
-    e.code() == "Neo.ClientError.Statement.EntityNotFound"
-}
-
-/// A uniqueness violation, as Neo4j ("already exists with label") or ArcadeDB ("Duplicated
-/// key") words it.
-fn is_uniqueness_race(e: &neo4rs::Neo4jError) -> bool {
-    e.code().contains("ConstraintValidationFailed")
-        && (e.message().contains("Duplicated key") || e.message().contains("already exists"))
 }

@@ -6,14 +6,18 @@
 //! resume, its failure opens it again. A failing probe keeps it open.
 //!
 //! ```text
-//!   closed ──(failures_to_open consecutive failures, or a failing probe)──▶ open
-//!   open ──(cooldown passed, probe not failing)──▶ half-open ──(trial succeeds)──▶ closed
-//!                                                     └──────(trial fails)──────▶ open
+//!   closed ──(failures_to_open consecutive outages, one configuration fault, a failing probe)──▶ open
+//!   open ──(cooldown passed: a passing probe, or a receive asking)──▶ half-open
+//!   half-open ──(the trial succeeds, or a passing probe)──▶ closed
+//!   half-open ──(the trial fails)──▶ open
 //! ```
 //!
-//! What a failure *is* is decided where it happens: connection refused or reset, a pool or
-//! call timeout, a 5xx, and authentication or authorization refused (a rotated key is an
-//! outage of that dependency, not a property of the message). Bad input never counts.
+//! What a failure *is* is decided once, in `fault::classify`: an outage (unreachable, timed
+//! out, 5xx, throttled, a lock wait) counts; a configuration fault (credentials, a permission)
+//! opens the breaker at once, since every message fails alike. Bad input never counts. The
+//! engine, not the pipelines, reports: every success of a pipeline is a success of each
+//! dependency it declares (see `dispatch::run::feedback`), so whatever a daemon's routes, a
+//! dependency that is back is used at full rate within a cooldown and a probe interval.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -123,6 +127,19 @@ impl Breakers {
         }
     }
 
+    /// A call to `dependency` was refused for a reason of configuration (credentials, a
+    /// permission, a missing identity): every message needing it fails alike, so it opens at
+    /// once, and `/readyz` says what to fix.
+    pub fn denied(&self, dependency: Dependency, reason: &str) {
+        let mut breakers = self.lock();
+        let breaker = breakers.entry(dependency).or_default();
+        breaker.consecutive_failures = breaker.consecutive_failures.saturating_add(1);
+        breaker.last_error = crate::safe::one_line(reason, 300);
+        if !matches!(breaker.state, State::Open { .. }) {
+            self.open(dependency, breaker, "configuration fault");
+        }
+    }
+
     /// A call to `dependency` succeeded.
     pub fn success(&self, dependency: Dependency) {
         let mut breakers = self.lock();
@@ -138,9 +155,29 @@ impl Breakers {
     }
 
     /// The result of `dependency`'s health probe. A failing probe opens the breaker (a
-    /// probe is a call like any other, and a decisive one) and keeps it open.
+    /// probe is a call like any other, and a decisive one) and keeps it open. A passing one
+    /// moves it on: open past its cooldown → half-open, half-open → closed. A daemon whose
+    /// routes see no message (or whose trial message never reports) still recovers.
     pub fn probed(&self, dependency: Dependency, result: Result<(), &str>) {
         let Err(reason) = result else {
+            let mut breakers = self.lock();
+            let Some(breaker) = breakers.get_mut(&dependency) else {
+                return;
+            };
+            match breaker.state {
+                State::Closed => {}
+                State::Open { since, until } if until <= Instant::now() => {
+                    breaker.state = State::HalfOpen { since, trial: None };
+                    telemetry::breaker_state(dependency, "half_open");
+                    tracing::info!(dependency = %dependency, "circuit half-open: the health probe passes");
+                    self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                State::Open { .. } => {}
+                State::HalfOpen { .. } => {
+                    breaker.consecutive_failures = 0;
+                    self.close(dependency, breaker);
+                }
+            }
             return;
         };
         let mut breakers = self.lock();
@@ -210,12 +247,47 @@ impl Breakers {
 
     /// Whether any of `dependencies` is open or half-open right now.
     pub fn any_unavailable(&self, dependencies: &[Dependency]) -> bool {
+        self.first_unavailable(dependencies).is_some()
+    }
+
+    /// The first of `dependencies` whose breaker is open or half-open right now.
+    pub fn first_unavailable(&self, dependencies: &[Dependency]) -> Option<Dependency> {
         let breakers = self.lock();
-        dependencies.iter().any(|d| {
+        dependencies.iter().copied().find(|d| {
             breakers
                 .get(d)
                 .is_some_and(|b| !matches!(b.state, State::Closed))
         })
+    }
+
+    /// When a call to `dependency` may go out: now (closed, or this caller holds the
+    /// half-open trial), or the instant worth asking again. For calls a pipeline makes only
+    /// for some messages (a notification's channel), which defer the message rather than
+    /// pause the queue.
+    pub fn call_at(&self, dependency: Dependency) -> Result<(), Instant> {
+        let now = Instant::now();
+        let cooldown = self.cooldown();
+        let mut breakers = self.lock();
+        let Some(breaker) = breakers.get_mut(&dependency) else {
+            return Ok(());
+        };
+        match &mut breaker.state {
+            State::Closed => Ok(()),
+            State::Open { until, .. } if *until > now => Err(*until),
+            State::Open { since, .. } => {
+                breaker.state = State::HalfOpen {
+                    since: *since,
+                    trial: Some(now),
+                };
+                telemetry::breaker_state(dependency, "half_open");
+                Ok(())
+            }
+            State::HalfOpen { trial: Some(at), .. } if now < *at + cooldown => Err(*at + cooldown),
+            State::HalfOpen { trial, .. } => {
+                *trial = Some(now);
+                Ok(())
+            }
+        }
     }
 
     /// Resolves at `at`, or earlier when any breaker changes state.
@@ -352,6 +424,41 @@ mod tests {
         assert!(matches!(b.admission(&needs), Admission::Trial));
         b.success(Dependency::Graph);
         assert!(is_go(&b.admission(&needs)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configuration_fault_opens_at_once_and_passing_probes_close_it() {
+        let b = breakers();
+        let needs = [Dependency::S3];
+        b.denied(Dependency::S3, "s3:GetObject on d/k denied (AccessDenied)");
+        assert!(matches!(b.admission(&needs), Admission::Wait { .. }), "one is enough");
+        b.probed(Dependency::S3, Ok(()));
+        assert!(
+            matches!(b.admission(&needs), Admission::Wait { .. }),
+            "a passing probe does not cut the cooldown short"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        b.probed(Dependency::S3, Ok(()));
+        b.probed(Dependency::S3, Ok(()));
+        assert!(
+            is_go(&b.admission(&needs)),
+            "open → half-open → closed by two passing probes, no trial message needed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_call_waits_for_its_breaker_and_takes_the_trial() {
+        let b = breakers();
+        assert!(b.call_at(Dependency::Sns).is_ok());
+        b.denied(Dependency::Sns, "sns:Publish denied (AuthorizationError)");
+        let Err(at) = b.call_at(Dependency::Sns) else {
+            panic!("open")
+        };
+        tokio::time::advance(at - Instant::now()).await;
+        assert!(b.call_at(Dependency::Sns).is_ok(), "the trial");
+        assert!(b.call_at(Dependency::Sns).is_err(), "one trial at a time");
+        b.success(Dependency::Sns);
+        assert!(b.call_at(Dependency::Sns).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -82,8 +82,9 @@ pub enum FetchError {
     /// Any other refusal (a bucket policy, a wrong bucket name): as `Missing`.
     #[error("claim check {0}: {1}")]
     Failed(Pointer, String),
-    /// S3 unreachable, failing (5xx, throttling) or refusing the credentials: an outage of S3,
-    /// nothing wrong with the message, which is never dead-lettered for it.
+    /// S3 unreachable, failing (5xx, throttling), or refusing conveyor's credentials or role
+    /// (named: `s3:GetObject on bucket/key denied`): nothing wrong with the message, which is
+    /// never dead-lettered for it.
     #[error("claim check {0}: S3 unavailable: {1}")]
     Unavailable(Pointer, String),
 }
@@ -115,12 +116,19 @@ impl ClaimCheck {
                 let missing = e
                     .as_service_error()
                     .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key);
-                let outage = crate::aws::is_transient(&e) || crate::aws::is_auth_refused(&e);
-                let reason = crate::safe::error_chain(&aws_sdk_s3::Error::from(e));
-                match (missing, outage) {
-                    (true, _) => FetchError::Missing(pointer.clone()),
-                    (false, true) => FetchError::Unavailable(pointer.clone(), reason),
-                    (false, false) => FetchError::Failed(pointer.clone(), reason),
+                if missing {
+                    return FetchError::Missing(pointer.clone());
+                }
+                let resource = format!("{}/{}", pointer.bucket, pointer.key);
+                let failure = crate::fault::classify::aws_failure(
+                    crate::fault::Dependency::S3,
+                    "s3:GetObject",
+                    &resource,
+                    &e,
+                );
+                match failure.dependency() {
+                    Some(_) => FetchError::Unavailable(pointer.clone(), failure.to_string()),
+                    None => FetchError::Failed(pointer.clone(), failure.to_string()),
                 }
             })?;
         let bytes = object

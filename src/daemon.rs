@@ -55,6 +55,7 @@ pub async fn start_with(
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
+    engine::awaiting_first_receive(&readiness, config.queues.keys().map(String::as_str));
     let listener = ops::bind(config.ops.listen_addr)
         .await
         .with_context(|| format!("ops.listen_addr = {}: cannot bind", config.ops.listen_addr))?;

@@ -27,43 +27,28 @@ pub async fn connect(config: &DatabaseConfig, url: &Secret) -> Result<PgPool, sq
             format!("{}s", config.statement_timeout_secs),
         ),
     ]);
+    // Waiting for a pooled connection is back-pressure, not an outage: more messages in
+    // flight than connections simply queue for one, up to a statement's own budget. Whether
+    // the server is there is the health probe's question, asked on a connection of its own.
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(timeout)
+        .acquire_timeout(timeout.max(Duration::from_secs(config.statement_timeout_secs)))
         .connect_with(options)
         .await?;
     probe(&pool).await?;
     Ok(pool)
 }
 
-/// One round trip.
+/// One round trip, on a connection of its own (opened and closed here), so a pool busy with
+/// work never reads as the server being down.
 pub async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(pool)
-        .await?;
-    Ok(())
-}
-
-/// Is PostgreSQL down or refusing conveyor, rather than refusing this statement? No
-/// connection (refused, reset, TLS, pool timeout), the server shutting down or not accepting
-/// connections (SQLSTATE class 08, 57P01–57P03), credentials refused (class 28), out of
-/// resources (class 53). An outage of the database: it counts toward its circuit breaker.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            code.starts_with("08")
-                || code.starts_with("28")
-                || code.starts_with("53")
-                || matches!(&*code, "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
-    }
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    let answered = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    answered.map(|_| ())
 }
 
 /// Proves the idempotency ledger can be written: takes the lock an INSERT or UPDATE takes on
@@ -71,7 +56,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 /// `SELECT 1` while the ledger is locked (a migration, an idle-in-transaction session) fails
 /// this.
 pub async fn probe_ledger(pool: &PgPool, wait: Duration) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    let result = lock_ledger(&mut conn, wait).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn lock_ledger(conn: &mut sqlx::PgConnection, wait: Duration) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(format!("{}ms", wait.as_millis().max(1)))
         .execute(&mut *tx)

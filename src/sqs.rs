@@ -145,7 +145,7 @@ pub async fn describe_queue(
             .await
             .map_err(|e| QueueLookupError::Resolve {
                 name: name.clone(),
-                transient: crate::aws::is_transient(&e),
+                transient: crate::fault::classify::is_transient(&e),
                 source: e.into(),
             })?
             .queue_url
@@ -160,7 +160,7 @@ pub async fn describe_queue(
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.clone(),
-            transient: crate::aws::is_transient(&e),
+            transient: crate::fault::classify::is_transient(&e),
             source: e.into(),
         })?
         .attributes
@@ -221,7 +221,7 @@ pub async fn dlq_facts(client: &Client, url: &str) -> Result<(usize, bool), Queu
         .await
         .map_err(|e| QueueLookupError::Attributes {
             url: url.to_owned(),
-            transient: crate::aws::is_transient(&e),
+            transient: crate::fault::classify::is_transient(&e),
             source: e.into(),
         })?
         .attributes
@@ -248,7 +248,7 @@ pub async fn url_for_arn(client: &Client, arn: &str) -> Result<String, QueueLook
         .await
         .map_err(|e| QueueLookupError::Resolve {
             name: arn.to_owned(),
-            transient: crate::aws::is_transient(&e),
+            transient: crate::fault::classify::is_transient(&e),
             source: e.into(),
         })?
         .queue_url

@@ -9,16 +9,17 @@ use super::{Problems, Secrets};
 pub struct DatabaseConfig {
     /// Fail at startup when `DATABASE_URL` is not set (instead of running without PostgreSQL).
     pub required: bool,
-    /// Pool size.
+    /// Pool size. Work beyond it waits for a free connection (up to `statement_timeout_secs`):
+    /// back-pressure, never counted against PostgreSQL.
     pub max_connections: u32,
-    /// How long to wait for a new connection, or for a free one from the pool, before
-    /// calling PostgreSQL unreachable.
+    /// How long a health probe (on a connection of its own) may take before PostgreSQL counts
+    /// as unreachable.
     pub connect_timeout_secs: u64,
     /// Longest one statement may run (PostgreSQL `statement_timeout`).
     pub statement_timeout_secs: u64,
     /// Longest one statement may wait for a lock (PostgreSQL `lock_timeout`): a table locked
     /// by a migration or an idle-in-transaction session fails the statement after this,
-    /// instead of holding the message.
+    /// instead of holding the message. A lock wait is an outage, never the message's fault.
     pub lock_timeout_secs: u64,
 }
 

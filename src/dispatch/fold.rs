@@ -74,11 +74,13 @@ pub(super) fn fold(results: &[PipelineResult], ack: Ack) -> Outcome {
             _ => None,
         })
         .max();
-    // Only dependency outages: nothing is wrong with the message.
+    // Only dependency outages or configuration faults: nothing is wrong with the message.
     let outage = failed.iter().all(|r| {
         matches!(
             r.result,
-            Err(Failure::Pipeline(PipelineError::Unavailable(..)))
+            Err(Failure::Pipeline(
+                PipelineError::Unavailable(..) | PipelineError::Denied(..)
+            ))
         )
     });
     Outcome::Retry {

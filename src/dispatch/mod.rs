@@ -270,10 +270,10 @@ impl Dispatcher {
             contract,
             validated,
         ));
-        let mut results = run_stage(pipelines, &delivery, &self.ledger).await;
+        let mut results = run_stage(pipelines, &delivery, &self.ledger, &self.breakers).await;
         // `after` pipelines (an announcement) run only once the work they report is done.
         if !after.is_empty() && results.iter().all(|r| r.result.is_ok()) {
-            results.extend(run_stage(after, &delivery, &self.ledger).await);
+            results.extend(run_stage(after, &delivery, &self.ledger, &self.breakers).await);
         }
         (fold(&results, ack), labels)
     }

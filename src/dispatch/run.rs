@@ -1,9 +1,12 @@
 //! Running one stage of a route: every pipeline of the stage at once, each under its own
 //! timeout and its idempotency-ledger claim, a panic caught as that pipeline's failure; and
-//! what each run reports (metrics, the pipeline span).
+//! what each run reports (metrics, the pipeline span, and the circuit breakers: the engine,
+//! not the pipeline, tells them — see [`feedback`]).
 
 use super::{Stage, Step};
+use crate::breaker::Breakers;
 use crate::ledger::{Claim, Ledger};
+use crate::fault::Dependency;
 use crate::pipeline::{Delivery, Pipeline, PipelineError};
 use crate::telemetry::{self, otel};
 use futures::FutureExt;
@@ -61,6 +64,7 @@ pub(super) async fn run_stage(
     stage: Stage,
     delivery: &Arc<Delivery>,
     ledger: &Ledger,
+    breakers: &Breakers,
 ) -> Vec<PipelineResult> {
     let mut tasks = JoinSet::new();
     let mut steps = HashMap::with_capacity(stage.len());
@@ -98,6 +102,7 @@ pub(super) async fn run_stage(
         let (i, started) = steps[&id];
         let step = &stage[i];
         let name = step.pipeline.name();
+        let result = feedback(breakers, step.pipeline.dependencies(), delivery, result);
         record(delivery, step, &result, started);
         results.push(PipelineResult {
             pipeline: name,
@@ -220,6 +225,51 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// Tells the circuit breakers what one run says about its dependencies, and returns its
+/// result as the message should see it:
+/// - a success reports a success for every dependency the pipeline declares and every one the
+///   run used (a channel's provider), so a half-open breaker closes on the first one whatever
+///   the pipeline (a pipeline never reports for itself);
+/// - an outage counts toward its dependency's breaker; a configuration fault opens it at once;
+/// - any other failure while a declared dependency's breaker is not closed (a timeout, a
+///   dropped connection mid-statement) is that dependency's outage too: the message spends
+///   no retries on it, and the breaker hears nothing more than it already knows.
+pub(super) fn feedback(
+    breakers: &Breakers,
+    declared: &[Dependency],
+    delivery: &Delivery,
+    result: Result<Ran, Failure>,
+) -> Result<Ran, Failure> {
+    match result {
+        Ok(Ran::Succeeded) => {
+            for dependency in declared.iter().copied().chain(delivery.used_dependencies()) {
+                breakers.success(dependency);
+            }
+            Ok(Ran::Succeeded)
+        }
+        Err(Failure::Pipeline(PipelineError::Unavailable(dependency, reason))) => {
+            breakers.failure(dependency, &reason);
+            Err(Failure::Pipeline(PipelineError::Unavailable(
+                dependency, reason,
+            )))
+        }
+        Err(Failure::Pipeline(PipelineError::Denied(dependency, reason))) => {
+            breakers.denied(dependency, &reason);
+            Err(Failure::Pipeline(PipelineError::Denied(dependency, reason)))
+        }
+        Err(Failure::Pipeline(
+            error @ (PipelineError::Retryable(_) | PipelineError::RetryAfter(..)),
+        )) => match breakers.first_unavailable(declared) {
+            Some(dependency) => Err(Failure::Pipeline(PipelineError::Unavailable(
+                dependency,
+                format!("{error} (while {dependency} is unavailable)"),
+            ))),
+            None => Err(Failure::Pipeline(error)),
+        },
+        other => other,
+    }
+}
+
 /// Logs and counts one pipeline run.
 pub(super) fn record(
     delivery: &Delivery,
@@ -241,6 +291,7 @@ pub(super) fn record(
         }
         Err(Failure::Pipeline(PipelineError::Permanent(_))) => "permanent_error",
         Err(Failure::Pipeline(PipelineError::Unavailable(..))) => "unavailable",
+        Err(Failure::Pipeline(PipelineError::Denied(..))) => "denied",
         Err(Failure::Pipeline(PipelineError::Defer { .. })) => "deferred",
     };
     let duration_ms = started.elapsed().as_millis() as u64;

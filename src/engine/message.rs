@@ -184,14 +184,19 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
 
     // A retry at the queue's maxReceiveCount is dead-lettered here, with the reason, rather
     // than left to SQS's native redrive, which would move it without one — unless only a
-    // dependency outage failed it: then it goes back to the queue as a fresh copy.
+    // dependency's outage or configuration fault failed it: then the receive budget is not
+    // the message's to spend, and one receive before it runs out the message goes back to
+    // the queue as a fresh copy (a new message, its count at 0), so its count never reaches
+    // maxReceiveCount however long the outage lasts.
     let verdict = match verdict {
         Verdict::Decided(Outcome::Retry {
             reason,
             after,
             outage: true,
             ..
-        }) if receive_count >= queue.max_receive_count => Verdict::Requeue { reason, after },
+        }) if receive_count.saturating_add(1) >= queue.max_receive_count => {
+            Verdict::Requeue { reason, after }
+        }
         Verdict::Decided(Outcome::Retry {
             reason, pipeline, ..
         }) if receive_count >= queue.max_receive_count && queue.dlq.is_some() => {

@@ -16,6 +16,7 @@ mod lease;
 pub mod memory;
 mod message;
 mod poll;
+pub use poll::awaiting_first_receive;
 pub mod queue;
 mod settle;
 

@@ -27,8 +27,9 @@ pub(super) async fn poll(
     readiness: Readiness,
 ) {
     let mut backoff = CallBackoff::default();
+    // Unready until a receive answers (set so by the daemon before anything else, see
+    // `awaiting_first_receive`).
     let readiness_key = format!("sqs:{}:receive", queue.name);
-    readiness.set(readiness_key.clone(), true);
     // A long poll answers within its wait time; allow a margin for the network before
     // calling SQS unresponsive.
     let answer_within = Duration::from_secs(u64::from(queue.config.wait_time_secs) + 5);
@@ -92,7 +93,11 @@ pub(super) async fn poll(
                     attempt = None;
                 }
                 drop(held);
-                readiness.set(readiness_key.clone(), false);
+                readiness.set_detail(
+                    readiness_key.clone(),
+                    false,
+                    Some(format!("receive failing: {}", crate::safe::one_line(&error.to_string(), 200))),
+                );
                 let delay = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(queue = %queue.name, error = %error, failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "receive failed");
                 tokio::select! {
@@ -190,4 +195,16 @@ pub(super) async fn receive(
         )
         .await
         .inspect_err(|_| queue.endpoint.metrics.error(SqsOp::ReceiveMessage))
+}
+
+/// Marks each of `queues` unready in `readiness` until its first receive answers: a daemon is
+/// not ready before it has heard from every queue it consumes (set before `/readyz` answers).
+pub fn awaiting_first_receive<'a>(readiness: &Readiness, queues: impl Iterator<Item = &'a str>) {
+    for name in queues {
+        readiness.set_detail(
+            format!("sqs:{name}:receive"),
+            false,
+            Some("no receive has answered yet".to_owned()),
+        );
+    }
 }

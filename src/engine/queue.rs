@@ -3,6 +3,7 @@
 //! benchmark). Metrics and retries stay in the engine; this layer only calls.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
@@ -12,7 +13,7 @@ use aws_sdk_sqs::types::{
 use futures::future::BoxFuture;
 
 use super::DeadLetterQueue;
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, SQS_MAX_WAIT_SECS};
 use crate::sqs::{self, QueueInfo, QueueLookupError};
 
 /// One entry's failure in a batch call: SQS's error code, and whether it is the sender's
@@ -119,7 +120,7 @@ impl QueueApi for Sqs {
         attempt: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Message>, ReceiveError>> {
         Box::pin(async move {
-            let receive = self
+            let mut receive = self
                 .0
                 .receive_message()
                 .queue_url(url)
@@ -135,23 +136,31 @@ impl QueueApi for Sqs {
                 .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_attribute_names("All");
-            let sent = match attempt {
-                // The SDK's own retries would resend the same attempt id after throttling
-                // too, which SQS refuses; the engine's poller retries instead, choosing the id
-                // by the error (see ReceiveError).
-                Some(attempt) => {
-                    receive
-                        .receive_request_attempt_id(attempt)
-                        .customize()
-                        .config_override(
-                            aws_sdk_sqs::config::Config::builder()
-                                .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
-                        )
-                        .send()
-                        .await
-                }
-                None => receive.send().await,
-            };
+            // An attempt is given this queue's own wait plus the call budget (the client's
+            // default allows SQS's longest wait, 20 s): a stale pooled connection behind a
+            // proxy that swallows the close then costs `wait + budget`, not 20 s more.
+            let budget = self
+                .0
+                .config()
+                .timeout_config()
+                .and_then(|t| t.operation_attempt_timeout())
+                .map_or(Duration::from_secs(10), |t| {
+                    t.saturating_sub(Duration::from_secs(u64::from(SQS_MAX_WAIT_SECS)))
+                });
+            let mut overrides = aws_sdk_sqs::config::Config::builder().timeout_config(
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(u64::from(wait_secs)) + budget)
+                    .build(),
+            );
+            // The SDK's own retries would resend the same attempt id after throttling too,
+            // which SQS refuses; the engine's poller retries instead, choosing the id by the
+            // error (see ReceiveError).
+            if let Some(attempt) = attempt {
+                overrides = overrides
+                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled());
+                receive = receive.receive_request_attempt_id(attempt);
+            }
+            let sent = receive.customize().config_override(overrides).send().await;
             sent.map(|out| out.messages.unwrap_or_default())
                 .map_err(|e| ReceiveError {
                     retry_same_attempt: answer_lost(&e),
@@ -242,7 +251,7 @@ impl QueueApi for Sqs {
                 None => {}
             }
             send.send().await.map(|_| ()).map_err(|e| SendError {
-                transient: crate::aws::is_transient(&e),
+                transient: crate::fault::classify::is_transient(&e),
                 message: crate::safe::error_chain(&aws_sdk_sqs::Error::from(e)),
             })
         })
@@ -260,7 +269,7 @@ fn answer_lost<E: aws_sdk_sqs::error::ProvideErrorMetadata>(
             true
         }
         SdkError::ServiceError(e) => {
-            e.raw().status().is_server_error() && !crate::aws::is_throttling(e.err().code())
+            e.raw().status().is_server_error() && !crate::fault::classify::is_throttling(e.err().code())
         }
         _ => false,
     }

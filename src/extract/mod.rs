@@ -287,13 +287,17 @@ pub enum ExtractError {
     /// Will fail the same way every time (the endpoint refused this request).
     #[error("{0}")]
     Permanent(String),
-    /// The model endpoint is down or refuses conveyor (unreachable, timed out, 5xx, the key
-    /// rejected): an outage of the model, not a property of the content.
+    /// The model endpoint is down (unreachable, timed out, 5xx): an outage of the model, not
+    /// a property of the content.
     #[error("{reason}")]
     Unavailable {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// The endpoint refuses conveyor (the key rejected, 401/403): a configuration fault,
+    /// alike for every message.
+    #[error("{0}")]
+    Denied(String),
 }
 
 impl ExtractError {
@@ -320,6 +324,9 @@ impl From<ExtractError> for PipelineError {
             }
             ExtractError::Unavailable { reason, .. } => {
                 PipelineError::Unavailable(Dependency::Model, format!("extraction: {reason}"))
+            }
+            ExtractError::Denied(reason) => {
+                PipelineError::Denied(Dependency::Model, format!("extraction: {reason}"))
             }
         }
     }

@@ -10,7 +10,6 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use crate::breaker::Breakers;
 use crate::fault::Dependency;
 use crate::fault::PipelineError;
 use crate::telemetry::otel;
@@ -32,7 +31,6 @@ pub struct Outbox {
     url: String,
     /// The queue's name, for errors and logs.
     name: String,
-    breakers: Breakers,
 }
 
 /// One message of a batch: its body and string attributes.
@@ -62,7 +60,6 @@ impl Outbox {
         sqs: Client,
         name: &str,
         key: &str,
-        breakers: Breakers,
     ) -> anyhow::Result<Self> {
         let url = sqs
             .get_queue_url()
@@ -81,7 +78,6 @@ impl Outbox {
             sqs,
             url,
             name: name.to_owned(),
-            breakers,
         })
     }
 
@@ -105,11 +101,8 @@ impl Outbox {
             .send();
         let sent = otel::traced(span, sent).await;
         match sent {
-            Ok(_) => {
-                self.breakers.success(Dependency::Sqs);
-                Ok(())
-            }
-            Err(e) => Err(self.failed("SendMessage", &e)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failed("sqs:SendMessage", &e)),
         }
     }
 
@@ -145,9 +138,8 @@ impl Outbox {
                 .send();
             let out = match otel::traced(span.clone(), sent).await {
                 Ok(out) => out,
-                Err(e) => return Err(self.failed("SendMessageBatch", &e)),
+                Err(e) => return Err(self.failed("sqs:SendMessage", &e)),
             };
-            self.breakers.success(Dependency::Sqs);
             let failed = out.failed();
             if failed.is_empty() {
                 return Ok(());
@@ -183,16 +175,10 @@ impl Outbox {
 
     fn failed<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
-        call: &str,
+        action: &str,
         e: &aws_sdk_sqs::error::SdkError<E>,
     ) -> PipelineError {
-        let reason = format!("{call} to {}: {}", self.name, crate::safe::error_chain(e));
-        if crate::aws::is_transient(e) || crate::aws::is_auth_refused(e) {
-            self.breakers.failure(Dependency::Sqs, &reason);
-            PipelineError::Unavailable(Dependency::Sqs, reason)
-        } else {
-            PipelineError::Retryable(reason)
-        }
+        crate::fault::classify::aws_failure(Dependency::Sqs, action, &self.name, e)
     }
 }
 
@@ -223,8 +209,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::BreakerConfig;
-    use crate::ops::Readiness;
 
     /// Answers SendMessageBatch with the next scripted failures (entry id, sender fault), and
     /// records the entry ids of every call.
@@ -285,13 +269,6 @@ mod tests {
             sqs: Client::from_conf(config),
             url: format!("{endpoint}/000000000000/incoming"),
             name: "incoming".into(),
-            breakers: Breakers::new(
-                BreakerConfig {
-                    failures_to_open: 3,
-                    cooldown_secs: 10,
-                },
-                Readiness::default(),
-            ),
         }
     }
 

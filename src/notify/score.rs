@@ -26,7 +26,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::rank::Score;
-use crate::breaker::Breakers;
 use crate::config::Scorer;
 use crate::contract::notification::NotificationEvent;
 use crate::extract::ExtractError;
@@ -73,20 +72,17 @@ pub struct Scores {
 struct Inner {
     method: Method,
     pool: PgPool,
-    /// Told whether the model answered.
-    breakers: Breakers,
     /// Computations in progress by (tenant, eventId), held weakly: when every ranking waiting
     /// on one gives up, it is dropped with them.
     pending: Mutex<HashMap<(Uuid, String), WeakShared<Computation>>>,
 }
 
 impl Scores {
-    pub fn new(method: Method, pool: PgPool, breakers: Breakers) -> Self {
+    pub fn new(method: Method, pool: PgPool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 method,
                 pool,
-                breakers,
                 pending: Mutex::default(),
             }),
         }
@@ -147,15 +143,9 @@ impl Inner {
         let score = match &self.method {
             Method::Rules { vip_segments } => rules(event, segment, vip_segments),
             Method::Model(llm) => match ask_model(llm, event, segment).await {
-                Ok(score) => {
-                    self.breakers.success(Dependency::Model);
-                    score
-                }
+                Ok(score) => score,
                 Err(e) => {
                     telemetry::notify_scored("failed");
-                    if let ExtractError::Unavailable { reason, .. } = &e {
-                        self.breakers.failure(Dependency::Model, reason);
-                    }
                     return Err(scoring_error(e));
                 }
             },
@@ -179,7 +169,7 @@ impl Inner {
         .bind(&event.event_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| database_error(&self.breakers, "reading the stored score", &e))?;
+        .map_err(|e| crate::fault::classify::postgres_failure("reading the stored score", &e))?;
         Ok(row.map(|(scorer, priority, breakdown, reason)| Score {
             priority: priority.clamp(1, 5) as u8,
             breakdown: breakdown.0,
@@ -206,22 +196,12 @@ impl Inner {
         .bind(&score.reason)
         .execute(&self.pool)
         .await
-        .map_err(|e| database_error(&self.breakers, "storing the score", &e))?;
+        .map_err(|e| crate::fault::classify::postgres_failure("storing the score", &e))?;
         if inserted.rows_affected() == 1 {
             return Ok(score);
         }
         // Another process stored one first: use that one.
         Ok(self.load(event).await?.unwrap_or(score))
-    }
-}
-
-fn database_error(breakers: &Breakers, doing: &str, e: &sqlx::Error) -> PipelineError {
-    let reason = format!("{doing}: {}", crate::safe::error_chain(e));
-    if crate::postgres::is_unavailable(e) {
-        breakers.failure(Dependency::Postgres, &reason);
-        PipelineError::Unavailable(Dependency::Postgres, reason)
-    } else {
-        PipelineError::Retryable(reason)
     }
 }
 
@@ -237,6 +217,9 @@ fn scoring_error(e: ExtractError) -> PipelineError {
         ExtractError::Permanent(reason) => PipelineError::Permanent(format!("scoring: {reason}")),
         ExtractError::Unavailable { reason, .. } => {
             PipelineError::Unavailable(Dependency::Model, format!("scoring: {reason}"))
+        }
+        ExtractError::Denied(reason) => {
+            PipelineError::Denied(Dependency::Model, format!("scoring: {reason}"))
         }
     }
 }

@@ -15,7 +15,6 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::Breakers;
 use crate::config::AnnounceConfig;
 use crate::fault::Dependency;
 use crate::telemetry::otel;
@@ -31,7 +30,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
             Ok(Arc::new(Announce::new(
                 aws_sdk_eventbridge::Client::new(r.aws()?),
                 r.config.announce.clone(),
-                r.breakers.clone(),
             )) as Arc<dyn Pipeline>)
         })
     },
@@ -40,21 +38,11 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
 pub struct Announce {
     client: aws_sdk_eventbridge::Client,
     config: AnnounceConfig,
-    /// Told whether EventBridge answered.
-    breakers: Breakers,
 }
 
 impl Announce {
-    pub fn new(
-        client: aws_sdk_eventbridge::Client,
-        config: AnnounceConfig,
-        breakers: Breakers,
-    ) -> Self {
-        Self {
-            client,
-            config,
-            breakers,
-        }
+    pub fn new(client: aws_sdk_eventbridge::Client, config: AnnounceConfig) -> Self {
+        Self { client, config }
     }
 }
 
@@ -69,7 +57,6 @@ impl Pipeline for Announce {
 
     fn run(&self, d: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         let (client, config) = (self.client.clone(), self.config.clone());
-        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = d.interaction.as_ref();
             let detail = json!({
@@ -95,17 +82,13 @@ impl Pipeline for Announce {
             let out = otel::traced(span, client.put_events().entries(entry).send())
                 .await
                 .map_err(|e| {
-                    let reason = format!("PutEvents: {}", crate::safe::error_chain(&e));
-                    // Unreachable, failing, throttling or refusing the credentials: an
-                    // outage of EventBridge, not a property of the message.
-                    if crate::aws::is_transient(&e) || crate::aws::is_auth_refused(&e) {
-                        breakers.failure(Dependency::EventBridge, &reason);
-                        PipelineError::Unavailable(Dependency::EventBridge, reason)
-                    } else {
-                        PipelineError::Retryable(reason)
-                    }
+                    crate::fault::classify::aws_failure(
+                        Dependency::EventBridge,
+                        "events:PutEvents",
+                        &config.bus_name,
+                        &e,
+                    )
                 })?;
-            breakers.success(Dependency::EventBridge);
             if out.failed_entry_count > 0 {
                 let entry = out.entries.unwrap_or_default().into_iter().next();
                 return Err(PipelineError::Retryable(format!(

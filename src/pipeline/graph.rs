@@ -24,7 +24,6 @@ use neo4rs::{BoltType, Graph, Query, query};
 use serde_json::Value;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::Breakers;
 use crate::contract::Contract;
 use crate::contract::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
@@ -49,7 +48,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 bolt.graph,
                 r.extractions().await?,
                 bolt.schema_ready,
-                r.breakers.clone(),
             )) as Arc<dyn Pipeline>)
         })
     },
@@ -60,8 +58,6 @@ pub struct GraphPipeline {
     extractions: Extractions,
     /// Set once the constraints exist: writing before would let concurrent MERGEs duplicate.
     schema_ready: Arc<AtomicBool>,
-    /// Told whether the Bolt server answered.
-    breakers: Breakers,
 }
 
 impl GraphPipeline {
@@ -69,13 +65,11 @@ impl GraphPipeline {
         graph: Graph,
         extractions: Extractions,
         schema_ready: Arc<AtomicBool>,
-        breakers: Breakers,
     ) -> Self {
         Self {
             graph,
             extractions,
             schema_ready,
-            breakers,
         }
     }
 }
@@ -93,7 +87,6 @@ impl Pipeline for GraphPipeline {
         let graph = self.graph.clone();
         let extractions = self.extractions.clone();
         let schema_ready = self.schema_ready.clone();
-        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = super::require_interaction(&delivery, "graph")?;
             let references = References::of(interaction)?;
@@ -101,7 +94,6 @@ impl Pipeline for GraphPipeline {
             let statements = statements(&delivery.key, interaction, &references, &extraction);
             if !schema_ready.load(Ordering::Acquire) {
                 let reason = "the graph's constraints are not created yet (is the Bolt server up?)";
-                breakers.failure(Dependency::Graph, reason);
                 return Err(PipelineError::Unavailable(Dependency::Graph, reason.into()));
             }
             let started = Instant::now();
@@ -119,23 +111,14 @@ impl Pipeline for GraphPipeline {
             };
             match result {
                 Ok(()) => {
-                    breakers.success(Dependency::Graph);
                     telemetry::graph_written(started.elapsed().as_secs_f64());
                     Ok(())
                 }
-                Err(e) if bolt::is_permanent(&e) => Err(PipelineError::Permanent(format!(
-                    "graph write rejected: {}",
-                    crate::safe::error_chain(&e)
-                ))),
-                Err(e) if bolt::is_unavailable(&e) => {
-                    let reason = format!("graph write failed: {}", crate::safe::error_chain(&e));
-                    breakers.failure(Dependency::Graph, &reason);
-                    Err(PipelineError::Unavailable(Dependency::Graph, reason))
-                }
-                Err(e) => Err(PipelineError::Retryable(format!(
-                    "graph write failed: {}",
-                    crate::safe::error_chain(&e)
-                ))),
+                Err(e) => Err(PipelineError::classified(
+                    Dependency::Graph,
+                    crate::fault::classify::bolt(&e),
+                    format!("graph write failed: {}", crate::safe::error_chain(&e)),
+                )),
             }
         })
     }

@@ -61,6 +61,9 @@ pub struct Delivery {
     /// single-flight) is keyed by (tenant, key), so two tenants reusing an id never share a
     /// result.
     pub tenant: String,
+    /// Dependencies a run called beyond its pipeline's declared ones (a notification's
+    /// channel provider): the engine reports a success to their breakers too.
+    used: std::sync::Mutex<Vec<Dependency>>,
 }
 
 impl Delivery {
@@ -108,7 +111,21 @@ impl Delivery {
             ranked,
             key,
             tenant,
+            used: Default::default(),
         }
+    }
+
+    /// Records that this run called `dependency` (beyond its pipeline's declared ones).
+    pub fn used(&self, dependency: Dependency) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&dependency) {
+            used.push(dependency);
+        }
+    }
+
+    /// What [`Delivery::used`] recorded.
+    pub fn used_dependencies(&self) -> Vec<Dependency> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

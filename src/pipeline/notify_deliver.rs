@@ -72,7 +72,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 aws_sdk_sqs::Client::new(aws),
                 &notify.priority_queue,
                 "notify.priority_queue",
-                shared.breakers.clone(),
             )
             .await?;
             Ok(Arc::new(NotifyDeliver(Arc::new(Deliver {
@@ -129,13 +128,17 @@ impl Pipeline for NotifyDeliver {
                     delivery.event.detail_type
                 )));
             };
-            deliver.deliver(n).await
+            deliver.deliver(n, &delivery).await
         })
     }
 }
 
 impl Deliver {
-    async fn deliver(&self, n: &RankedNotification) -> Result<(), PipelineError> {
+    async fn deliver(
+        &self,
+        n: &RankedNotification,
+        delivery: &Delivery,
+    ) -> Result<(), PipelineError> {
         let started = Instant::now();
         let now = Utc::now();
         if n.send_after > now {
@@ -226,6 +229,26 @@ impl Deliver {
                     continue;
                 }
             }
+            // A channel whose provider refuses conveyor (its breaker open: a permission, the
+            // credentials) waits for it, deferred without a call and without spending an
+            // attempt; one send per cooldown goes out as the trial.
+            let provider_dependency = provider_dependency(channel);
+            if let Some(dependency) = provider_dependency {
+                if let Err(at) = self.breakers.call_at(dependency) {
+                    let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                    let until = Utc::now() + chrono_duration(wait + jitter(Duration::from_secs(1)));
+                    guard
+                        .finish(Finish::Deferred { until })
+                        .await
+                        .map_err(|e| self.db_error("recording a deferral", &e))?;
+                    telemetry::notify_deferred("provider_unavailable");
+                    return Err(defer_until(
+                        until,
+                        format!("{} is unavailable to conveyor (its circuit is open)", dependency),
+                    ));
+                }
+                delivery.used(dependency);
+            }
             let provider = self.providers.get(channel);
             let send = tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address));
             let span = otel::deliver(channel.as_str());
@@ -270,6 +293,18 @@ impl Deliver {
                         tracing::warn!(event_id = %n.event_id, channel = channel.as_str(), error = %crate::safe::error_chain(&e), "delivered, but the delivery record was not written");
                     }
                     return Ok(());
+                }
+                Err(SendError::Denied { reason }) => {
+                    telemetry::notify_failed(channel.as_str(), "denied");
+                    // Not this notification's fault: the claim goes back unspent, and the
+                    // engine opens the provider's breaker and retries the message without
+                    // spending its receives.
+                    guard
+                        .finish(Finish::Deferred { until: Utc::now() })
+                        .await
+                        .map_err(|e| self.db_error("releasing the delivery record", &e))?;
+                    let dependency = provider_dependency.unwrap_or(Dependency::Sqs);
+                    return Err(PipelineError::Denied(dependency, reason));
                 }
                 Err(error) => {
                     telemetry::notify_failed(channel.as_str(), error.label());
@@ -399,13 +434,7 @@ impl Deliver {
     }
 
     fn db_error(&self, what: &str, e: &sqlx::Error) -> PipelineError {
-        let reason = format!("{what}: {}", crate::safe::error_chain(e));
-        if crate::postgres::is_unavailable(e) {
-            self.breakers.failure(Dependency::Postgres, &reason);
-            PipelineError::Unavailable(Dependency::Postgres, reason)
-        } else {
-            PipelineError::Retryable(reason)
-        }
+        crate::fault::classify::postgres_failure(what, e)
     }
 }
 
@@ -424,6 +453,17 @@ async fn wait_or_defer(
     }
     telemetry::notify_deferred(label);
     Err(defer_until(until, reason()))
+}
+
+/// The AWS service behind a channel, whose breaker its sends obey. Webhook receivers are the
+/// tenants' own, one of many: none of them is conveyor's dependency.
+fn provider_dependency(channel: crate::contract::notification::Channel) -> Option<Dependency> {
+    use crate::contract::notification::Channel;
+    match channel {
+        Channel::Email => Some(Dependency::Ses),
+        Channel::Sms | Channel::Push => Some(Dependency::Sns),
+        Channel::Webhook => None,
+    }
 }
 
 fn defer_until(until: chrono::DateTime<Utc>, reason: String) -> PipelineError {

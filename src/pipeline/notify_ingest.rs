@@ -18,7 +18,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::Breakers;
 use crate::contract::Contract;
 use crate::fault::Dependency;
 use crate::notify::drop::{self, Lines, MAX_LINE_BYTES, MAX_REJECTS_LISTED, Reject};
@@ -41,7 +40,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 aws_sdk_sqs::Client::new(sdk),
                 &notify.incoming_queue,
                 "notify.incoming_queue",
-                shared.breakers.clone(),
             )
             .await?;
             Ok(Arc::new(NotifyIngest(Arc::new(Ingest {
@@ -50,7 +48,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 incoming,
                 sends_in_flight: notify.ingest_sends_in_flight as usize,
                 region: sdk.region().map(|r| r.to_string()),
-                breakers: shared.breakers.clone(),
             }))) as Arc<dyn Pipeline>)
         })
     },
@@ -68,7 +65,6 @@ struct Ingest {
     sends_in_flight: usize,
     /// Written into the messages, as EventBridge would.
     region: Option<String>,
-    breakers: Breakers,
 }
 
 /// What the `s3` format makes of a record (`src/input/s3.rs`).
@@ -169,7 +165,6 @@ impl Ingest {
                 .map(|e| format!("\"{}\"", e.trim_matches('"'))),
             next: 0,
             size: None,
-            breakers: self.breakers.clone(),
         };
         let first = match parts.next_part().await {
             Ok(first) => first,
@@ -277,33 +272,23 @@ impl Ingest {
                 .body(body.into())
                 .send()
                 .await
-                .map_err(|e| self.s3_error("PutObject (rejects)", &e))?;
+                .map_err(|e| {
+                    let resource = format!("{}/{}{}", record.bucket, record.key, drop::REJECTS_SUFFIX);
+                    s3_error("s3:PutObject", &resource, &e)
+                })?;
         }
-        self.breakers.success(Dependency::S3);
         Ok(Some(totals))
-    }
-
-    fn s3_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static>(
-        &self,
-        call: &str,
-        e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    ) -> PipelineError {
-        s3_error(&self.breakers, call, e)
     }
 }
 
+/// A failed S3 call on a drop, by its class (see `fault::classify`): a refused permission
+/// names the action and the object, so `/readyz` says what the role lacks.
 fn s3_error<E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static>(
-    breakers: &Breakers,
-    call: &str,
+    action: &str,
+    resource: &str,
     e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> PipelineError {
-    let reason = format!("{call} on the drop: {}", crate::safe::error_chain(e));
-    if crate::aws::is_transient(e) || crate::aws::is_auth_refused(e) {
-        breakers.failure(Dependency::S3, &reason);
-        PipelineError::Unavailable(Dependency::S3, reason)
-    } else {
-        PipelineError::Retryable(reason)
-    }
+    crate::fault::classify::aws_failure(Dependency::S3, action, resource, e)
 }
 
 /// Bytes asked for per GET. The drop is read part by part, each response read whole at once:
@@ -324,7 +309,6 @@ struct Parts {
     next: u64,
     /// The object's size, once the first answer gave it.
     size: Option<u64>,
-    breakers: Breakers,
 }
 
 /// Why the drop could not be read on.
@@ -372,11 +356,9 @@ impl Parts {
                         self.size = Some(0);
                         return Ok(None);
                     }
-                    return Err(ReadFailure::Failed(s3_error(
-                        &self.breakers,
-                        "GetObject",
-                        &e,
-                    )));
+                    // A role without s3:ListBucket is told 403 for a missing key too.
+                    let resource = format!("{}/{}", self.bucket, self.key);
+                    return Err(ReadFailure::Failed(s3_error("s3:GetObject", &resource, &e)));
                 }
             };
             // `bytes 0-8388607/52428800`: the total after the slash.
@@ -406,7 +388,6 @@ impl Parts {
                         self.next,
                         crate::safe::error_chain(&e)
                     );
-                    self.breakers.failure(Dependency::S3, &reason);
                     return Err(ReadFailure::Failed(PipelineError::Unavailable(
                         Dependency::S3,
                         reason,

@@ -16,7 +16,6 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::Breakers;
 use crate::config::{NotifyConfig, Scorer};
 use crate::contract::Contract;
 use crate::contract::ranked::RankedNotification;
@@ -65,14 +64,12 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 aws_sdk_sqs::Client::new(shared.aws()?),
                 &notify.priority_queue,
                 "notify.priority_queue",
-                shared.breakers.clone(),
             )
             .await?;
             Ok(Arc::new(NotifyRank {
                 prefs: PreferenceStore::new(pool.clone()),
-                scores: Scores::new(method, pool, shared.breakers.clone()),
+                scores: Scores::new(method, pool),
                 priority,
-                breakers: shared.breakers.clone(),
                 config: Arc::new(notify),
             }) as Arc<dyn Pipeline>)
         })
@@ -83,7 +80,6 @@ pub struct NotifyRank {
     prefs: PreferenceStore,
     scores: Scores,
     priority: Outbox,
-    breakers: Breakers,
     config: Arc<NotifyConfig>,
 }
 
@@ -100,11 +96,10 @@ impl Pipeline for NotifyRank {
     }
 
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
-        let (prefs, scores, priority, breakers, config) = (
+        let (prefs, scores, priority, config) = (
             self.prefs.clone(),
             self.scores.clone(),
             self.priority.clone(),
-            self.breakers.clone(),
             self.config.clone(),
         );
         Box::pin(async move {
@@ -118,10 +113,7 @@ impl Pipeline for NotifyRank {
             let lookup = prefs.get(event.tenant_id, &event.user.id);
             let span = otel::db("postgresql", "select", "notify_preferences");
             let preferences = match otel::traced(span, lookup).await {
-                Ok(Some(p)) => {
-                    breakers.success(Dependency::Postgres);
-                    p
-                }
+                Ok(Some(p)) => p,
                 Ok(None) => {
                     return Err(PipelineError::Permanent(format!(
                         "no usable channel for user {}: no preferences stored for them in this tenant (set them with `conveyor notify prefs set`, then redrive)",
@@ -129,13 +121,10 @@ impl Pipeline for NotifyRank {
                     )));
                 }
                 Err(PrefsError::Database(e)) => {
-                    let reason = format!("reading preferences: {}", crate::safe::error_chain(&e));
-                    return Err(if crate::postgres::is_unavailable(&e) {
-                        breakers.failure(Dependency::Postgres, &reason);
-                        PipelineError::Unavailable(Dependency::Postgres, reason)
-                    } else {
-                        PipelineError::Retryable(reason)
-                    });
+                    return Err(crate::fault::classify::postgres_failure(
+                        "reading preferences",
+                        &e,
+                    ));
                 }
                 Err(e @ PrefsError::Stored(_)) => {
                     return Err(PipelineError::Permanent(e.to_string()));

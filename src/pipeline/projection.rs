@@ -13,7 +13,6 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
-use crate::breaker::Breakers;
 use crate::contract::Contract;
 use crate::contract::envelope::Interaction;
 use crate::extract::{Extraction, Extractions};
@@ -30,7 +29,6 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
             Ok(Arc::new(Projection::new(
                 r.postgres()?,
                 r.extractions().await?,
-                r.breakers.clone(),
             )) as Arc<dyn Pipeline>)
         })
     },
@@ -39,17 +37,11 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
 pub struct Projection {
     pool: PgPool,
     extractions: Extractions,
-    /// Told whether PostgreSQL answered.
-    breakers: Breakers,
 }
 
 impl Projection {
-    pub fn new(pool: PgPool, extractions: Extractions, breakers: Breakers) -> Self {
-        Self {
-            pool,
-            extractions,
-            breakers,
-        }
+    pub fn new(pool: PgPool, extractions: Extractions) -> Self {
+        Self { pool, extractions }
     }
 }
 
@@ -65,7 +57,6 @@ impl Pipeline for Projection {
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
         let pool = self.pool.clone();
         let extractions = self.extractions.clone();
-        let breakers = self.breakers.clone();
         Box::pin(async move {
             let interaction = super::require_interaction(&delivery, "projection")?;
             let extraction = extractions.get(&delivery.key, interaction).await?;
@@ -74,36 +65,15 @@ impl Pipeline for Projection {
             let written = write(&pool, &delivery.key, interaction, &extraction);
             match otel::traced(span, written).await {
                 Ok(()) => {
-                    breakers.success(Dependency::Postgres);
                     telemetry::projection_written(started.elapsed().as_secs_f64());
                     Ok(())
                 }
-                Err(e) if is_permanent(&e) => Err(PipelineError::Permanent(format!(
-                    "projection rejected: {}",
-                    crate::safe::error_chain(&e)
-                ))),
-                Err(e) if crate::postgres::is_unavailable(&e) => {
-                    let reason = format!("projection failed: {}", crate::safe::error_chain(&e));
-                    breakers.failure(Dependency::Postgres, &reason);
-                    Err(PipelineError::Unavailable(Dependency::Postgres, reason))
-                }
-                Err(e) => Err(PipelineError::Retryable(format!(
-                    "projection failed: {}",
-                    crate::safe::error_chain(&e)
-                ))),
+                Err(e) => Err(crate::fault::classify::postgres_failure(
+                    "projection failed",
+                    &e,
+                )),
             }
         })
-    }
-}
-
-/// Data exceptions (class 22) and integrity violations (class 23) will fail again; anything
-/// else (connection loss, pool timeout, serialization failure) may not.
-fn is_permanent(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
     }
 }
 

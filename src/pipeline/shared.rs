@@ -90,11 +90,7 @@ impl Shared {
                     ExtractorKind::Llm => Extractor::Llm(self.llm()?),
                     ExtractorKind::Patterns => Extractor::new(&self.config.extraction, None)?,
                 };
-                Ok::<_, anyhow::Error>(Extractions::new(
-                    extractor,
-                    self.postgres.clone(),
-                    Some(self.breakers.clone()),
-                ))
+                Ok::<_, anyhow::Error>(Extractions::new(extractor, self.postgres.clone()))
             })
             .await
             .cloned()

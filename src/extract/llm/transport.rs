@@ -4,6 +4,7 @@
 //! retryable, dependency unavailable, or permanent for this request.
 
 use crate::extract::ExtractError;
+use crate::fault::Class;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::{HttpRequestFactory, ReqwestService};
 use reqwest::StatusCode;
@@ -127,47 +128,38 @@ pub(super) fn classify(error: OpenAIError) -> (&'static str, ExtractError) {
                     retry_after,
                 } = *failure;
                 let reason = format!("chat endpoint answered {status}");
-                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                    // A rotated or revoked key fails every message alike: an outage of the
-                    // model, to be fixed by an operator, not a reason to dead-letter.
-                    return (
+                match crate::fault::classify::model_status(status.as_u16()) {
+                    // A rotated or revoked key fails every message alike: a configuration
+                    // fault, for an operator to fix, never a reason to dead-letter.
+                    Class::Configuration => (
                         "refused",
-                        ExtractError::Unavailable {
-                            reason: format!("{reason}: the API key (OPENAI_API_KEY) was refused"),
-                            retry_after,
+                        ExtractError::Denied(format!(
+                            "{reason}: the API key (OPENAI_API_KEY) was refused"
+                        )),
+                    ),
+                    Class::Outage => (
+                        if status.is_server_error() {
+                            "server_error"
+                        } else {
+                            "retryable_status"
                         },
-                    );
-                }
-                if status.is_server_error() {
-                    return (
-                        "server_error",
                         ExtractError::Unavailable {
                             reason,
                             retry_after,
                         },
-                    );
-                }
-                let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::REQUEST_TIMEOUT
-                    || status == StatusCode::CONFLICT
-                    || status.as_u16() == 425;
-                let label = if status == StatusCode::TOO_MANY_REQUESTS {
-                    "rate_limited"
-                } else if retryable {
-                    "retryable_status"
-                } else {
-                    "refused"
-                };
-                if retryable {
-                    (
-                        label,
+                    ),
+                    Class::Transient => (
+                        if status == StatusCode::TOO_MANY_REQUESTS {
+                            "rate_limited"
+                        } else {
+                            "retryable_status"
+                        },
                         ExtractError::Retryable {
                             reason,
                             retry_after,
                         },
-                    )
-                } else {
-                    (label, ExtractError::Permanent(reason))
+                    ),
+                    Class::Message => ("refused", ExtractError::Permanent(reason)),
                 }
             }
             Err(other) => ("transport", unavailable(other.to_string())),
@@ -261,15 +253,19 @@ mod tests {
                 retry_after: Some(Duration::from_secs(3))
             }
         );
-        assert!(matches!(fail(408, None).1, ExtractError::Retryable { .. }));
+        assert!(matches!(fail(409, None).1, ExtractError::Retryable { .. }));
         assert!(matches!(fail(400, None).1, ExtractError::Permanent(_)));
         assert!(matches!(fail(422, None).1, ExtractError::Permanent(_)));
-        // The model being down, or refusing the key, is an outage: never the message's fault.
-        for status in [500, 503, 401, 403] {
+        // The model down or timing out is an outage; the key refused, a configuration fault:
+        // never the message's fault.
+        for status in [408, 500, 503] {
             assert!(
                 matches!(fail(status, None).1, ExtractError::Unavailable { .. }),
                 "{status}"
             );
+        }
+        for status in [401, 403] {
+            assert!(matches!(fail(status, None).1, ExtractError::Denied(_)), "{status}");
         }
     }
 

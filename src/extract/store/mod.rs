@@ -19,9 +19,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ExtractError, Extraction, Extractor};
-use crate::breaker::Breakers;
 use crate::contract::envelope::Interaction;
-use crate::fault::Dependency;
 use crate::telemetry;
 
 type Computation = BoxFuture<'static, Result<Arc<Extraction>, ExtractError>>;
@@ -37,8 +35,6 @@ pub struct Extractions {
 
 struct Inner {
     extractor: Extractor,
-    /// Told whether the model answered (its circuit breaker), when the daemon has one.
-    breakers: Option<Breakers>,
     store: Box<dyn ExtractionStore>,
     pending: Mutex<HashMap<String, WeakShared<Computation>>>,
 }
@@ -65,9 +61,8 @@ pub trait ExtractionStore: Send + Sync + 'static {
 }
 
 impl Extractions {
-    /// Results stored in `pool` when given, else in memory. Model outages and recoveries are
-    /// reported to `breakers`.
-    pub fn new(extractor: Extractor, pool: Option<PgPool>, breakers: Option<Breakers>) -> Self {
+    /// Results stored in `pool` when given, else in memory.
+    pub fn new(extractor: Extractor, pool: Option<PgPool>) -> Self {
         let store: Box<dyn ExtractionStore> = match pool {
             Some(pool) => Box::new(postgres::PostgresExtractions::new(pool)),
             None => Box::new(memory::MemoryExtractions::default()),
@@ -75,7 +70,6 @@ impl Extractions {
         Self {
             inner: Arc::new(Inner {
                 extractor,
-                breakers,
                 store,
                 pending: Mutex::default(),
             }),
@@ -158,19 +152,9 @@ impl Inner {
         }
         let started = std::time::Instant::now();
         let extraction = match self.extractor.extract(interaction).await {
-            Ok(extraction) => {
-                if let Some(breakers) = &self.breakers {
-                    breakers.success(Dependency::Model);
-                }
-                extraction
-            }
+            Ok(extraction) => extraction,
             Err(e) => {
                 telemetry::extraction("failed");
-                if let (Some(breakers), ExtractError::Unavailable { reason, .. }) =
-                    (&self.breakers, &e)
-                {
-                    breakers.failure(Dependency::Model, reason);
-                }
                 return Err(e);
             }
         };
@@ -245,7 +229,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_result_and_later_callers_reuse_it() {
-        let x = Extractions::new(Extractor::Patterns, None, None);
+        let x = Extractions::new(Extractor::Patterns, None);
         let i = interaction("Ann: I'll send the deck by Friday.");
         let (a, b) = tokio::join!(x.get("k1", &i), x.get("k1", &i));
         let (a, b) = (a.unwrap(), b.unwrap());
@@ -258,7 +242,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn another_tenants_interaction_with_the_same_key_is_extracted_for_itself() {
-        let x = Extractions::new(Extractor::Patterns, None, None);
+        let x = Extractions::new(Extractor::Patterns, None);
         let mine = interaction("Ann: I'll send the deck by Friday.");
         let mut theirs = interaction("Bo: I'll renew the contract by Friday.");
         theirs.tenant_id = Uuid::from_u128(8);
@@ -284,7 +268,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let llm = Extractor::new(&config, Some(&crate::config::Secret::new("k"))).unwrap();
-        let x = Extractions::new(llm, None, None);
+        let x = Extractions::new(llm, None);
         let i = interaction("Ann: ACTION: send the deck");
         let gave_up =
             tokio::time::timeout(std::time::Duration::from_millis(200), x.get("k2", &i)).await;

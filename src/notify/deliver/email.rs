@@ -66,7 +66,7 @@ impl Provider for Email {
                 .set_configuration_set_name(self.config.configuration_set.clone())
                 .send()
                 .await
-                .map_err(|e| classify_aws("SES", &e, PERMANENT))?;
+                .map_err(|e| classify_aws("SES", "ses:SendEmail", &e, PERMANENT))?;
             Ok(Some(sent.message_id))
         })
     }

@@ -30,6 +30,11 @@ pub enum SendError {
     },
     /// Never passes on this channel for this address: fail over.
     Permanent { label: &'static str, reason: String },
+    /// The provider refuses conveyor itself (credentials, a permission: a configuration
+    /// fault, see `fault::classify`): nothing is wrong with this notification, and every one
+    /// on the channel fails alike until an operator fixes it. Never fails over, never spends
+    /// an attempt.
+    Denied { reason: String },
 }
 
 impl SendError {
@@ -52,12 +57,15 @@ impl SendError {
     pub fn label(&self) -> &'static str {
         match self {
             SendError::Retryable { label, .. } | SendError::Permanent { label, .. } => label,
+            SendError::Denied { .. } => "denied",
         }
     }
 
     pub fn reason(&self) -> &str {
         match self {
-            SendError::Retryable { reason, .. } | SendError::Permanent { reason, .. } => reason,
+            SendError::Retryable { reason, .. }
+            | SendError::Permanent { reason, .. }
+            | SendError::Denied { reason } => reason,
         }
     }
 }
@@ -100,22 +108,33 @@ impl Providers {
     }
 }
 
-/// Classifies an AWS SDK error: the service's error codes in `permanent` fail the channel over,
-/// throttling and everything else (5xx, timeouts, connection errors) is retried.
-pub(crate) fn classify_aws<E, R>(
+/// Classifies an AWS SDK error: a refusal of conveyor's identity (`fault::classify`'s
+/// configuration class) is [`SendError::Denied`], naming `action`; the service's error codes
+/// in `permanent` fail the channel over; throttling and everything else (5xx, timeouts,
+/// connection errors) is retried.
+pub(crate) fn classify_aws<E>(
     service: &str,
-    error: &aws_sdk_sqs::error::SdkError<E, R>,
+    action: &str,
+    error: &aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
     permanent: &[&str],
 ) -> SendError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     use aws_sdk_sqs::error::SdkError;
     match error {
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or("Unknown");
             let message = e.err().message().unwrap_or("");
+            let class = crate::fault::classify::aws_answer(
+                e.raw().status().as_u16(),
+                e.err().code(),
+            );
+            if class == crate::fault::Class::Configuration && !permanent.contains(&code) {
+                return SendError::Denied {
+                    reason: crate::fault::classify::denied(action, service, Some(code)),
+                };
+            }
             // Service messages name the rule broken, not the content; they may echo the
             // address, so only the code and a length go out.
             let reason = format!(

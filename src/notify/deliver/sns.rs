@@ -85,7 +85,7 @@ impl Provider for Sms {
             let sent = publish
                 .send()
                 .await
-                .map_err(|e| classify_aws("SNS (SMS)", &e, PERMANENT))?;
+                .map_err(|e| classify_aws("SNS (SMS)", "sns:Publish", &e, PERMANENT))?;
             Ok(sent.message_id)
         })
     }
@@ -143,7 +143,7 @@ impl Provider for Push {
                 .message(push_message(n))
                 .send()
                 .await
-                .map_err(|e| classify_aws("SNS (push)", &e, PERMANENT))?;
+                .map_err(|e| classify_aws("SNS (push)", "sns:Publish", &e, PERMANENT))?;
             Ok(sent.message_id)
         })
     }
