@@ -282,7 +282,9 @@ impl Breakers {
                 telemetry::breaker_state(dependency, "half_open");
                 Ok(())
             }
-            State::HalfOpen { trial: Some(at), .. } if now < *at + cooldown => Err(*at + cooldown),
+            State::HalfOpen {
+                trial: Some(at), ..
+            } if now < *at + cooldown => Err(*at + cooldown),
             State::HalfOpen { trial, .. } => {
                 *trial = Some(now);
                 Ok(())
@@ -431,7 +433,10 @@ mod tests {
         let b = breakers();
         let needs = [Dependency::S3];
         b.denied(Dependency::S3, "s3:GetObject on d/k denied (AccessDenied)");
-        assert!(matches!(b.admission(&needs), Admission::Wait { .. }), "one is enough");
+        assert!(
+            matches!(b.admission(&needs), Admission::Wait { .. }),
+            "one is enough"
+        );
         b.probed(Dependency::S3, Ok(()));
         assert!(
             matches!(b.admission(&needs), Admission::Wait { .. }),

@@ -105,6 +105,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         dir: cli.config.config_dir.clone(),
         env: cli.config.env.clone(),
         file: cli.config.config_file.clone(),
+        secrets_used: !matches!(cli.command, Command::Policy(_)),
     };
     let config = Config::load_with(&sources, crate::pipeline::catalog::rules)?;
     // Held to the end: dropping it flushes the spans still buffered.

@@ -14,7 +14,6 @@
 //! every cross-field rule and names the key, the bad value and what would be valid.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -74,6 +73,7 @@ pub struct Config {
 mod env;
 mod infra;
 mod notify;
+mod problems;
 mod queue;
 mod secrets;
 mod service;
@@ -81,6 +81,7 @@ mod stores;
 
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
 pub use notify::{EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
+pub use problems::{ConfigError, Problems};
 pub use queue::{
     Ack, DEFAULT_PIPELINE_TIMEOUT_SECS, Jitter, PipelineConfig, QueueConfig, RetryConfig,
     RouteConfig, Unrouted,
@@ -95,25 +96,6 @@ pub use stores::{DatabaseConfig, ExtractionConfig, ExtractorKind, GraphConfig};
 /// [`Config::load_with`]).
 pub type Rules = fn(&Config, &mut Problems);
 
-/// Every problem found while validating, each naming its key, its value and the fix.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
-
-impl Problems {
-    /// Records that `key = value` is wrong, and `want` says what would be right.
-    pub fn bad(&mut self, key: &str, value: &dyn fmt::Display, want: &str) {
-        self.0.push(format!("{key} = {value}: {want}"));
-    }
-
-    fn into_result(self) -> Result<(), ConfigError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(self.0))
-        }
-    }
-}
-
 /// Where configuration comes from: the directory of TOML files, the environment name and an
 /// optional extra file.
 #[derive(Debug, Clone)]
@@ -124,15 +106,10 @@ pub struct Sources {
     pub env: String,
     /// `--config FILE`, merged over the environment's file.
     pub file: Option<PathBuf>,
-}
-
-/// A configuration that could not be loaded or is not valid. Each problem names its key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    #[error("invalid configuration:\n{}", .0.join("\n"))]
-    Invalid(Vec<String>),
+    /// Whether the command uses secrets' values. `conveyor policy` does not: a secret the
+    /// config would require and the environment lacks is then stood in for by a placeholder
+    /// that nothing reads, instead of failing the load.
+    pub secrets_used: bool,
 }
 
 impl Config {
@@ -175,6 +152,9 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| describe(&e)).collect()))?;
         config.secrets = Secrets::from_env();
+        if !sources.secrets_used {
+            config.secrets.stand_in_for_missing();
+        }
         config.ignored_env = env::ignored();
         config.validate_with(rules)?;
         Ok(config)
@@ -311,6 +291,7 @@ mod tests {
             dir: PathBuf::from("config"),
             env: env.to_owned(),
             file: None,
+            secrets_used: true,
         }
     }
 

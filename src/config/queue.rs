@@ -202,6 +202,12 @@ impl QueueConfig {
     /// Checks the queue `queues.<name>` and its routes.
     pub(super) fn validate(&self, name: &str, problems: &mut Problems) {
         let key = |field: &str| format!("queues.{name}.{field}");
+        if let Some(url) = &self.url {
+            problems.http_url(&key("url"), url);
+        }
+        if let Some(url) = &self.dlq_url {
+            problems.http_url(&key("dlq_url"), url);
+        }
         for bucket in &self.claim_check_buckets {
             let valid = (3..=63).contains(&bucket.len())
                 && bucket

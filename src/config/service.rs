@@ -169,6 +169,9 @@ impl AwsConfig {
         if self.call_timeout_secs == 0 {
             problems.bad("aws.call_timeout_secs", &0, "must be at least 1");
         }
+        if let Some(url) = &self.endpoint_url {
+            problems.http_url("aws.endpoint_url", url);
+        }
     }
 }
 

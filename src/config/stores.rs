@@ -168,6 +168,7 @@ impl GraphConfig {
 
 impl ExtractionConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
+        problems.http_url("extraction.base_url", &self.base_url);
         for (key, value) in [
             ("extraction.timeout_secs", self.timeout_secs),
             (

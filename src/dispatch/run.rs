@@ -5,8 +5,8 @@
 
 use super::{Stage, Step};
 use crate::breaker::Breakers;
-use crate::ledger::{Claim, Ledger};
 use crate::fault::Dependency;
+use crate::ledger::{Claim, Ledger};
 use crate::pipeline::{Delivery, Pipeline, PipelineError};
 use crate::telemetry::{self, otel};
 use futures::FutureExt;

@@ -96,7 +96,10 @@ pub(super) async fn poll(
                 readiness.set_detail(
                     readiness_key.clone(),
                     false,
-                    Some(format!("receive failing: {}", crate::safe::one_line(&error.to_string(), 200))),
+                    Some(format!(
+                        "receive failing: {}",
+                        crate::safe::one_line(&error.to_string(), 200)
+                    )),
                 );
                 let delay = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(queue = %queue.name, error = %error, failures = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "receive failed");

@@ -156,8 +156,8 @@ impl QueueApi for Sqs {
             // which SQS refuses; the engine's poller retries instead, choosing the id by the
             // error (see ReceiveError).
             if let Some(attempt) = attempt {
-                overrides = overrides
-                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled());
+                overrides =
+                    overrides.retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled());
                 receive = receive.receive_request_attempt_id(attempt);
             }
             let sent = receive.customize().config_override(overrides).send().await;
@@ -269,7 +269,8 @@ fn answer_lost<E: aws_sdk_sqs::error::ProvideErrorMetadata>(
             true
         }
         SdkError::ServiceError(e) => {
-            e.raw().status().is_server_error() && !crate::fault::classify::is_throttling(e.err().code())
+            e.raw().status().is_server_error()
+                && !crate::fault::classify::is_throttling(e.err().code())
         }
         _ => false,
     }

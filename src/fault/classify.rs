@@ -215,7 +215,10 @@ where
     let reason = match class {
         Class::Configuration => denied(action, resource, code),
         Class::Outage if code.is_none() => {
-            format!("{action} on {resource}: {}", crate::safe::error_chain(error))
+            format!(
+                "{action} on {resource}: {}",
+                crate::safe::error_chain(error)
+            )
         }
         _ => format!("{action} on {resource}: {}", code.unwrap_or("refused")),
     };
@@ -252,21 +255,21 @@ mod tests {
     #[test]
     fn postgres_codes() {
         for (code, class) in [
-            ("08006", Class::Outage),       // connection failure
-            ("53300", Class::Outage),       // too many connections
-            ("57P01", Class::Outage),       // admin shutdown
-            ("57P03", Class::Outage),       // cannot connect now (starting up)
-            ("55P03", Class::Outage),       // lock_not_available: lock_timeout
-            ("57014", Class::Outage),       // query_canceled: statement_timeout
+            ("08006", Class::Outage),        // connection failure
+            ("53300", Class::Outage),        // too many connections
+            ("57P01", Class::Outage),        // admin shutdown
+            ("57P03", Class::Outage),        // cannot connect now (starting up)
+            ("55P03", Class::Outage),        // lock_not_available: lock_timeout
+            ("57014", Class::Outage),        // query_canceled: statement_timeout
             ("28P01", Class::Configuration), // invalid password
             ("28000", Class::Configuration), // invalid authorization
             ("3D000", Class::Configuration), // no such database
             ("42501", Class::Configuration), // permission denied
             ("42P01", Class::Configuration), // undefined table: migrations not applied
-            ("22P02", Class::Message),      // invalid text representation
-            ("23502", Class::Message),      // not null violation
-            ("40001", Class::Transient),    // serialization failure
-            ("40P01", Class::Transient),    // deadlock
+            ("22P02", Class::Message),       // invalid text representation
+            ("23502", Class::Message),       // not null violation
+            ("40001", Class::Transient),     // serialization failure
+            ("40P01", Class::Transient),     // deadlock
         ] {
             assert_eq!(postgres_code(code), class, "{code}");
         }

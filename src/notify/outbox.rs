@@ -56,11 +56,7 @@ impl Outgoing {
 impl Outbox {
     /// The queue named `name` (GetQueueUrl). A queue that does not exist is a deployment
     /// mistake reported at startup, naming the key that names it.
-    pub async fn resolve(
-        sqs: Client,
-        name: &str,
-        key: &str,
-    ) -> anyhow::Result<Self> {
+    pub async fn resolve(sqs: Client, name: &str, key: &str) -> anyhow::Result<Self> {
         let url = sqs
             .get_queue_url()
             .queue_name(name)

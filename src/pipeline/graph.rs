@@ -61,11 +61,7 @@ pub struct GraphPipeline {
 }
 
 impl GraphPipeline {
-    pub fn new(
-        graph: Graph,
-        extractions: Extractions,
-        schema_ready: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(graph: Graph, extractions: Extractions, schema_ready: Arc<AtomicBool>) -> Self {
         Self {
             graph,
             extractions,

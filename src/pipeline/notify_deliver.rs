@@ -244,7 +244,10 @@ impl Deliver {
                     telemetry::notify_deferred("provider_unavailable");
                     return Err(defer_until(
                         until,
-                        format!("{} is unavailable to conveyor (its circuit is open)", dependency),
+                        format!(
+                            "{} is unavailable to conveyor (its circuit is open)",
+                            dependency
+                        ),
                     ));
                 }
                 delivery.used(dependency);

@@ -273,7 +273,8 @@ impl Ingest {
                 .send()
                 .await
                 .map_err(|e| {
-                    let resource = format!("{}/{}{}", record.bucket, record.key, drop::REJECTS_SUFFIX);
+                    let resource =
+                        format!("{}/{}{}", record.bucket, record.key, drop::REJECTS_SUFFIX);
                     s3_error("s3:PutObject", &resource, &e)
                 })?;
         }

@@ -26,10 +26,10 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     timeout_secs: super::DEFAULT_TIMEOUT_SECS,
     build: |r| {
         Box::pin(async move {
-            Ok(Arc::new(Projection::new(
-                r.postgres()?,
-                r.extractions().await?,
-            )) as Arc<dyn Pipeline>)
+            Ok(
+                Arc::new(Projection::new(r.postgres()?, r.extractions().await?))
+                    as Arc<dyn Pipeline>,
+            )
         })
     },
 };

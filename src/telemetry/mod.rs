@@ -45,6 +45,9 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     // async-openai logs response bodies (model output derived from content) on some errors;
     // conveyor logs those errors itself, without the bodies.
     .add_directive("async_openai=off".parse()?)
+    // PostgreSQL's NOTICEs (`relation "_sqlx_migrations" already exists, skipping` on every
+    // start) are the server talking to itself: only warnings and worse reach the output.
+    .add_directive("sqlx::postgres::notice=warn".parse()?)
     // Spans for export exist only while exporting: off, their callsites are disabled outright.
     .add_directive(
         format!(

@@ -80,6 +80,14 @@ pub(super) fn run_statements(r: &Resources) -> Vec<Value> {
             "Action": ["s3:GetObject"],
             "Resource": buckets,
         }));
+        statements.push(json!({
+            "Sid": "RunClaimCheckBuckets",
+            "Effect": "Allow",
+            // Without it S3 answers 403, not 404, for a key not there (yet): a missing body
+            // would read as a permission fault.
+            "Action": ["s3:ListBucket"],
+            "Resource": buckets.iter().map(|b| b.trim_end_matches("/*").to_owned()).collect::<Vec<_>>(),
+        }));
     }
     if let Some(n) = r.notify.as_ref().filter(|n| n.runs_ingest) {
         statements.push(json!({
@@ -87,6 +95,14 @@ pub(super) fn run_statements(r: &Resources) -> Vec<Value> {
             "Effect": "Allow",
             "Action": ["s3:GetObject"],
             "Resource": [format!("arn:aws:s3:::{}/*", n.bucket)],
+        }));
+        statements.push(json!({
+            "Sid": "NotifyIngestDropBucket",
+            "Effect": "Allow",
+            // A drop overwritten or removed reads as 404 only with it; without, 403, which
+            // conveyor must take for a permission fault.
+            "Action": ["s3:ListBucket"],
+            "Resource": [format!("arn:aws:s3:::{}", n.bucket)],
         }));
         statements.push(json!({
             "Sid": "NotifyIngestRejects",

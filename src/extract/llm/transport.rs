@@ -265,7 +265,10 @@ mod tests {
             );
         }
         for status in [401, 403] {
-            assert!(matches!(fail(status, None).1, ExtractError::Denied(_)), "{status}");
+            assert!(
+                matches!(fail(status, None).1, ExtractError::Denied(_)),
+                "{status}"
+            );
         }
     }
 

@@ -126,10 +126,8 @@ where
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or("Unknown");
             let message = e.err().message().unwrap_or("");
-            let class = crate::fault::classify::aws_answer(
-                e.raw().status().as_u16(),
-                e.err().code(),
-            );
+            let class =
+                crate::fault::classify::aws_answer(e.raw().status().as_u16(), e.err().code());
             if class == crate::fault::Class::Configuration && !permanent.contains(&code) {
                 return SendError::Denied {
                     reason: crate::fault::classify::denied(action, service, Some(code)),
