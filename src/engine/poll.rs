@@ -36,6 +36,9 @@ pub(super) async fn poll(
     // A FIFO receive's ReceiveRequestAttemptId, kept for the retry after a receive whose answer
     // was lost (see `queue::ReceiveError`).
     let mut attempt: Option<String> = None;
+    // The first receive does not wait: it answers at once, so `/readyz` turns ready as soon as
+    // SQS has answered, not a long poll later on an idle queue.
+    let mut wait_secs = 0;
     loop {
         // A poller with no free slot does not poll.
         let mut held = tokio::select! {
@@ -71,7 +74,7 @@ pub(super) async fn poll(
             // An answer already here is taken (its messages are handed back, not left hidden
             // for the visibility timeout).
             biased;
-            received = receive(&queue, held.num_permits(), attempt.as_deref()) => received,
+            received = receive(&queue, held.num_permits(), wait_secs, attempt.as_deref()) => received,
             // Left open: see `Queue::release_visibility_secs`.
             () = shutdown.graceful.cancelled() => return,
         };
@@ -80,6 +83,7 @@ pub(super) async fn poll(
         match received {
             Ok(messages) => {
                 attempt = None;
+                wait_secs = queue.config.wait_time_secs;
                 if backoff.failures() > 0 {
                     tracing::info!(queue = %queue.name, "SQS reachable again");
                 }
@@ -184,6 +188,7 @@ pub(super) fn hand_over(
 pub(super) async fn receive(
     queue: &Queue,
     max: usize,
+    wait_secs: u32,
     attempt: Option<&str>,
 ) -> Result<Vec<Message>, super::queue::ReceiveError> {
     queue.endpoint.metrics.request(SqsOp::ReceiveMessage);
@@ -192,7 +197,7 @@ pub(super) async fn receive(
         .receive(
             &queue.url,
             max,
-            queue.config.wait_time_secs,
+            wait_secs,
             queue.config.visibility_timeout_secs,
             attempt,
         )

@@ -9,6 +9,8 @@ mod dispatch;
 mod dlq;
 mod engine;
 mod fake_llm;
+mod fault_proxy;
+mod faults;
 mod fifo;
 mod formats;
 mod foundation;

@@ -39,7 +39,7 @@ fn defaults(k: &str, url: &str, pipelines: &str, llm: &FakeLlm) -> Config {
     config
 }
 
-fn wrapped(tenant: Uuid, interaction: Uuid) -> String {
+pub(crate) fn wrapped(tenant: Uuid, interaction: Uuid) -> String {
     let detail = json!({"schema_version":"v1","tenant_id": tenant,"user_id":"auth0|rep-1",
         "interaction_type":"transcript",
         "content":{"text": "Rep: ACTION: Send the revised pricing deck\n","format":"diarized"},
@@ -84,7 +84,7 @@ async fn circuit_opens(daemon: &InProcess, dependency: &str) {
 }
 
 /// Projection rows of `tenant`.
-async fn projected(pool: &sqlx::PgPool, tenant: Uuid) -> i64 {
+pub(crate) async fn projected(pool: &sqlx::PgPool, tenant: Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM projection_interactions WHERE tenant_id = $1")
         .bind(tenant)
         .fetch_one(pool)

@@ -1,0 +1,158 @@
+//! A fault injector in front of LocalStack: a local HTTP server the daemon takes for its AWS
+//! endpoint (`aws.endpoint_url`). It forwards every request to LocalStack unchanged, except
+//! those a rule matches, which get the rule's answer instead — an S3 `AccessDenied`, an SNS
+//! `AuthorizationError` — as the real service would send it. Rules are switched on and off
+//! while the daemon runs: the fault, then the fix.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// What a rule looks at: the request's method, path and query, and body.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub body: &'a [u8],
+}
+
+type Matcher = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct Rule {
+    matches: Matcher,
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    rule: Arc<Mutex<Option<Rule>>>,
+    /// How many requests the rule answered.
+    refused: Arc<Mutex<u64>>,
+}
+
+pub struct FaultProxy {
+    pub url: String,
+    shared: Shared,
+}
+
+impl FaultProxy {
+    pub async fn start() -> Self {
+        let shared = Shared::default();
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, shared }
+    }
+
+    /// From now on, requests `matches` picks are answered `status` with `body`, an XML error
+    /// as the service words it ([`s3_error`], [`query_error`]).
+    pub fn refuse(
+        &self,
+        matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
+        status: u16,
+        body: String,
+    ) {
+        *self.shared.rule.lock().unwrap() = Some(Rule {
+            matches: Arc::new(matches),
+            status,
+            content_type: "text/xml",
+            body,
+        });
+    }
+
+    /// An S3 (REST-XML) error with `code`.
+    pub fn s3_error(code: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+             <Message>injected by the test</Message><RequestId>fault-proxy</RequestId></Error>"
+        )
+    }
+
+    /// A query-protocol (SNS, SES v1) error with `code`.
+    pub fn query_error(code: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\"?>\n<ErrorResponse><Error><Type>Sender</Type>\
+             <Code>{code}</Code><Message>injected by the test</Message></Error>\
+             <RequestId>fault-proxy</RequestId></ErrorResponse>"
+        )
+    }
+
+    /// The fix: everything is forwarded again.
+    pub fn heal(&self) {
+        *self.shared.rule.lock().unwrap() = None;
+    }
+
+    /// Requests answered by the rule so far.
+    pub fn refused(&self) -> u64 {
+        *self.shared.refused.lock().unwrap()
+    }
+}
+
+async fn forward(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rule = shared.rule.lock().unwrap().clone();
+    if let Some(rule) = rule {
+        let request = Request {
+            method: &method,
+            uri: &uri,
+            body: &body,
+        };
+        if (rule.matches)(&request) {
+            *shared.refused.lock().unwrap() += 1;
+            return (
+                StatusCode::from_u16(rule.status).unwrap(),
+                [("content-type", rule.content_type)],
+                rule.body,
+            )
+                .into_response();
+        }
+    }
+    let target = format!(
+        "{}{}",
+        crate::helpers::stack().aws_endpoint.trim_end_matches('/'),
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut request = http_client().request(method, target).body(body);
+    for (name, value) in &headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            request = request.header(name, value);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = answer.status();
+    let mut out = HeaderMap::new();
+    for (name, value) in answer.headers() {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            out.append(name, value.clone());
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    (status, out, bytes).into_response()
+}
+
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}

@@ -1,0 +1,363 @@
+//! The fault contract (docs/faults.md) against real components, with the defaults users get
+//! (`infra up`'s maxReceiveCount of 3, the shipped backoff and breaker): a table lock held
+//! while messages arrive, S3 and SNS refusing conveyor's role (answered by a fault proxy in
+//! front of LocalStack, as the services would), `/readyz` from the first instant, and the
+//! operator commands with an empty environment.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conveyor::config::Secret;
+use conveyor::pipeline::Registry;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::*;
+use crate::notifications::{Delivering, Stages};
+
+/// `infra up`'s RedrivePolicy.
+const MAX_RECEIVE_COUNT: u32 = 3;
+
+/// The ops port for a daemon not started yet, so `/readyz` can be asked from its first instant.
+async fn free_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_never_200_before_every_queue_has_answered_a_receive() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let (a, b) = (
+        queue_with_dlq(&sqs, "it-ready-a", MAX_RECEIVE_COUNT).await,
+        queue_with_dlq(&sqs, "it-ready-b", MAX_RECEIVE_COUNT).await,
+    );
+    let proxy = FaultProxy::start().await;
+    // Queue b's receives fail (SQS answering 500) until the fix; its lookup passes.
+    let b_url = b.url.clone();
+    proxy.refuse(
+        move |r| {
+            let body = String::from_utf8_lossy(r.body);
+            body.contains("MaxNumberOfMessages") && body.contains(&b_url)
+        },
+        500,
+        FaultProxy::query_error("InternalError"),
+    );
+    let key = |p: &str| unique(p).replace('-', "_").to_lowercase();
+    let (ka, kb) = (key("ra"), key("rb"));
+    let route = |k: &str| format!("[[queues.{k}.routes]]\npipelines = [\"log\"]");
+    let mut config = test_config(&format!(
+        "{}{}",
+        queue_toml(&ka, &a.url, &route(&ka)),
+        queue_toml(&kb, &b.url, &route(&kb))
+    ));
+    config.aws.endpoint_url = Some(proxy.url.clone());
+    let addr = free_port().await;
+    config.ops.listen_addr = addr;
+
+    // /readyz every 20 ms from before the daemon exists.
+    let seen: Arc<Mutex<Vec<(Duration, u16, String)>>> = Arc::default();
+    let started = Instant::now();
+    let watching = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let answer = http
+                    .get(format!("http://{addr}/readyz"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await;
+                if let Ok(answer) = answer {
+                    let status = answer.status().as_u16();
+                    let body = answer.text().await.unwrap_or_default();
+                    seen.lock().unwrap().push((started.elapsed(), status, body));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let healed_at = started.elapsed();
+    proxy.heal();
+    eventually(
+        "ready once b answers",
+        Duration::from_secs(30),
+        async || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, status, _)| *status == 200)
+        },
+    )
+    .await;
+    watching.abort();
+    let seen = seen.lock().unwrap().clone();
+    let first_ready = seen.iter().find(|(_, s, _)| *s == 200).unwrap().0;
+    assert!(
+        first_ready >= healed_at,
+        "200 at {first_ready:?}, before queue b ever answered (fixed at {healed_at:?})"
+    );
+    let before: Vec<_> = seen.iter().filter(|(at, _, _)| *at < healed_at).collect();
+    assert!(before.len() > 100, "asked often: {}", before.len());
+    assert!(before.iter().all(|(_, s, _)| *s == 503));
+    let named = |text: &str| {
+        before
+            .iter()
+            .any(|(_, _, body)| body.contains(&format!("sqs:{kb}:receive unready ({text}")))
+    };
+    assert!(named("receive failing"), "{:?}", before.last());
+    let (_, _, last) = before.last().unwrap();
+    assert!(
+        !last.contains(&format!("sqs:{ka}:receive unready")),
+        "queue a answered: not named: {last}"
+    );
+    eprintln!(
+        "{} answers before the fix, all 503; first 200 {:?} after it",
+        before.len(),
+        first_ready - healed_at
+    );
+    daemon.stop().await;
+}
+
+/// `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` on what every message writes, for 90 s while 40
+/// messages arrive (the CI length; `scripts/soak` holds it for 10 minutes): a lock wait is an
+/// outage of PostgreSQL, so nothing is dead-lettered and no message's receive count reaches
+/// maxReceiveCount; all are written once after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_for_90_s_dead_letters_nothing_and_spends_no_receives() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-table-lock", MAX_RECEIVE_COUNT).await;
+    let (url, pool) = private_database("it_table_lock").await;
+    let k = unique("tl").replace('-', "_").to_lowercase();
+    let mut config = test_config(&format!(
+        "{}\n[extraction]\nextractor = \"patterns\"\n",
+        queue_toml(
+            &k,
+            &q.url,
+            &format!("[[queues.{k}.routes]]\npipelines = [\"projection\"]")
+        )
+    ));
+    config.secrets.database_url = Some(Secret::new(url));
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let tenant = Uuid::new_v4();
+
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE projection_interactions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    let bodies: Vec<String> = (0..40)
+        .map(|_| crate::outages::wrapped(tenant, Uuid::new_v4()))
+        .collect();
+    for chunk in bodies.chunks(4) {
+        send_all(&sqs, &q.url, chunk).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(90).saturating_sub(locked_at.elapsed())).await;
+    assert_eq!(crate::outages::projected(&pool, tenant).await, 0, "locked");
+    locker.rollback().await.unwrap();
+    let released = Instant::now();
+    eventually("all 40 written", Duration::from_secs(120), async || {
+        crate::outages::projected(&pool, tenant).await == 40
+    })
+    .await;
+    let recovered = released.elapsed();
+    eventually("the queue empty", Duration::from_secs(60), async || {
+        queue_depth(&sqs, &q.url).await == (0, 0)
+    })
+    .await;
+    assert_eq!(
+        queue_depth(&sqs, &q.dlq_url).await,
+        (0, 0),
+        "no message reached maxReceiveCount {MAX_RECEIVE_COUNT}: SQS's redrive would have moved it"
+    );
+    let label = format!("queue=\"{k}\"");
+    assert_eq!(
+        metric("conveyor_messages_dead_lettered_total", &[&label]),
+        0.0
+    );
+    eprintln!(
+        "40 messages over a 90 s table lock: all written {recovered:?} after the release; {} sent back as fresh copies before their receives ran out",
+        metric("conveyor_messages_requeued_total", &[&label]) as u64
+    );
+    daemon.stop().await;
+}
+
+/// The drop bucket refuses conveyor's role (403 AccessDenied: a role without s3:ListBucket
+/// gets it even for a missing key): the drop is not retried in a hot loop, `/readyz` names the
+/// permission, and once it is granted the drop is read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop_once_fixed() {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-s3-denied").await;
+    s.import_prefs(&[s.prefs("u-1", json!({}))]);
+    let proxy = FaultProxy::start().await;
+    let drops = format!("/{}/drops/", s.bucket);
+    proxy.refuse(
+        move |r| r.method.as_str() == "GET" && r.uri.path().starts_with(&drops),
+        403,
+        FaultProxy::s3_error("AccessDenied"),
+    );
+    let mut config = test_config(&s.toml(""));
+    config.secrets.database_url = Some(Secret::new(&s.database_url));
+    config.aws.endpoint_url = Some(proxy.url.clone());
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for n in 0..20 {
+        let line = s.event(&format!("s3d-{n}"), "u-1", json!({}));
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+    }
+    let key = "drops/denied.jsonl";
+    let out = s.cli("").output(&[
+        "notify",
+        "drop",
+        file.path().to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let needle = format!("s3:GetObject on {}/{key} denied (AccessDenied)", s.bucket);
+    eventually(
+        "/readyz names the permission",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
+            status == 503 && body.contains("circuit:s3 unready") && body.contains(&needle)
+        },
+    )
+    .await;
+    let first = proxy.refused();
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let during = proxy.refused() - first;
+    // The breaker's cooldown is 15 s: one trial per cooldown, not a hot loop.
+    assert!(during <= 4, "{during} refused reads in 45 s");
+    proxy.heal();
+    let ranked = drain_queue(&s.sqs, &s.priority_url, 20, Duration::from_secs(120)).await;
+    let ranked = crate::notifications::by_event(&ranked);
+    assert_eq!(ranked.len(), 20, "every event of the drop ranked");
+    assert!(ranked.values().all(|r| r.len() == 1), "each once");
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+    eprintln!("{during} refused reads in 45 s of AccessDenied, then the drop read once");
+    daemon.stop().await;
+}
+
+/// SNS refusing the role (`AuthorizationError` on Publish) is conveyor's configuration, not
+/// the notifications': none fails over or is dead-lettered, and all are delivered once the
+/// permission is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_fixed() {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision_with(
+        "it-sns-denied",
+        Some(Delivering {
+            allow_private: true,
+            secrets: String::new(),
+        }),
+    )
+    .await;
+    s.import_prefs(
+        &(0..10)
+            .map(|u| {
+                json!({"tenantId": s.tenant, "userId": format!("u-{u}"),
+                       "channels": {"sms": format!("+1555010{u:04}"),
+                                    "email": format!("addr-mark-{u}@example.com")}})
+            })
+            .collect::<Vec<_>>(),
+    );
+    let proxy = FaultProxy::start().await;
+    proxy.refuse(
+        |r| {
+            r.method.as_str() == "POST"
+                && String::from_utf8_lossy(r.body).contains("Action=Publish")
+        },
+        403,
+        FaultProxy::query_error("AuthorizationError"),
+    );
+    let mut config = test_config(&s.toml(""));
+    config.secrets.database_url = Some(Secret::new(&s.database_url));
+    config.aws.endpoint_url = Some(proxy.url.clone());
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    for n in 0..10 {
+        let mut event = s.event(&format!("snsd-{n}"), &format!("u-{n}"), json!({}));
+        event["user"]["channels"] = json!(["sms", "email"]);
+        s.publish(&event).await;
+    }
+    eventually(
+        "/readyz names sns:Publish",
+        Duration::from_secs(90),
+        async || {
+            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
+            status == 503 && body.contains("circuit:sns unready") && body.contains("sns:Publish")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let refused = proxy.refused();
+    proxy.heal();
+    let delivered = async || -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'delivered' AND channel = 'sms'), \
+                    count(*) FILTER (WHERE channel <> 'sms'), \
+                    count(*) FILTER (WHERE state = 'failed') FROM notify_deliveries",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .unwrap()
+    };
+    eventually(
+        "all ten delivered by SMS",
+        Duration::from_secs(120),
+        async || delivered().await.0 == 10,
+    )
+    .await;
+    let (_, other_channels, failed) = delivered().await;
+    assert_eq!(other_channels, 0, "nothing failed over to email");
+    assert_eq!(failed, 0);
+    assert_eq!(queue_depth(&s.sqs, &s.priority_dlq_url).await, (0, 0));
+    eprintln!("{refused} Publish calls refused while denied; then all 10 delivered by SMS once");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn operator_commands_need_no_secret_and_print_no_database_notice() {
+    // `policy` with none of the secrets set prints a valid document.
+    let policy = Conveyor::new("[database]\nrequired = true\n")
+        .env_remove("DATABASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("NEO4J_PASSWORD")
+        .output(&["policy", "--role", "run"]);
+    assert_eq!(policy.code, Some(0), "{}", policy.all());
+    let document: serde_json::Value = serde_json::from_str(&policy.stdout).unwrap();
+    assert_eq!(document["Version"], "2012-10-17");
+    // Still required by the commands that use it.
+    let check = Conveyor::new("[database]\nrequired = true\n")
+        .env_remove("DATABASE_URL")
+        .output(&["check"]);
+    assert_ne!(check.code, Some(0));
+    assert!(check.all().contains("DATABASE_URL"), "{}", check.all());
+
+    // A migration already applied: PostgreSQL's NOTICE is not an operator's business.
+    let (url, _pool) = private_database("it_notice").await;
+    for _ in 0..2 {
+        let migrate = Conveyor::new("")
+            .env("DATABASE_URL", &url)
+            .output(&["migrate"]);
+        assert_eq!(migrate.code, Some(0), "{}", migrate.all());
+        assert!(
+            !migrate.all().contains("already exists"),
+            "{}",
+            migrate.all()
+        );
+    }
+    // A CONVEYOR_ variable that names no section is not configuration.
+    let bin = Conveyor::new("")
+        .env("CONVEYOR_BIN", "x")
+        .output(&["policy"]);
+    assert_eq!(bin.code, Some(0), "{}", bin.all());
+}
