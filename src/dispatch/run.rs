@@ -309,3 +309,117 @@ pub(super) fn record(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::Admission;
+    use crate::config::BreakerConfig;
+    use crate::contract::{Contract, Validated};
+    use crate::input::Event;
+    use crate::ops::Readiness;
+
+    fn delivery() -> Delivery {
+        let event = Event {
+            id: Some("e-1".into()),
+            source: "test".into(),
+            detail_type: "Test".into(),
+            time: None,
+            payload: serde_json::json!({}),
+            payload_path: "detail",
+            attributes: Default::default(),
+        };
+        Delivery::new(
+            "q".into(),
+            "m-1".into(),
+            1,
+            event,
+            Contract::Json,
+            Validated::Untyped,
+        )
+    }
+
+    fn open(dependencies: &[Dependency]) -> Breakers {
+        let breakers = Breakers::new(
+            BreakerConfig {
+                failures_to_open: 3,
+                cooldown_secs: 10,
+            },
+            Readiness::default(),
+        );
+        for dependency in dependencies {
+            for _ in 0..3 {
+                breakers.failure(*dependency, "refused");
+            }
+        }
+        breakers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelines_success_closes_every_breaker_it_declares_or_used() {
+        // notify-deliver declares PostgreSQL and SQS, and used SNS for this one.
+        let declared = [Dependency::Postgres, Dependency::Sqs];
+        let breakers = open(&[Dependency::Postgres, Dependency::Sqs, Dependency::Sns]);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(matches!(breakers.admission(&declared), Admission::Trial));
+        let d = delivery();
+        d.used(Dependency::Sns);
+        let result = feedback(&breakers, &declared, &d, Ok(Ran::Succeeded));
+        assert_eq!(result, Ok(Ran::Succeeded));
+        assert!(matches!(breakers.admission(&declared), Admission::Go));
+        assert!(breakers.call_at(Dependency::Sns).is_ok());
+        assert!(!breakers.any_unavailable(&[Dependency::Graph]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_reach_the_breaker_by_class_and_cost_nothing_while_it_is_open() {
+        let breakers = open(&[]);
+        let d = delivery();
+        let denied = Err(Failure::Pipeline(PipelineError::Denied(
+            Dependency::S3,
+            "s3:GetObject on b/k denied (AccessDenied)".into(),
+        )));
+        let _ = feedback(&breakers, &[Dependency::S3], &d, denied);
+        assert!(
+            breakers.any_unavailable(&[Dependency::S3]),
+            "one configuration fault opens it"
+        );
+        // A timeout of a pipeline whose dependency is open is that dependency's outage.
+        let timed_out = Err(Failure::Pipeline(PipelineError::Retryable(
+            "timed out after 60s".into(),
+        )));
+        let result = feedback(&breakers, &[Dependency::S3], &d, timed_out);
+        assert!(matches!(
+            result,
+            Err(Failure::Pipeline(PipelineError::Unavailable(
+                Dependency::S3,
+                _
+            )))
+        ));
+        // The same failure with every dependency closed spends a retry as usual.
+        let closed = open(&[]);
+        let result = feedback(
+            &closed,
+            &[Dependency::Postgres],
+            &d,
+            Err(Failure::Pipeline(PipelineError::Retryable("x".into()))),
+        );
+        assert!(matches!(
+            result,
+            Err(Failure::Pipeline(PipelineError::Retryable(_)))
+        ));
+        // Outages count toward opening.
+        for _ in 0..3 {
+            let _ = feedback(
+                &closed,
+                &[Dependency::Postgres],
+                &d,
+                Err(Failure::Pipeline(PipelineError::Unavailable(
+                    Dependency::Postgres,
+                    "55P03".into(),
+                ))),
+            );
+        }
+        assert!(closed.any_unavailable(&[Dependency::Postgres]));
+    }
+}
