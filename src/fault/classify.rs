@@ -161,6 +161,13 @@ fn is_denied_code(code: Option<&str>) -> bool {
                 | "NotFound"
                 | "AWS.SimpleQueueService.NonExistentQueue"
                 | "QueueDoesNotExist"
+                // SES: the sender or the account, not the message.
+                | "MailFromDomainNotVerified"
+                | "MailFromDomainNotVerifiedException"
+                | "ConfigurationSetDoesNotExist"
+                | "ConfigurationSetDoesNotExistException"
+                | "ConfigurationSetSendingPausedException"
+                | "AccountSendingPausedException"
         )
 }
 
@@ -298,6 +305,16 @@ mod tests {
             (
                 400,
                 Some("AWS.SimpleQueueService.NonExistentQueue"),
+                Class::Configuration,
+            ),
+            (
+                400,
+                Some("AccountSendingPausedException"),
+                Class::Configuration,
+            ),
+            (
+                400,
+                Some("MailFromDomainNotVerifiedException"),
                 Class::Configuration,
             ),
             (400, Some("MessageRejected"), Class::Message),

@@ -123,11 +123,18 @@ async fn readyz_is_never_200_before_every_queue_has_answered_a_receive() {
 }
 
 /// `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` on what every message writes, for 90 s while 40
-/// messages arrive (the CI length; `scripts/soak` holds it for 10 minutes): a lock wait is an
-/// outage of PostgreSQL, so nothing is dead-lettered and no message's receive count reaches
-/// maxReceiveCount; all are written once after the release.
+/// messages arrive (the CI length; `scripts/soak` holds it for 10 minutes through
+/// `CONVEYOR_TEST_LOCK_SECS`): a lock wait is an outage of PostgreSQL, so nothing is
+/// dead-lettered and no message's receive count reaches maxReceiveCount; all are written once
+/// after the release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_locked_for_90_s_dead_letters_nothing_and_spends_no_receives() {
+async fn a_table_locked_while_40_messages_arrive_dead_letters_nothing_and_spends_no_receives() {
+    let lock = Duration::from_secs(
+        std::env::var("CONVEYOR_TEST_LOCK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(90),
+    );
     let _ls = localstack_shared().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-table-lock", MAX_RECEIVE_COUNT).await;
@@ -158,7 +165,7 @@ async fn a_table_locked_for_90_s_dead_letters_nothing_and_spends_no_receives() {
         send_all(&sqs, &q.url, chunk).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    tokio::time::sleep(Duration::from_secs(90).saturating_sub(locked_at.elapsed())).await;
+    tokio::time::sleep(lock.saturating_sub(locked_at.elapsed())).await;
     // (ACCESS EXCLUSIVE blocks reads too: nothing can be counted until the release.)
     locker.rollback().await.unwrap();
     let released = Instant::now();
@@ -182,7 +189,7 @@ async fn a_table_locked_for_90_s_dead_letters_nothing_and_spends_no_receives() {
         0.0
     );
     eprintln!(
-        "40 messages over a 90 s table lock: all written {recovered:?} after the release; {} sent back as fresh copies before their receives ran out",
+        "40 messages over a {lock:?} table lock: all written {recovered:?} after the release; {} sent back as fresh copies before their receives ran out",
         metric("conveyor_messages_requeued_total", &[&label]) as u64
     );
     daemon.stop().await;

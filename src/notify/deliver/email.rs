@@ -9,17 +9,11 @@ use super::{Provider, SendError, Sent, classify_aws, plain_text};
 use crate::config::EmailConfig;
 use crate::contract::ranked::RankedNotification;
 
-/// SES error codes no retry passes: the message or the sender is refused.
-const PERMANENT: &[&str] = &[
-    "MessageRejected",
-    "MailFromDomainNotVerifiedException",
-    "MailFromDomainNotVerified",
-    "ConfigurationSetDoesNotExist",
-    "ConfigurationSetDoesNotExistException",
-    "ConfigurationSetSendingPausedException",
-    "AccountSendingPausedException",
-    "InvalidParameterValue",
-];
+/// SES error codes that mean this message or this address never passes. The sender's and the
+/// account's own faults (an unverified MAIL FROM domain, a missing configuration set, sending
+/// paused) are configuration faults (`fault::classify`): every email fails alike, so nothing
+/// fails over for them.
+const PERMANENT: &[&str] = &["MessageRejected", "InvalidParameterValue"];
 
 pub struct Email {
     client: aws_sdk_ses::Client,

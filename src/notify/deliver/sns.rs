@@ -10,7 +10,9 @@ use super::{Provider, SendError, Sent, classify_aws, plain_text};
 use crate::config::SmsConfig;
 use crate::contract::ranked::RankedNotification;
 
-/// SNS error codes no retry passes.
+/// SNS error codes that mean this address (an endpoint, a phone number) never passes. A
+/// refusal of conveyor itself (`AuthorizationError`) is not among them: it is a configuration
+/// fault (`fault::classify`), and nothing fails over for it.
 const PERMANENT: &[&str] = &[
     "EndpointDisabled",
     "EndpointDisabledException",
@@ -19,7 +21,6 @@ const PERMANENT: &[&str] = &[
     "InvalidParameterException",
     "NotFound",
     "NotFoundException",
-    "AuthorizationError",
     "PlatformApplicationDisabled",
     "PlatformApplicationDisabledException",
     "OptedOut",
