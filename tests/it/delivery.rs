@@ -30,8 +30,8 @@ pub(crate) struct Hit {
     timestamp: String,
     signature: String,
     body: Vec<u8>,
-    status: u16,
-    at: Instant,
+    pub(crate) status: u16,
+    pub(crate) at: Instant,
 }
 
 /// How the receiver answers the `n`th (0-based) request to a path.
