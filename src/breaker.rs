@@ -250,6 +250,20 @@ impl Breakers {
         self.first_unavailable(dependencies).is_some()
     }
 
+    /// The first of `dependencies` whose breaker is open (not half-open) right now, and how
+    /// long until its cooldown ends: a message received anyway (by a long poll sent before it
+    /// opened) is not worth a call before then.
+    pub fn open_for(&self, dependencies: &[Dependency]) -> Option<(Dependency, Duration)> {
+        let now = Instant::now();
+        let breakers = self.lock();
+        dependencies
+            .iter()
+            .find_map(|d| match breakers.get(d)?.state {
+                State::Open { until, .. } if until > now => Some((*d, until - now)),
+                _ => None,
+            })
+    }
+
     /// The first of `dependencies` whose breaker is open or half-open right now.
     pub fn first_unavailable(&self, dependencies: &[Dependency]) -> Option<Dependency> {
         let breakers = self.lock();
@@ -449,6 +463,19 @@ mod tests {
             is_go(&b.admission(&needs)),
             "open → half-open → closed by two passing probes, no trial message needed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_for_names_an_open_breaker_until_its_cooldown_ends() {
+        let b = breakers();
+        assert_eq!(b.open_for(&[Dependency::S3]), None);
+        b.denied(Dependency::S3, "denied");
+        assert_eq!(
+            b.open_for(&[Dependency::Postgres, Dependency::S3]),
+            Some((Dependency::S3, Duration::from_secs(10)))
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(b.open_for(&[Dependency::S3]), None, "the trial may go");
     }
 
     #[tokio::test(start_paused = true)]

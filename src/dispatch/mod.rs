@@ -295,6 +295,16 @@ impl Handler for Dispatcher {
 
     fn handle(self: Arc<Self>, message: Arc<Received>) -> BoxFuture<'static, Outcome> {
         Box::pin(async move {
+            // Received by a long poll sent before a dependency's breaker opened: not worth a
+            // call before its cooldown ends, and costs the message nothing (an outage).
+            if let Some((dependency, remaining)) = self.breakers.open_for(&self.needs) {
+                return Outcome::Retry {
+                    reason: format!("{dependency} unavailable (circuit open): not tried"),
+                    pipeline: None,
+                    after: Some(remaining),
+                    outage: true,
+                };
+            }
             let body = match self.body(&message).await {
                 Ok(body) => body,
                 Err(outcome) => return outcome,

@@ -297,7 +297,8 @@ impl Deliver {
                     }
                     return Ok(());
                 }
-                Err(SendError::Denied { reason }) => {
+                // A provider refusing conveyor itself (only AWS providers say so).
+                Err(SendError::Denied { reason }) if provider_dependency.is_some() => {
                     telemetry::notify_failed(channel.as_str(), "denied");
                     // Not this notification's fault: the claim goes back unspent, and the
                     // engine opens the provider's breaker and retries the message without
@@ -306,7 +307,7 @@ impl Deliver {
                         .finish(Finish::Deferred { until: Utc::now() })
                         .await
                         .map_err(|e| self.db_error("releasing the delivery record", &e))?;
-                    let dependency = provider_dependency.unwrap_or(Dependency::Sqs);
+                    let dependency = provider_dependency.expect("checked by the guard");
                     return Err(PipelineError::Denied(dependency, reason));
                 }
                 Err(error) => {

@@ -50,6 +50,8 @@ struct Inner {
     calls: Mutex<Vec<Call>>,
     /// Every chat request is answered with this status until then (an outage of the model).
     failing: Mutex<Option<(u16, Instant)>>,
+    /// Every chat request is answered this late until then (a slow model).
+    slow: Mutex<Option<(std::time::Duration, Instant)>>,
 }
 
 #[derive(Clone)]
@@ -88,6 +90,11 @@ impl FakeLlm {
     /// the key was rotated).
     pub fn fail_for(&self, status: u16, how_long: std::time::Duration) {
         *self.inner.failing.lock().unwrap() = Some((status, Instant::now() + how_long));
+    }
+
+    /// Answers every chat request `by` late for `how_long`.
+    pub fn slow_for(&self, by: std::time::Duration, how_long: std::time::Duration) {
+        *self.inner.slow.lock().unwrap() = Some((by, Instant::now() + how_long));
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -129,6 +136,12 @@ async fn chat(
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_start_matches("Bearer ").to_owned()),
     });
+    let slow = *inner.slow.lock().unwrap();
+    if let Some((by, until)) = slow
+        && Instant::now() < until
+    {
+        tokio::time::sleep(by).await;
+    }
     let failing = *inner.failing.lock().unwrap();
     let scripted = match failing {
         Some((status, until)) if Instant::now() < until => Some(Scripted::Status {

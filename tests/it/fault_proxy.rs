@@ -1,7 +1,7 @@
 //! A fault injector in front of LocalStack: a local HTTP server the daemon takes for its AWS
 //! endpoint (`aws.endpoint_url`). It forwards every request to LocalStack unchanged, except
 //! those a rule matches, which get the rule's answer instead — an S3 `AccessDenied`, an SNS
-//! `AuthorizationError` — as the real service would send it. Rules are switched on and off
+//! `AuthorizationError` — as the real service would send it, or the real answer late. Rules are switched on and off
 //! while the daemon runs: the fault, then the fix.
 
 use std::sync::{Arc, Mutex};
@@ -23,9 +23,16 @@ type Matcher = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
 #[derive(Clone)]
 struct Rule {
     matches: Matcher,
-    status: u16,
-    content_type: &'static str,
-    body: String,
+    answer: Answer,
+}
+
+/// What a matched request gets.
+#[derive(Clone)]
+enum Answer {
+    /// This status and XML body instead of the service's answer.
+    Refuse { status: u16, body: String },
+    /// The service's answer, this much later (a slow dependency).
+    Delay(std::time::Duration),
 }
 
 #[derive(Clone, Default)]
@@ -62,9 +69,19 @@ impl FaultProxy {
     ) {
         *self.shared.rule.lock().unwrap() = Some(Rule {
             matches: Arc::new(matches),
-            status,
-            content_type: "text/xml",
-            body,
+            answer: Answer::Refuse { status, body },
+        });
+    }
+
+    /// From now on, requests `matches` picks are forwarded `by` late.
+    pub fn delay(
+        &self,
+        matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
+        by: std::time::Duration,
+    ) {
+        *self.shared.rule.lock().unwrap() = Some(Rule {
+            matches: Arc::new(matches),
+            answer: Answer::Delay(by),
         });
     }
 
@@ -90,7 +107,7 @@ impl FaultProxy {
         *self.shared.rule.lock().unwrap() = None;
     }
 
-    /// Requests answered by the rule so far.
+    /// Requests the rule matched so far.
     pub fn refused(&self) -> u64 {
         *self.shared.refused.lock().unwrap()
     }
@@ -112,12 +129,17 @@ async fn forward(
         };
         if (rule.matches)(&request) {
             *shared.refused.lock().unwrap() += 1;
-            return (
-                StatusCode::from_u16(rule.status).unwrap(),
-                [("content-type", rule.content_type)],
-                rule.body,
-            )
-                .into_response();
+            match rule.answer {
+                Answer::Refuse { status, body } => {
+                    return (
+                        StatusCode::from_u16(status).unwrap(),
+                        [("content-type", "text/xml")],
+                        body,
+                    )
+                        .into_response();
+                }
+                Answer::Delay(by) => tokio::time::sleep(by).await,
+            }
         }
     }
     let target = format!(

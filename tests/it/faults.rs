@@ -250,6 +250,7 @@ async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop
     assert_eq!(ranked.len(), 20, "every event of the drop ranked");
     assert!(ranked.values().all(|r| r.len() == 1), "each once");
     assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+    assert_eq!(queue_depth(&s.sqs, &ingest_dlq(&s).await).await, (0, 0));
     eprintln!("{during} refused reads in 45 s of AccessDenied, then the drop read once");
     daemon.stop().await;
 }
@@ -462,6 +463,175 @@ async fn circuit_names(daemon: &InProcess, dependency: &str) {
         },
     )
     .await;
+}
+
+/// The model answering 30 s late for 90 s while an event arrives every 2 s (its calls allow
+/// `extraction.timeout_secs`, 60 s): slow is not down; every event is processed once and
+/// nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_answering_30_s_late_for_90_s_dead_letters_nothing() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-model-slow", MAX_RECEIVE_COUNT).await;
+    let llm = crate::fake_llm::FakeLlm::start().await;
+    let (url, pool) = private_database("it_model_slow").await;
+    let k = unique("ms").replace('-', "_").to_lowercase();
+    let mut config = crate::outages::defaults(&k, &q.url, "[\"projection\"]", &llm);
+    config.secrets.database_url = Some(Secret::new(url));
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let tenant = Uuid::new_v4();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sending = crate::outages::trickle(&q.url, tenant, stop.clone());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    llm.slow_for(Duration::from_secs(30), Duration::from_secs(90));
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    stop.cancel();
+    let sent = sending.await.unwrap();
+    crate::outages::all_processed_once(&sqs, &q, &k, sent.len(), async || {
+        crate::outages::projected(&pool, tenant).await
+    })
+    .await;
+    eprintln!(
+        "{} events over 90 s of a model answering 30 s late",
+        sent.len()
+    );
+    daemon.stop().await;
+}
+
+/// S3 answering a drop's reads 35 s late for 90 s — past an AWS call attempt's 30 s
+/// (`aws.call_timeout_secs` on top of the longest long poll): a timeout is an outage. The drop
+/// is read once S3 is quick again, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_answering_35_s_late_for_90_s_reads_the_drop_once_it_is_quick_again() {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-s3-slow").await;
+    s.import_prefs(&[s.prefs("u-1", json!({}))]);
+    let proxy = FaultProxy::start().await;
+    let drops = format!("/{}/drops/", s.bucket);
+    proxy.delay(
+        move |r| r.method.as_str() == "GET" && r.uri.path().starts_with(&drops),
+        Duration::from_secs(35),
+    );
+    let mut config = test_config(&s.toml(""));
+    config.secrets.database_url = Some(Secret::new(&s.database_url));
+    config.aws.endpoint_url = Some(proxy.url.clone());
+    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for n in 0..20 {
+        let line = s.event(&format!("s3s-{n}"), "u-1", json!({}));
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+    }
+    let out = s.cli("").output(&[
+        "notify",
+        "drop",
+        file.path().to_str().unwrap(),
+        "--key",
+        "drops/slow.jsonl",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let slowed = proxy.refused();
+    assert!(slowed > 0, "the drop was asked for while S3 was slow");
+    proxy.heal();
+    let healed = Instant::now();
+    let ranked = drain_queue(&s.sqs, &s.priority_url, 20, Duration::from_secs(180)).await;
+    let ranked = crate::notifications::by_event(&ranked);
+    assert_eq!(ranked.len(), 20, "every event of the drop ranked");
+    assert!(ranked.values().all(|r| r.len() == 1), "each once");
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+    assert_eq!(queue_depth(&s.sqs, &ingest_dlq(&s).await).await, (0, 0));
+    eprintln!(
+        "{slowed} drop reads answered 35 s late; ranked {:?} after S3 was quick again",
+        healed.elapsed()
+    );
+    daemon.stop().await;
+}
+
+/// The URL of the stages' `ingest` DLQ, where a drop's message would go.
+async fn ingest_dlq(s: &Stages) -> String {
+    s.sqs
+        .get_queue_url()
+        .queue_name(format!("{}-ingest-dlq", s.prefix))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+/// Holds one of a pool's connections for a second per message, as a slow statement does.
+struct SlowStatement(sqlx::PgPool);
+
+impl conveyor::pipeline::Pipeline for SlowStatement {
+    fn name(&self) -> &'static str {
+        "slow-statement"
+    }
+
+    fn dependencies(&self) -> &'static [conveyor::fault::Dependency] {
+        &[conveyor::fault::Dependency::Postgres]
+    }
+
+    fn run(
+        &self,
+        _: Arc<conveyor::pipeline::Delivery>,
+    ) -> futures::future::BoxFuture<'static, Result<(), conveyor::pipeline::PipelineError>> {
+        let pool = self.0.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT pg_sleep(1)")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| conveyor::fault::classify::postgres_failure("sleeping", &e))
+        })
+    }
+}
+
+/// 100 messages in flight on a pool of 10 connections, each holding one for a second, with
+/// PostgreSQL healthy: waiting for a connection (up to 10 s here, twice the old 5 s acquire
+/// timeout) is back-pressure. The breaker never opens and no message is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_10_under_100_messages_in_flight_never_opens_the_breaker() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-pool-wait", MAX_RECEIVE_COUNT).await;
+    let (url, _pool) = private_database("it_pool_wait").await;
+    let k = unique("pw").replace('-', "_").to_lowercase();
+    let mut config = test_config(&queue_toml(
+        &k,
+        &q.url,
+        &format!("[[queues.{k}.routes]]\npipelines = [\"slow-statement\"]"),
+    ));
+    config.secrets.database_url = Some(Secret::new(&url));
+    assert_eq!(config.database.max_connections, 10, "the default pool");
+    assert_eq!(
+        config.queues[&k].max_in_flight, 100,
+        "the default in flight"
+    );
+    let pool = conveyor::postgres::connect(&config.database, &Secret::new(&url))
+        .await
+        .unwrap();
+    let mut registry = Registry::built_in();
+    registry.add(Arc::new(SlowStatement(pool)));
+    let daemon = InProcess::start(config, registry).await;
+    let bodies: Vec<String> = (0..100)
+        .map(|_| event_body(&unique("pw"), json!({})))
+        .collect();
+    send_all(&sqs, &q.url, &bodies).await;
+    let label = format!("queue=\"{k}\"");
+    let mut opened = false;
+    let started = Instant::now();
+    eventually("all 100 done", Duration::from_secs(90), async || {
+        let (_, body) = ops_get(daemon.ops_addr, "/readyz").await;
+        opened |= body.contains("circuit:postgres unready");
+        metric("conveyor_messages_deleted_total", &[&label]) == 100.0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(!opened, "the PostgreSQL breaker opened on pool waits");
+    assert_eq!(metric("conveyor_messages_retried_total", &[&label]), 0.0);
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
+    eprintln!("100 messages × 1 s on 10 connections: done in {took:?}, breaker closed throughout");
+    daemon.stop().await;
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ const OUTAGE: Duration = Duration::from_secs(150);
 const MAX_RECEIVE_COUNT: u32 = 3;
 
 /// A route of `pipelines` on the test queue, everything else the built-in defaults.
-fn defaults(k: &str, url: &str, pipelines: &str, llm: &FakeLlm) -> Config {
+pub(crate) fn defaults(k: &str, url: &str, pipelines: &str, llm: &FakeLlm) -> Config {
     let mut config = test_config(&format!(
         "{}\n[extraction]\nextractor = \"llm\"\nbase_url = \"{}\"\nmodel = \"fake-model\"\n",
         queue_toml(
@@ -51,7 +51,11 @@ pub(crate) fn wrapped(tenant: Uuid, interaction: Uuid) -> String {
 }
 
 /// Sends one event every two seconds until `stop`; yields the interaction ids sent.
-fn trickle(url: &str, tenant: Uuid, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Uuid>> {
+pub(crate) fn trickle(
+    url: &str,
+    tenant: Uuid,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Uuid>> {
     let url = url.to_owned();
     tokio::spawn(async move {
         let sqs = sqs_client().await;
@@ -94,7 +98,7 @@ pub(crate) async fn projected(pool: &sqlx::PgPool, tenant: Uuid) -> i64 {
 
 /// After recovery: every one of `sent` events has its effect (`effects` counts them) once,
 /// the queue is empty, and nothing was dead-lettered.
-async fn all_processed_once(
+pub(crate) async fn all_processed_once(
     sqs: &aws_sdk_sqs::Client,
     q: &TestQueue,
     k: &str,
