@@ -12,8 +12,7 @@ pub mod classify;
 use serde::Serialize;
 
 /// What a dependency's error says about who is at fault, and so what it may cost a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
     /// The dependency is unavailable: unreachable, timed out, 5xx, throttling the whole
     /// account, a lock wait. Counts toward its breaker; never spends a message's retries.
@@ -29,17 +28,6 @@ pub enum Class {
     /// receiver, a reply that did not parse): retried with backoff, spending the message's
     /// retries, the guard against poison.
     Transient,
-}
-
-impl Class {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Outage => "outage",
-            Class::Configuration => "configuration",
-            Class::Message => "message",
-            Class::Transient => "transient",
-        }
-    }
 }
 
 /// Something outside conveyor that pipelines need.

@@ -204,31 +204,15 @@ async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop
     let s = Stages::provision("it-s3-denied").await;
     s.import_prefs(&[s.prefs("u-1", json!({}))]);
     let proxy = FaultProxy::start().await;
-    let drops = format!("/{}/drops/", s.bucket);
     proxy.refuse(
-        move |r| r.method.as_str() == "GET" && r.uri.path().starts_with(&drops),
+        reads_of_drops(&s.bucket),
         403,
         FaultProxy::s3_error("AccessDenied"),
     );
-    let mut config = test_config(&s.toml(""));
-    config.secrets.database_url = Some(Secret::new(&s.database_url));
-    config.aws.endpoint_url = Some(proxy.url.clone());
-    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let daemon = daemon_behind(&s, &proxy).await;
 
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    for n in 0..20 {
-        let line = s.event(&format!("s3d-{n}"), "u-1", json!({}));
-        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
-    }
     let key = "drops/denied.jsonl";
-    let out = s.cli("").output(&[
-        "notify",
-        "drop",
-        file.path().to_str().unwrap(),
-        "--key",
-        key,
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
+    drop_20_events(&s, "s3d", key);
     let needle = format!("s3:GetObject on {}/{key} denied (AccessDenied)", s.bucket);
     eventually(
         "/readyz names the permission",
@@ -288,10 +272,7 @@ async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_f
         403,
         FaultProxy::query_error("AuthorizationError"),
     );
-    let mut config = test_config(&s.toml(""));
-    config.secrets.database_url = Some(Secret::new(&s.database_url));
-    config.aws.endpoint_url = Some(proxy.url.clone());
-    let daemon = InProcess::start(config, Registry::built_in()).await;
+    let daemon = daemon_behind(&s, &proxy).await;
     for n in 0..10 {
         let mut event = s.event(&format!("snsd-{n}"), &format!("u-{n}"), json!({}));
         event["user"]["channels"] = json!(["sms", "email"]);
@@ -427,7 +408,7 @@ async fn a_deliver_only_daemon_is_back_at_full_rate_a_cooldown_after_a_postgres_
 
     proxy.cut();
     let cut = Instant::now();
-    circuit_names(&daemon, "postgres").await;
+    crate::outages::circuit_opens(&daemon, "postgres").await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     proxy.restore().await;
     // The breaker's cooldown (15 s) and a second.
@@ -449,20 +430,6 @@ async fn a_deliver_only_daemon_is_back_at_full_rate_a_cooldown_after_a_postgres_
         "{after:.1}/s after, {before:.1}/s before"
     );
     daemon.stop().await;
-}
-
-/// Waits for `/readyz` to name `dependency`'s open circuit.
-async fn circuit_names(daemon: &InProcess, dependency: &str) {
-    let needle = format!("circuit:{dependency} unready (open since");
-    eventually(
-        "/readyz names the open circuit",
-        Duration::from_secs(30),
-        async || {
-            let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
-            status == 503 && body.contains(&needle)
-        },
-    )
-    .await;
 }
 
 /// The model answering 30 s late for 90 s while an event arrives every 2 s (its calls allow
@@ -507,28 +474,9 @@ async fn s3_answering_35_s_late_for_90_s_reads_the_drop_once_it_is_quick_again()
     let s = Stages::provision("it-s3-slow").await;
     s.import_prefs(&[s.prefs("u-1", json!({}))]);
     let proxy = FaultProxy::start().await;
-    let drops = format!("/{}/drops/", s.bucket);
-    proxy.delay(
-        move |r| r.method.as_str() == "GET" && r.uri.path().starts_with(&drops),
-        Duration::from_secs(35),
-    );
-    let mut config = test_config(&s.toml(""));
-    config.secrets.database_url = Some(Secret::new(&s.database_url));
-    config.aws.endpoint_url = Some(proxy.url.clone());
-    let daemon = InProcess::start(config, Registry::built_in()).await;
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    for n in 0..20 {
-        let line = s.event(&format!("s3s-{n}"), "u-1", json!({}));
-        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
-    }
-    let out = s.cli("").output(&[
-        "notify",
-        "drop",
-        file.path().to_str().unwrap(),
-        "--key",
-        "drops/slow.jsonl",
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
+    proxy.delay(reads_of_drops(&s.bucket), Duration::from_secs(35));
+    let daemon = daemon_behind(&s, &proxy).await;
+    drop_20_events(&s, "s3s", "drops/slow.jsonl");
     tokio::time::sleep(Duration::from_secs(90)).await;
     let slowed = proxy.refused();
     assert!(slowed > 0, "the drop was asked for while S3 was slow");
@@ -545,6 +493,38 @@ async fn s3_answering_35_s_late_for_90_s_reads_the_drop_once_it_is_quick_again()
         healed.elapsed()
     );
     daemon.stop().await;
+}
+
+/// A daemon of the stages' config whose AWS endpoint is `proxy`.
+async fn daemon_behind(s: &Stages, proxy: &FaultProxy) -> InProcess {
+    let mut config = test_config(&s.toml(""));
+    config.secrets.database_url = Some(Secret::new(&s.database_url));
+    config.aws.endpoint_url = Some(proxy.url.clone());
+    InProcess::start(config, Registry::built_in()).await
+}
+
+/// S3 reads (GET) of the objects under `drops/` in `bucket`, as the proxy sees them.
+fn reads_of_drops(bucket: &str) -> impl Fn(&crate::fault_proxy::Request) -> bool + use<> {
+    let drops = format!("/{bucket}/drops/");
+    move |r| r.method.as_str() == "GET" && r.uri.path().starts_with(&drops)
+}
+
+/// Uploads a drop of 20 events (`<tag>-0` … `<tag>-19`, for user `u-1`) under `key` with
+/// `conveyor notify drop`.
+fn drop_20_events(s: &Stages, tag: &str, key: &str) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for n in 0..20 {
+        let line = s.event(&format!("{tag}-{n}"), "u-1", json!({}));
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+    }
+    let out = s.cli("").output(&[
+        "notify",
+        "drop",
+        file.path().to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
 }
 
 /// The URL of the stages' `ingest` DLQ, where a drop's message would go.

@@ -74,7 +74,7 @@ pub(crate) fn trickle(
 }
 
 /// Waits for `/readyz` to name `dependency`'s open circuit.
-async fn circuit_opens(daemon: &InProcess, dependency: &str) {
+pub(crate) async fn circuit_opens(daemon: &InProcess, dependency: &str) {
     let needle = format!("circuit:{dependency} unready (open since");
     eventually(
         "/readyz names the open circuit",
