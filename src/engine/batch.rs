@@ -16,9 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Endpoint;
 use super::backoff::CallBackoff;
 use super::queue::EntryFailure;
+use super::{Endpoint, Receipt};
 use crate::telemetry::{SqsOp, otel};
 
 /// SQS takes at most 10 entries per batch call.
@@ -52,7 +52,7 @@ pub enum ActionError {
 }
 
 struct Request {
-    receipt_handle: String,
+    receipt_handle: Receipt,
     action: Action,
     reply: oneshot::Sender<Result<(), ActionError>>,
     /// The requester's span (a message's process span), which the batch's settle span links
@@ -77,7 +77,11 @@ impl Batcher {
     }
 
     /// Performs `action` on the message, batched with others; resolves when SQS confirmed it.
-    pub async fn perform(&self, receipt_handle: String, action: Action) -> Result<(), ActionError> {
+    pub async fn perform(
+        &self,
+        receipt_handle: Receipt,
+        action: Action,
+    ) -> Result<(), ActionError> {
         let (reply, result) = oneshot::channel();
         self.requests
             .send(Request {
@@ -229,7 +233,7 @@ async fn call(sqs: &Endpoint, batch: &[Request]) -> Result<Vec<Option<EntryFailu
     match batch[0].action {
         Action::Delete => {
             sqs.metrics.request(SqsOp::DeleteMessageBatch);
-            let receipts = batch.iter().map(|r| r.receipt_handle.as_str()).collect();
+            let receipts = batch.iter().map(|r| &*r.receipt_handle).collect();
             sqs.api
                 .delete_batch(&sqs.url, receipts)
                 .await
@@ -242,7 +246,7 @@ async fn call(sqs: &Endpoint, batch: &[Request]) -> Result<Vec<Option<EntryFailu
                     let Action::SetVisibility(secs) = r.action else {
                         unreachable!("visibility batches hold only visibility changes")
                     };
-                    (r.receipt_handle.as_str(), secs)
+                    (&*r.receipt_handle, secs)
                 })
                 .collect();
             sqs.metrics.request(SqsOp::ChangeMessageVisibilityBatch);

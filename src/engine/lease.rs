@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Endpoint;
+use super::{Endpoint, Receipt};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::telemetry::{self, SqsOp};
 
@@ -28,7 +28,7 @@ fn tick_period(renew_before: Duration) -> Duration {
 const CAP_MARGIN: Duration = Duration::from_secs(5);
 
 struct Lease {
-    receipt_handle: String,
+    receipt_handle: Receipt,
     /// When the receive that produced this lease was sent: SQS's clock starts no earlier.
     received_at: Instant,
     /// When the message becomes visible again unless extended.
@@ -39,14 +39,15 @@ struct Lease {
     renewing: bool,
     /// The outcome is about to be applied: extend no more.
     settling: bool,
-    /// Told when an extension in flight for a settling lease has landed (or failed).
-    settled: Arc<tokio::sync::Notify>,
+    /// Told when an extension in flight for a settling lease has landed (or failed); made
+    /// only for a lease that settles with an extension in flight.
+    settled: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Lease {
     fn notify_if_settling(&self) {
-        if self.settling {
-            self.settled.notify_one();
+        if let Some(settled) = &self.settled {
+            settled.notify_one();
         }
     }
 }
@@ -87,7 +88,7 @@ impl LeaseGuard {
             if !lease.renewing {
                 return;
             }
-            lease.settled.clone()
+            lease.settled.get_or_insert_default().clone()
         };
         // The keeper's call is bounded by the SQS call timeout; its result (landed, failed,
         // refused) notifies. A permit stored before this wait begins is not missed.
@@ -120,7 +121,7 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 #[derive(Debug, Default, PartialEq)]
 struct Plan {
     /// (lease id, receipt handle, new visibility in seconds)
-    renew: Vec<(u64, String, u32)>,
+    renew: Vec<(u64, Receipt, u32)>,
     /// Leases that ran out without an extension.
     expired: Vec<u64>,
 }
@@ -135,7 +136,7 @@ impl Leases {
     }
 
     /// Starts tracking a message received by a request sent at `received_at`.
-    pub fn register(&self, receipt_handle: String, received_at: Instant) -> LeaseGuard {
+    pub fn register(&self, receipt_handle: Receipt, received_at: Instant) -> LeaseGuard {
         let lost = CancellationToken::new();
         let mut table = lock(&self.table);
         let id = table.next_id;
@@ -149,7 +150,7 @@ impl Leases {
                 lost: lost.clone(),
                 renewing: false,
                 settling: false,
-                settled: Arc::default(),
+                settled: None,
             },
         );
         LeaseGuard {
@@ -249,11 +250,11 @@ pub(super) async fn keep(leases: Leases, sqs: Endpoint, stop: CancellationToken)
     }
 }
 
-async fn extend(leases: &Leases, sqs: &Endpoint, chunk: &[(u64, String, u32)]) {
+async fn extend(leases: &Leases, sqs: &Endpoint, chunk: &[(u64, Receipt, u32)]) {
     let (queue, call_timeout) = (&*sqs.queue, sqs.call_timeout);
     let entries = chunk
         .iter()
-        .map(|(_, receipt, secs)| (receipt.as_str(), *secs))
+        .map(|(_, receipt, secs)| (&**receipt, *secs))
         .collect();
     let sent_at = Instant::now();
     sqs.metrics.request(SqsOp::ChangeMessageVisibilityBatch);
@@ -321,7 +322,7 @@ mod tests {
 
         tokio::time::advance(secs(11)).await; // a has 19 s left, b 49 s
         let plan = leases.plan(Instant::now());
-        assert_eq!(plan.renew, vec![(0, "a".to_owned(), 60)]);
+        assert_eq!(plan.renew, vec![(0, Receipt::from("a"), 60)]);
         assert!(plan.expired.is_empty());
         assert_eq!(
             leases.plan(Instant::now()),
@@ -332,7 +333,7 @@ mod tests {
         leases.renewed(0, Instant::now(), 60);
         tokio::time::advance(secs(30)).await; // a: 30 s left; b: 19 s left
         let plan = leases.plan(Instant::now());
-        assert_eq!(plan.renew, vec![(1, "b".to_owned(), 60)]);
+        assert_eq!(plan.renew, vec![(1, Receipt::from("b"), 60)]);
         drop((a, b));
         assert_eq!(leases.count(), 0);
     }

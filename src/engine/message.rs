@@ -18,7 +18,7 @@ use super::settle::{
     Applied, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE, Original, apply, defer, delete,
     number_attribute, release, requeue, retry, string_attributes, system_attribute,
 };
-use super::{Labels, Outcome, Queue, Received};
+use super::{Labels, Outcome, Queue, Receipt, Received};
 use crate::telemetry::{self, otel};
 
 /// How a message's handling ended, before the outcome is applied.
@@ -43,7 +43,7 @@ pub(super) enum Verdict {
 /// and holding its in-flight slot, waiting to be handled.
 pub(super) struct Leased {
     message: Message,
-    receipt: String,
+    receipt: Receipt,
     lease: LeaseGuard,
     /// When the receive call was sent.
     received_at: Instant,
@@ -70,7 +70,7 @@ pub(super) fn lease(
     permit: OwnedSemaphorePermit,
     receive_span: Option<opentelemetry::Context>,
 ) -> Option<Leased> {
-    let Some(receipt) = message.receipt_handle.clone() else {
+    let Some(receipt) = message.receipt_handle.as_deref().map(Receipt::from) else {
         // SQS always sends one.
         tracing::error!(queue = %queue.name, message_id = message.message_id().unwrap_or_default(), "message without a receipt handle; it will reappear after its visibility timeout");
         return None;
@@ -349,6 +349,6 @@ pub(super) async fn hand_back(queue: &Queue, leased: Leased, visibility_secs: u3
 /// A message received after shutdown began: hand it straight back, unprocessed.
 pub(super) async fn release_unprocessed(queue: Arc<Queue>, message: Message) {
     if let Some(receipt) = message.receipt_handle {
-        release(&queue, &receipt).await;
+        release(&queue, &Receipt::from(receipt)).await;
     }
 }

@@ -41,6 +41,10 @@ use batch::Batcher;
 use lease::Leases;
 use queue::QueueApi;
 
+/// A received message's receipt handle, shared by its lease, its outcome and the batcher
+/// without a copy each.
+type Receipt = Arc<str>;
+
 /// What a handler decided for one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

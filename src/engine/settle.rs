@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeN
 use super::backoff;
 use super::batch::Action;
 use super::queue::{FifoIds, SendError};
-use super::{Queue, Received};
+use super::{Queue, Receipt, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::telemetry::{self, SqsOp};
 
@@ -50,13 +50,13 @@ pub(super) enum Applied {
     Failed,
 }
 
-pub(super) async fn delete(queue: &Queue, receipt: &str) -> Applied {
+pub(super) async fn delete(queue: &Queue, receipt: &Receipt) -> Applied {
     apply(queue, receipt, Action::Delete, Applied::Deleted).await
 }
 
 pub(super) async fn retry(
     queue: &Queue,
-    receipt: &str,
+    receipt: &Receipt,
     receive_count: u32,
     after: Option<Duration>,
 ) -> Applied {
@@ -198,7 +198,7 @@ pub(super) enum NotReplaced {
 /// redelivery.
 pub(super) async fn replace_with_copy(
     queue: &Queue,
-    receipt: &str,
+    receipt: &Receipt,
     received: &Received,
     attributes: HashMap<String, MessageAttributeValue>,
     delay_secs: u32,
@@ -245,7 +245,7 @@ pub(super) fn number(value: impl ToString) -> MessageAttributeValue {
 
 /// Hands the message back at shutdown: visible to any consumer at once (on FIFO queues, once
 /// the receives aborted at shutdown are over; see `Queue::release_visibility_secs`).
-pub(super) async fn release(queue: &Queue, receipt: &str) -> Applied {
+pub(super) async fn release(queue: &Queue, receipt: &Receipt) -> Applied {
     let visibility = queue.release_visibility_secs();
     apply(
         queue,
@@ -259,11 +259,11 @@ pub(super) async fn release(queue: &Queue, receipt: &str) -> Applied {
 /// Performs a batched action and counts it as `applied`, or reports that it did not get through.
 pub(super) async fn apply(
     queue: &Queue,
-    receipt: &str,
+    receipt: &Receipt,
     action: Action,
     applied: Applied,
 ) -> Applied {
-    match queue.batcher.perform(receipt.to_owned(), action).await {
+    match queue.batcher.perform(receipt.clone(), action).await {
         Ok(()) => {
             match applied {
                 Applied::Deleted => queue.endpoint.metrics.deleted(),
@@ -288,7 +288,7 @@ pub(super) async fn apply(
 pub(super) struct Original<'a> {
     pub(super) message: &'a Message,
     pub(super) received: &'a Received,
-    pub(super) receipt: &'a str,
+    pub(super) receipt: &'a Receipt,
 }
 
 /// A copy of a FIFO queue's message keeps its group; its deduplication id is the original's
