@@ -138,29 +138,43 @@ impl QueueApi for Sqs {
                 .message_attribute_names("All");
             // An attempt is given this queue's own wait plus the call budget (the client's
             // default allows SQS's longest wait, 20 s): a stale pooled connection behind a
-            // proxy that swallows the close then costs `wait + budget`, not 20 s more.
-            let budget = self
-                .0
-                .config()
-                .timeout_config()
-                .and_then(|t| t.operation_attempt_timeout())
-                .map_or(Duration::from_secs(10), |t| {
-                    t.saturating_sub(Duration::from_secs(u64::from(SQS_MAX_WAIT_SECS)))
-                });
-            let mut overrides = aws_sdk_sqs::config::Config::builder().timeout_config(
-                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(u64::from(wait_secs)) + budget)
-                    .build(),
-            );
+            // proxy that swallows the close then costs `wait + budget`, not 20 s more. A
+            // receive that waits the longest (the default) needs no override: overriding costs
+            // the SDK a config layer per call.
+            let mut overrides = None;
+            if wait_secs < SQS_MAX_WAIT_SECS {
+                let budget = self
+                    .0
+                    .config()
+                    .timeout_config()
+                    .and_then(|t| t.operation_attempt_timeout())
+                    .map_or(Duration::from_secs(10), |t| {
+                        t.saturating_sub(Duration::from_secs(u64::from(SQS_MAX_WAIT_SECS)))
+                    });
+                let attempt_timeout = Duration::from_secs(u64::from(wait_secs)) + budget;
+                overrides = Some(
+                    aws_sdk_sqs::config::Config::builder().timeout_config(
+                        aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(attempt_timeout)
+                            .build(),
+                    ),
+                );
+            }
             // The SDK's own retries would resend the same attempt id after throttling too,
             // which SQS refuses; the engine's poller retries instead, choosing the id by the
             // error (see ReceiveError).
             if let Some(attempt) = attempt {
-                overrides =
-                    overrides.retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled());
+                overrides = Some(
+                    overrides
+                        .unwrap_or_default()
+                        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+                );
                 receive = receive.receive_request_attempt_id(attempt);
             }
-            let sent = receive.customize().config_override(overrides).send().await;
+            let sent = match overrides {
+                Some(overrides) => receive.customize().config_override(overrides).send().await,
+                None => receive.send().await,
+            };
             sent.map(|out| out.messages.unwrap_or_default())
                 .map_err(|e| ReceiveError {
                     retry_same_attempt: answer_lost(&e),
