@@ -59,13 +59,30 @@ impl std::fmt::Display for Failure {
 
 /// Runs a stage's pipelines concurrently: one task each, so a slow or failing one never holds
 /// up another. Dropping the future (lease lost, grace over) drops the JoinSet, which aborts
-/// them all: no pipeline outlives its message.
+/// them all: no pipeline outlives its message. A stage of one pipeline (the common case) runs
+/// in the message's own task: there is no other pipeline for it to hold up, a panic is caught
+/// the same way, and dropping the future drops it just the same.
 pub(super) async fn run_stage(
     stage: Stage,
     delivery: &Arc<Delivery>,
     ledger: &Ledger,
     breakers: &Breakers,
 ) -> Vec<PipelineResult> {
+    if let [step] = &*stage {
+        let started = Instant::now();
+        let run = run_once(
+            step.pipeline.clone(),
+            step.timeout,
+            delivery.clone(),
+            ledger.clone(),
+        )
+        .instrument(otel::pipeline(step.pipeline.name()));
+        let result = AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_panic| Err(panicked()));
+        return vec![finished(breakers, delivery, step, result, started)];
+    }
     let mut tasks = JoinSet::new();
     let mut steps = HashMap::with_capacity(stage.len());
     for (i, step) in stage.iter().enumerate() {
@@ -85,12 +102,7 @@ pub(super) async fn run_stage(
         let (id, result) = match joined {
             Ok((id, result)) => (id, result),
             // run_once catches its pipeline's panic; this is one in conveyor's own code.
-            Err(e) if e.is_panic() => (
-                e.id(),
-                Err(Failure::Pipeline(PipelineError::Retryable(
-                    "panicked".into(),
-                ))),
-            ),
+            Err(e) if e.is_panic() => (e.id(), Err(panicked())),
             // Cancelled: only when this future is dropped, and then nobody is listening.
             Err(e) => (
                 e.id(),
@@ -100,16 +112,30 @@ pub(super) async fn run_stage(
             ),
         };
         let (i, started) = steps[&id];
-        let step = &stage[i];
-        let name = step.pipeline.name();
-        let result = feedback(breakers, step.pipeline.dependencies(), delivery, result);
-        record(delivery, step, &result, started);
-        results.push(PipelineResult {
-            pipeline: name,
-            result,
-        });
+        results.push(finished(breakers, delivery, &stage[i], result, started));
     }
     results
+}
+
+/// A panic in conveyor's own code around a pipeline (`run_once` catches the pipeline's).
+fn panicked() -> Failure {
+    Failure::Pipeline(PipelineError::Retryable("panicked".into()))
+}
+
+/// One run's result, told to the breakers, logged and counted.
+fn finished(
+    breakers: &Breakers,
+    delivery: &Delivery,
+    step: &Step,
+    result: Result<Ran, Failure>,
+    started: Instant,
+) -> PipelineResult {
+    let result = feedback(breakers, step.pipeline.dependencies(), delivery, result);
+    record(delivery, step, &result, started);
+    PipelineResult {
+        pipeline: step.pipeline.name(),
+        result,
+    }
 }
 
 /// Runs `pipeline` for the delivery unless the ledger says it already succeeded for its key
