@@ -45,6 +45,9 @@ pub struct OtlpConfig {
     pub endpoint: String,
     /// `service.name` of the exported spans, unless `OTEL_SERVICE_NAME` is set.
     pub service_name: String,
+    /// Head sampling: the share of receives whose messages are traced (0 to 1). Each
+    /// receive's messages are traced together or not at all; one left out makes no span.
+    pub sample_ratio: f64,
 }
 
 impl Default for OtlpConfig {
@@ -52,6 +55,7 @@ impl Default for OtlpConfig {
         Self {
             endpoint: String::new(),
             service_name: "conveyor".to_owned(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -150,6 +154,14 @@ impl TelemetryConfig {
                     "not an http(s) URL; use a collector's OTLP/HTTP address such as \"http://otel-collector:4318\", or \"\" for no tracing",
                 ),
             }
+        }
+        let ratio = self.otlp.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            problems.bad(
+                "telemetry.otlp.sample_ratio",
+                &ratio,
+                "must be between 0 and 1: 1 traces every message, 0.1 one receive in ten",
+            );
         }
         if self.otlp.service_name.trim().is_empty() {
             problems.bad(

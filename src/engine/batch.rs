@@ -168,15 +168,16 @@ async fn send(calls: &mut JoinSet<()>, sqs: &Endpoint, batch: Vec<Request>) {
         calls.join_next().await;
     }
     let sqs = sqs.clone();
-    let span = if otel::enabled() {
+    // Traced when one of the messages it settles is (head sampling leaves the others out).
+    let links: Vec<_> = batch.iter().filter_map(|r| r.link.clone()).collect();
+    let span = if links.is_empty() {
+        tracing::Span::none()
+    } else {
         let operation = match batch[0].action {
             Action::Delete => "DeleteMessageBatch",
             Action::SetVisibility(_) => "ChangeMessageVisibilityBatch",
         };
-        let links: Vec<_> = batch.iter().filter_map(|r| r.link.clone()).collect();
-        otel::settle(&sqs.queue, operation, &links)
-    } else {
-        tracing::Span::none()
+        otel::settle(&sqs.queue, operation, batch.len(), &links)
     };
     calls.spawn(async move { send_with_retries(&sqs, batch).await }.instrument(span));
 }

@@ -38,6 +38,7 @@ pub fn init_logging(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
             env,
         )?),
     };
+    otel::set_sample_ratio(config.otlp.sample_ratio);
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => EnvFilter::try_new(filter)?,
         _ => EnvFilter::try_new(&config.log_level)?,

@@ -10,8 +10,15 @@
 //! `pipeline {name}` → the pipeline's calls (`INSERT …`, `chat {model}`, `send {queue}`).
 //! Deletes and visibility changes are batched across messages, so `settle {queue}` (CLIENT) is
 //! its own root, linked to the process spans of the messages it settles.
+//!
+//! Head sampling (`telemetry.otlp.sample_ratio`, 1 by default: every message): the decision is
+//! made once per receive, and a receive left out makes none of these spans — not the
+//! receive's, its messages' process spans, their pipelines' or their calls' — so an unsampled
+//! message costs what it costs with tracing off. A settle span is made when one of the
+//! messages it settles was sampled.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, Tracer as _};
@@ -34,6 +41,30 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::INFO)
 }
 
+/// The share of receives whose messages are traced (`telemetry.otlp.sample_ratio`), as the
+/// bits of an `f64`: set once at start-up, read on every receive.
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(1.0f64.to_bits());
+
+/// Sets the head-sampling ratio (clamped to 0..=1): each receive's messages are traced
+/// together, or not at all, with this probability.
+pub fn set_sample_ratio(ratio: f64) {
+    SAMPLE_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// The head-sampling decision for one receive.
+fn sampled() -> bool {
+    let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// Whether a span made now belongs to a sampled trace: tracing is on and the current span is
+/// one being exported (a message's process span or one of its descendants). A span inside
+/// an unsampled message is not made at all, rather than made and dropped by the exporter's
+/// sampler: that is what keeps head sampling cheap.
+fn in_trace() -> bool {
+    enabled() && !Span::current().is_none()
+}
+
 // --- the spans ------------------------------------------------------------------------------
 
 /// The `receive {queue}` span of a receive that brought `count` messages, from when the call
@@ -41,7 +72,7 @@ pub fn enabled() -> bool {
 /// long poll makes no span at all (its outcome is known only at its end). The returned context
 /// is the parent of the messages' process spans.
 pub fn receive(queue: &str, count: usize, sent_at: tokio::time::Instant) -> Option<Context> {
-    if !enabled() {
+    if !enabled() || !sampled() {
         return None;
     }
     let sent_at = SystemTime::now() - sent_at.elapsed();
@@ -64,13 +95,17 @@ pub fn receive(queue: &str, count: usize, sent_at: tokio::time::Instant) -> Opti
 }
 
 /// The `process {queue}` span of one message: a child of its receive, linked to the producer's
-/// context when the message carried one in `AWSTraceHeader`.
+/// context when the message carried one in `AWSTraceHeader`. No receive span (tracing off, or
+/// the receive not sampled): no span, and none of the message's own spans either.
 pub fn process(
     queue: &str,
     message_id: &str,
     parent: Option<&Context>,
     trace_header: Option<&str>,
 ) -> Span {
+    let Some(parent) = parent else {
+        return Span::none();
+    };
     let span = tracing::info_span!(
         target: TARGET,
         "process",
@@ -87,9 +122,7 @@ pub fn process(
     if span.is_disabled() {
         return span;
     }
-    if let Some(parent) = parent {
-        let _ = span.set_parent(parent.clone());
-    }
+    let _ = span.set_parent(parent.clone());
     if let Some(producer) = trace_header.and_then(from_xray) {
         span.add_link_with_attributes(
             producer,
@@ -122,6 +155,9 @@ pub fn outcome(span: &Span, outcome: &'static str, error: bool) {
 
 /// One pipeline's run on a message.
 pub fn pipeline(name: &'static str) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "pipeline",
@@ -149,6 +185,9 @@ pub async fn traced<T, E>(span: Span, call: impl Future<Output = Result<T, E>>) 
 /// A database call: `system` `postgresql` or `neo4j`; `operation` and `collection` low-
 /// cardinality names (`INSERT`, `action_items`), never query text or values.
 pub fn db(system: &'static str, operation: &'static str, collection: &'static str) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "db",
@@ -164,6 +203,9 @@ pub fn db(system: &'static str, operation: &'static str, collection: &'static st
 /// A chat call to the model, per the GenAI conventions: the model and the token counts, never
 /// the prompt or the reply.
 pub fn chat(model: &str) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "chat",
@@ -184,9 +226,21 @@ pub fn chat_tokens(span: &Span, input: u64, output: u64) {
     span.record("gen_ai.usage.output_tokens", output);
 }
 
-/// A send to another queue (`system` `aws_sqs`) or bus (`aws_eventbridge`): a PRODUCER span
-/// whose context the sent messages carry.
+/// A send to another queue (`system` `aws_sqs`) or bus (`aws_eventbridge`) while handling a
+/// message: a PRODUCER span whose context the sent messages carry.
 pub fn send(system: &'static str, destination: &str, count: usize) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
+    send_span(system, destination, count)
+}
+
+/// The CLI's `send` span (`conveyor publish`): the root of the trace it starts.
+pub fn publish(system: &'static str, destination: &str, count: usize) -> Span {
+    send_span(system, destination, count)
+}
+
+fn send_span(system: &'static str, destination: &str, count: usize) -> Span {
     tracing::info_span!(
         target: TARGET,
         "send",
@@ -203,6 +257,9 @@ pub fn send(system: &'static str, destination: &str, count: usize) -> Span {
 /// A call to a delivery provider (SES, SNS, a webhook receiver): a CLIENT span named by the
 /// channel, carrying no address.
 pub fn deliver(channel: &'static str) -> Span {
+    if !in_trace() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "deliver",
@@ -215,7 +272,7 @@ pub fn deliver(channel: &'static str) -> Span {
 
 /// The `settle {queue}` span of one DeleteMessageBatch / ChangeMessageVisibilityBatch call,
 /// linked to the process spans of the messages it settles.
-pub fn settle(queue: &str, operation: &'static str, links: &[SpanContext]) -> Span {
+pub fn settle(queue: &str, operation: &'static str, count: usize, links: &[SpanContext]) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         parent: None,
@@ -227,7 +284,7 @@ pub fn settle(queue: &str, operation: &'static str, links: &[SpanContext]) -> Sp
         messaging.operation.type = "settle",
         messaging.operation.name = operation,
         messaging.destination.name = queue,
-        messaging.batch.message_count = links.len(),
+        messaging.batch.message_count = count,
     );
     for link in links {
         span.add_link(link.clone());

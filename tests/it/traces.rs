@@ -426,6 +426,64 @@ async fn a_message_sent_to_the_queue_carries_its_trace_in_aws_trace_header() {
     );
 }
 
+/// Head sampling at 0: the exporter runs, yet a message handled makes no span at all — no
+/// receive, process, pipeline or settle span (each receive's messages are traced together or
+/// not at all; `telemetry.otlp.sample_ratio`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_left_out_by_head_sampling_makes_no_span() {
+    let _ls = localstack_shared().await;
+    let receiver = Receiver::start().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-trace-sampled", 3).await;
+    let k = unique("ts").replace('-', "_").to_lowercase();
+    let toml = format!(
+        "{}\n[telemetry.otlp]\nsample_ratio = 0.0\n",
+        queue_toml(
+            &k,
+            &q.url,
+            &format!("[[queues.{k}.routes]]\ncontract = \"json\"\npipelines = [\"log\"]"),
+        )
+    );
+    let mut daemon = traced(Conveyor::new(&toml), &receiver, "conveyor-unsampled").spawn_daemon();
+    send_all(
+        &sqs,
+        &q.url,
+        &(0..5)
+            .map(|i| event_body(&format!("e-unsampled-{i}"), serde_json::json!({"a": i})))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    eventually(
+        "the five handled and deleted",
+        Duration::from_secs(60),
+        async || queue_depth(&sqs, &q.url).await == (0, 0),
+    )
+    .await;
+    // The exporter sends every 200 ms here: a span made would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+    assert_eq!(
+        daemon
+            .logs()
+            .iter()
+            .filter(|l| l.contains("payload_sha256"))
+            .count(),
+        5,
+        "each handled once"
+    );
+    let made: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.service == "conveyor-unsampled")
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        made.is_empty(),
+        "no span for an unsampled receive: {made:?}"
+    );
+}
+
 /// Threads of `pid` whose name starts with `prefix`.
 fn threads_named(pid: u32, prefix: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))

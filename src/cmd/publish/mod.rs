@@ -52,7 +52,7 @@ pub async fn put(
     bus: &str,
     events: &[Prepared],
 ) -> Result<Put, aws_sdk_eventbridge::Error> {
-    let span = otel::send("aws_eventbridge", bus, events.len());
+    let span = otel::publish("aws_eventbridge", bus, events.len());
     let trace = otel::context_of(&span);
     let entries = events
         .iter()
@@ -121,7 +121,7 @@ async fn send_to_queue(
         .then(|| Progress::new(events.len() as u64, "sending", Unit::Items("events")));
     for event in events {
         let event_id = Uuid::new_v4().to_string();
-        let span = otel::send("aws_sqs", key, 1);
+        let span = otel::publish("aws_sqs", key, 1);
         let trace = otel::context_of(&span);
         let body = json!({
             "version": "0", "id": event_id, "detail-type": event.detail_type,
