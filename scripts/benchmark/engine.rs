@@ -12,9 +12,9 @@
 //!
 //! Tracing: `scripts/bench` runs this twice in one go, with logging set up as the daemon does
 //! it — `BENCH_TRACING=off` (no OTLP endpoint) and `BENCH_TRACING=on` (exporting to
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, the SDK's default batching) — against an OTLP sink that is
-//! this same binary run as `engine-bench sink PORT` (it decodes and counts the spans), and
-//! prints the CPU ratio on / off.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, the SDK's default batching; `BENCH_SAMPLE_RATIO` sets
+//! `telemetry.otlp.sample_ratio`) — against an OTLP sink that is this same binary run as
+//! `engine-bench sink PORT` (it decodes and counts the spans), and prints the CPU ratio on / off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,10 +191,17 @@ async fn main() {
     // without the exporter.
     let tracing = std::env::var("BENCH_TRACING").ok();
     let _telemetry = tracing.as_ref().map(|_| {
-        let config = conveyor::config::TelemetryConfig {
+        let mut config = conveyor::config::TelemetryConfig {
             log_level: "warn".into(),
             ..Default::default()
         };
+        // Head sampling, as `telemetry.otlp.sample_ratio` sets it (1: every receive).
+        if let Some(ratio) = std::env::var("BENCH_SAMPLE_RATIO")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.otlp.sample_ratio = ratio;
+        }
         conveyor::telemetry::init_logging(&config).expect("logging set up")
     });
     // Metrics recorded as the daemon records them (Prometheus registry).
