@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use conveyor::cmd::{self, Cli};
 
+/// mimalloc: tokio allocates a task per message, aligned to a cache line, and glibc's aligned
+/// allocation was the largest single cost of the engine's hot path (BENCHMARKS.md, in process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     conveyor::install_crypto_provider();

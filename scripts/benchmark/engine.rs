@@ -25,6 +25,10 @@ use conveyor::engine::queue::QueueApi;
 use conveyor::engine::{Consumer, Context, Handler, Outcome, Received};
 use futures::future::BoxFuture;
 
+/// The daemon's allocator (src/main.rs), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn cpu() -> Duration {
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .expect("getrusage");
