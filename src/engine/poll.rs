@@ -15,6 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+/// How long a poller with some free in-flight slots waits for a whole batch's worth before it
+/// receives fewer: short beside any handler worth a queue, long beside freeing slots.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// One poller: wait for a free in-flight slot, receive up to that many messages, hand each to
 /// its own task at once (a message never waits for its batch-mates) or, on a FIFO queue, to its
 /// group's lane; repeat.
@@ -50,6 +54,21 @@ pub(super) async fn poll(
         let Some(limit) = admitted(&queue, &shutdown).await else {
             return;
         };
+        // Slots come free one message at a time; a receive the moment the first one does would
+        // ask for one message per call. Wait a moment for a whole batch, then take what is free.
+        let limit = limit.min(queue.config.max_in_flight as usize);
+        let wanted = limit.saturating_sub(held.num_permits());
+        if wanted > 0 {
+            tokio::select! {
+                biased;
+                () = shutdown.graceful.cancelled() => return,
+                more = tokio::time::timeout(GATHER, permits.clone().acquire_many_owned(wanted as u32)) => {
+                    if let Ok(more) = more {
+                        held.merge(more.expect("the semaphore is never closed"));
+                    }
+                }
+            }
+        }
         while held.num_permits() < limit {
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => held.merge(permit),

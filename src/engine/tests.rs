@@ -129,6 +129,40 @@ async fn successes_are_deleted_and_the_handler_sees_the_message_as_sent() {
     running.stop().await;
 }
 
+/// Slots free one message at a time (each handler takes its own time); a poller waits a moment
+/// for a whole batch's worth instead of asking SQS for one or two messages per call. Messages of
+/// one receive start at one instant of the paused clock, so the instants count the receives.
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_is_received_in_whole_batches_as_slots_free_one_by_one() {
+    let (queues, url, _, mut config) = setup("batches");
+    config.pollers = 1;
+    config.max_in_flight = 10;
+    // Each delete sent on its own, so each slot frees at its own instant.
+    config.delete_flush_millis = 1;
+    queues.push_many(&url, (0..200).map(|i| format!("{i}")));
+    let started = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let record = started.clone();
+    let running = start(
+        &queues,
+        config,
+        handler(move |m| {
+            record.lock().unwrap().insert(Instant::now());
+            let ms = 1 + m.body.parse::<u64>().unwrap() % 7;
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Outcome::Success
+            })
+        }),
+        Duration::from_secs(25),
+    )
+    .await;
+    until("all deleted", || queues.is_empty(&url)).await;
+    let receives = started.lock().unwrap().len();
+    // 20 receives of 10 would do; taking the slots as each came free, it took 77.
+    assert!(receives <= 30, "{receives} receives for 200 messages");
+    running.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_comes_back_after_its_backoff_and_exhausted_retries_are_dead_lettered_with_the_reason()
  {
