@@ -24,7 +24,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     // Ids and, when there is one, the interaction's type, length and hash.
     accepts: &[],
     needs: &[Need::EventBridge],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |r| {
         Box::pin(async move {
             Ok(Arc::new(Announce::new(

@@ -40,9 +40,6 @@ pub struct Descriptor {
     pub build: Build,
 }
 
-/// The run timeout of most pipelines: a pipeline's work is one event's.
-pub const DEFAULT_TIMEOUT_SECS: u64 = crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS;
-
 /// How a [`Descriptor`] builds its pipeline.
 pub type Build = fn(&Shared) -> BoxFuture<'_, anyhow::Result<Arc<dyn Pipeline>>>;
 

@@ -26,7 +26,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "chaos",
     accepts: &[],
     needs: &[],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |_| Box::pin(async { Ok(Arc::new(Chaos) as Arc<dyn Pipeline>) }),
 };
 

@@ -40,7 +40,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "graph",
     accepts: &[Contract::EnvelopeV1, Contract::BatchCompletedV1],
     needs: &[Need::Graph, Need::Model],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |r| {
         Box::pin(async move {
             let bolt = r.graph().await?;

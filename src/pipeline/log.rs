@@ -13,7 +13,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "log",
     accepts: &[],
     needs: &[],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |_| Box::pin(async { Ok(Arc::new(Log) as Arc<dyn Pipeline>) }),
 };
 

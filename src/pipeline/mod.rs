@@ -28,7 +28,7 @@ use crate::input::Event;
 
 pub use crate::fault::PipelineError;
 pub use announce::{Announce, announcement_id};
-pub use catalog::{CATALOG, DEFAULT_TIMEOUT_SECS, Descriptor, Need, descriptor};
+pub use catalog::{CATALOG, Descriptor, Need, descriptor};
 pub use chaos::Chaos;
 pub use graph::{GraphPipeline, References};
 pub use notify_rank::{RANKED_SOURCE, RANKED_TYPE};
@@ -170,7 +170,7 @@ pub(crate) const NOOP: Descriptor = Descriptor {
     name: "noop",
     accepts: &[],
     needs: &[],
-    timeout_secs: DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |_| Box::pin(async { Ok(Arc::new(Noop) as Arc<dyn Pipeline>) }),
 };
 

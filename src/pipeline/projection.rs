@@ -23,7 +23,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "projection",
     accepts: &[Contract::EnvelopeV1, Contract::BatchCompletedV1],
     needs: &[Need::Postgres, Need::Model],
-    timeout_secs: super::DEFAULT_TIMEOUT_SECS,
+    timeout_secs: crate::config::DEFAULT_PIPELINE_TIMEOUT_SECS,
     build: |r| {
         Box::pin(async move {
             Ok(
