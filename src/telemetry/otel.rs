@@ -292,9 +292,10 @@ pub fn settle(queue: &str, operation: &'static str, count: usize, links: &[SpanC
     span
 }
 
-/// The current span's context, to link to later (a settle span), when tracing is on.
+/// The current span's context, to link to later (a settle span), inside a sampled trace.
 pub fn current_context() -> Option<SpanContext> {
-    if !enabled() {
+    // Outside one there is nothing to link to, and asking the span for its context costs.
+    if !in_trace() {
         return None;
     }
     let cx = Span::current().context();
