@@ -305,25 +305,9 @@ async fn sigterm_with_200_in_flight_exits_zero_and_releases_everything_unfinishe
         q.url
     ))
     .spawn_daemon();
-    let http = reqwest::Client::new();
-    let metrics_url = daemon.url("/metrics");
-    eventually(
-        "200 messages in flight",
-        Duration::from_secs(30),
-        async || {
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .any(|l| l.starts_with("conveyor_in_flight{") && l.ends_with(" 200"))
-        },
-    )
-    .await;
+    daemon
+        .eventually_in_flight(200, Duration::from_secs(30))
+        .await;
 
     daemon.signal(Signal::SIGTERM);
     let (code, took) = daemon.wait_exit(Duration::from_secs(30));
@@ -377,10 +361,9 @@ async fn a_second_signal_releases_at_once() {
         q.url
     ))
     .spawn_daemon();
-    eventually("20 in flight", Duration::from_secs(30), async || {
-        queue_depth(&sqs, &q.url).await == (0, 20)
-    })
-    .await;
+    daemon
+        .eventually_in_flight(20, Duration::from_secs(30))
+        .await;
     daemon.signal(Signal::SIGTERM);
     daemon.wait_for_log("stopping: no new receives", Duration::from_secs(5));
     let second = Instant::now();
@@ -392,7 +375,12 @@ async fn a_second_signal_releases_at_once() {
         "{:?}",
         second.elapsed()
     );
-    assert_eq!(queue_depth(&sqs, &q.url).await, (20, 0), "all released");
+    assert_eq!(
+        queue_depth(&sqs, &q.url).await,
+        (20, 0),
+        "all released:\n{}",
+        daemon.logs().join("\n")
+    );
 }
 
 #[tokio::test]

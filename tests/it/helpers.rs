@@ -246,6 +246,27 @@ impl Daemon {
         format!("http://{}{path}", self.ops_addr.unwrap())
     }
 
+    /// Waits until the daemon itself holds `n` messages (its `conveyor_in_flight` gauge). The
+    /// queue's not-visible count is no proof: SQS counts a message in flight once a receive
+    /// took it, before the answer reached the daemon, and a shutdown then aborts that receive.
+    pub async fn eventually_in_flight(&self, n: usize, timeout: Duration) {
+        let http = reqwest::Client::new();
+        let metrics_url = self.url("/metrics");
+        let wanted = format!(" {n}");
+        eventually(&format!("{n} messages in flight"), timeout, async || {
+            let Ok(answer) = http.get(&metrics_url).send().await else {
+                return false;
+            };
+            answer
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("conveyor_in_flight{") && l.ends_with(&wanted))
+        })
+        .await;
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
