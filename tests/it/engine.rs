@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+use crate::fault_proxy::FaultProxy;
 use crate::helpers::*;
 
 /// A metric-label-safe queue key unique to this test.
@@ -385,8 +386,10 @@ async fn a_second_signal_releases_at_once() {
 
 #[tokio::test]
 async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
-    // Freezing LocalStack stalls every other LocalStack test: run alone.
-    let _ls = localstack_exclusive().await;
+    // The daemon reaches SQS through a proxy that stops answering: its endpoint freezes, and
+    // the other tests' LocalStack does not (SIGSTOP on LocalStack held the whole suite).
+    let _ls = localstack_shared().await;
+    let proxy = FaultProxy::start().await;
     let sqs = sqs_client().await;
     let q = queue_with_dlq(&sqs, "it-freeze", 5).await;
     // Event ids are the ledger's keys: unique per run, or an earlier run's successes skip them.
@@ -401,13 +404,14 @@ async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
         ..Default::default()
     };
     let k = key();
-    let config = test_config(&queue_toml(
+    let mut config = test_config(&queue_toml(
         &k,
         &q.url,
         &format!(
             "pollers = 2\nmax_in_flight = 10\n[[queues.{k}.routes]]\npipelines = [\"recorder\"]"
         ),
     ));
+    config.aws.endpoint_url = Some(proxy.url.clone());
     let daemon = InProcess::start(config, registry_with(&recorder)).await;
     let readyz = format!("http://{}/readyz", daemon.ops_addr);
     eventually("some progress", Duration::from_secs(30), async || {
@@ -415,8 +419,7 @@ async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
     })
     .await;
 
-    let pid = localstack_pid();
-    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    proxy.hold(|_| true);
     let frozen = async {
         // Unready while SQS does not answer.
         let http = reqwest::Client::new();
@@ -437,7 +440,7 @@ async fn recovers_by_itself_after_the_sqs_endpoint_freezes_for_20_seconds() {
         saw_unready
     }
     .await;
-    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    proxy.heal();
     assert!(frozen, "/readyz turned unready while SQS was frozen");
 
     eventually("all 300 processed", Duration::from_secs(180), async || {

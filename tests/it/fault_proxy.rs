@@ -1,8 +1,10 @@
 //! A fault injector in front of LocalStack: a local HTTP server the daemon takes for its AWS
 //! endpoint (`aws.endpoint_url`). It forwards every request to LocalStack unchanged, except
 //! those a rule matches, which get the rule's answer instead — an S3 `AccessDenied`, an SNS
-//! `AuthorizationError` — as the real service would send it, or the real answer late. Rules are switched on and off
-//! while the daemon runs: the fault, then the fix.
+//! `AuthorizationError` — as the real service would send it, the real answer late, or no
+//! answer until the fix (a frozen endpoint). Rules are switched on and off while the daemon
+//! runs: the fault, then the fix. The fault is the daemon's alone: other tests share
+//! LocalStack undisturbed.
 
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +35,8 @@ enum Answer {
     Refuse { status: u16, body: String },
     /// The service's answer, this much later (a slow dependency).
     Delay(std::time::Duration),
+    /// Nothing until the rule changes, then the service's answer (a frozen endpoint).
+    Hold,
 }
 
 #[derive(Clone, Default)]
@@ -40,6 +44,8 @@ struct Shared {
     rule: Arc<Mutex<Option<Rule>>>,
     /// How many requests the rule answered.
     refused: Arc<Mutex<u64>>,
+    /// Told of every rule change (what held requests wait for).
+    changes: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 pub struct FaultProxy {
@@ -67,10 +73,10 @@ impl FaultProxy {
         status: u16,
         body: String,
     ) {
-        *self.shared.rule.lock().unwrap() = Some(Rule {
+        self.set(Some(Rule {
             matches: Arc::new(matches),
             answer: Answer::Refuse { status, body },
-        });
+        }));
     }
 
     /// From now on, requests `matches` picks are forwarded `by` late.
@@ -79,10 +85,24 @@ impl FaultProxy {
         matches: impl Fn(&Request) -> bool + Send + Sync + 'static,
         by: std::time::Duration,
     ) {
-        *self.shared.rule.lock().unwrap() = Some(Rule {
+        self.set(Some(Rule {
             matches: Arc::new(matches),
             answer: Answer::Delay(by),
-        });
+        }));
+    }
+
+    /// From now on, requests `matches` picks get no answer until [`heal`](Self::heal); then
+    /// they are forwarded (a frozen endpoint: the client sees it stop answering).
+    pub fn hold(&self, matches: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        self.set(Some(Rule {
+            matches: Arc::new(matches),
+            answer: Answer::Hold,
+        }));
+    }
+
+    fn set(&self, rule: Option<Rule>) {
+        *self.shared.rule.lock().unwrap() = rule;
+        self.shared.changes.send_replace(());
     }
 
     /// An S3 (REST-XML) error with `code`.
@@ -104,7 +124,7 @@ impl FaultProxy {
 
     /// The fix: everything is forwarded again.
     pub fn heal(&self) {
-        *self.shared.rule.lock().unwrap() = None;
+        self.set(None);
     }
 
     /// Requests the rule matched so far.
@@ -120,6 +140,8 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Subscribed before the rule is read, so a change right after is not missed.
+    let mut changes = shared.changes.subscribe();
     let rule = shared.rule.lock().unwrap().clone();
     if let Some(rule) = rule {
         let request = Request {
@@ -139,6 +161,9 @@ async fn forward(
                         .into_response();
                 }
                 Answer::Delay(by) => tokio::time::sleep(by).await,
+                Answer::Hold => {
+                    let _ = changes.changed().await;
+                }
             }
         }
     }

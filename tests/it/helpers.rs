@@ -303,27 +303,24 @@ impl Drop for Daemon {
 
 // --- LocalStack sharing ---------------------------------------------------------------
 
-/// Tests that freeze LocalStack take this exclusively; every other LocalStack test shares it.
+/// A test that needs LocalStack to itself (one that LocalStack's emulation gets wrong under
+/// the suite's load) takes this exclusively; every other LocalStack test shares it.
 static LOCALSTACK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 pub async fn localstack_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
     LOCALSTACK.read().await
 }
 
+/// Waits for a moment when no other test uses LocalStack, without queueing: a queued writer
+/// (tokio's lock is fair) would hold every test that starts meanwhile behind the longest one
+/// running, three test threads idle for minutes. Usually that moment is the suite's end.
 pub async fn localstack_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    LOCALSTACK.write().await
-}
-
-/// The LocalStack process started by `scripts/stack`.
-pub fn localstack_pid() -> nix::unistd::Pid {
-    let file = std::env::var("CONVEYOR_STACK_LOCALSTACK_PID_FILE")
-        .expect("CONVEYOR_STACK_LOCALSTACK_PID_FILE: run under scripts/test");
-    let pid: i32 = std::fs::read_to_string(&file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::unistd::Pid::from_raw(pid)
+    loop {
+        if let Ok(alone) = LOCALSTACK.try_write() {
+            return alone;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // --- queues and messages --------------------------------------------------------------
