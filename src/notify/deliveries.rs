@@ -19,8 +19,14 @@ use crate::contract::notification::Channel;
 /// What a claim on a channel's row found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// Send now; `attempts` failed before.
-    Claimed { token: Uuid, attempts: u32 },
+    /// Send now; `attempts` failed before. `reserved`: a rate-limit token was reserved for this
+    /// send earlier (see `bucket`), due in this long (zero when due already); the send must
+    /// not take another.
+    Claimed {
+        token: Uuid,
+        attempts: u32,
+        reserved: Option<Duration>,
+    },
     /// This channel already delivered it.
     Delivered,
     /// This channel gave up on it before (and its failover was sent).
@@ -63,7 +69,7 @@ impl Deliveries {
         hold: Duration,
     ) -> Result<Claim, sqlx::Error> {
         let token = Uuid::new_v4();
-        let claimed: Option<(i32,)> = sqlx::query_as(
+        let claimed: Option<(i32, Option<f64>)> = sqlx::query_as(
             r#"
             INSERT INTO notify_deliveries AS d (tenant_id, event_id, channel, state, claim, claimed_until)
             VALUES ($1, $2, $3, 'sending', $4, clock_timestamp() + make_interval(secs => $5))
@@ -72,7 +78,7 @@ impl Deliveries {
                 updated_at = clock_timestamp()
             WHERE d.state NOT IN ('delivered', 'failed')
               AND (d.claimed_until IS NULL OR d.claimed_until < clock_timestamp())
-            RETURNING d.attempts
+            RETURNING d.attempts, EXTRACT(EPOCH FROM (d.reserved_at - clock_timestamp()))::float8
             "#,
         )
         .bind(tenant)
@@ -82,10 +88,11 @@ impl Deliveries {
         .bind(hold.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((attempts,)) = claimed {
+        if let Some((attempts, reserved)) = claimed {
             return Ok(Claim::Claimed {
                 token,
                 attempts: attempts.max(0) as u32,
+                reserved: reserved.map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 1e9))),
             });
         }
         let (state, remaining): (String, Option<f64>) = sqlx::query_as(
@@ -160,13 +167,22 @@ impl Deliveries {
         token: Uuid,
         finish: Finish<'_>,
     ) -> Result<(), sqlx::Error> {
+        // A reservation is kept by a plain deferral (it is still this send's token), set by a
+        // reserving one, and spent by anything that sent or gave up.
         let (state, error, next_at, provider_id, failed_attempt) = match finish {
             Finish::Delivered { provider_id } => ("delivered", None, None, provider_id, false),
             Finish::Retrying { error, next_at } => {
                 ("retrying", Some(error), Some(next_at), None, true)
             }
-            Finish::Deferred { until } => ("deferred", None, Some(until), None, false),
+            Finish::Deferred { until } | Finish::Reserved { until, .. } => {
+                ("deferred", None, Some(until), None, false)
+            }
             Finish::Failed { error, attempted } => ("failed", Some(error), None, None, attempted),
+        };
+        let (keep_reservation, reserve_in) = match finish {
+            Finish::Deferred { .. } => (true, None),
+            Finish::Reserved { due_in, .. } => (false, Some(due_in.as_secs_f64())),
+            _ => (false, None),
         };
         sqlx::query(
             r#"
@@ -177,6 +193,10 @@ impl Deliveries {
                 provider_id = COALESCE($8, provider_id),
                 delivered_at = CASE WHEN $5 = 'delivered' THEN clock_timestamp() ELSE delivered_at END,
                 attempts = attempts + CASE WHEN $9 THEN 1 ELSE 0 END,
+                reserved_at = CASE
+                    WHEN $11::float8 IS NOT NULL THEN clock_timestamp() + make_interval(secs => $11)
+                    WHEN $10 THEN reserved_at
+                END,
                 claim = NULL, claimed_until = NULL, updated_at = clock_timestamp()
             WHERE tenant_id = $1 AND event_id = $2 AND channel = $3 AND claim = $4
             "#,
@@ -190,6 +210,8 @@ impl Deliveries {
         .bind(next_at)
         .bind(provider_id)
         .bind(failed_attempt)
+        .bind(keep_reservation)
+        .bind(reserve_in)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -250,9 +272,16 @@ pub enum Finish<'a> {
         error: &'a str,
         next_at: DateTime<Utc>,
     },
-    /// Not sent, not failed: waiting (a rate limit) until `until`.
+    /// Not sent, not failed: waiting until `until` (a provider's breaker, an aborted run).
+    /// A token reserved for the send stays reserved.
     Deferred {
         until: DateTime<Utc>,
+    },
+    /// Not sent: a rate-limit token is reserved for the send, due in `due_in` (the database's
+    /// clock, from now); back at `until` (no later), it sends without taking another.
+    Reserved {
+        until: DateTime<Utc>,
+        due_in: Duration,
     },
     /// The channel gives up; `attempted`: this claim's send failed (counted as an attempt).
     Failed {

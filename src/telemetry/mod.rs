@@ -177,6 +177,7 @@ pub const NOTIFY_DEFERRED: &str = "conveyor_notify_deferred_total";
 pub const NOTIFY_DELIVERED: &str = "conveyor_notify_delivered_total";
 pub const NOTIFY_FAILED: &str = "conveyor_notify_failed_total";
 pub const NOTIFY_RATE_LIMITED: &str = "conveyor_notify_rate_limited_total";
+pub const NOTIFY_BUCKET_DECISIONS: &str = "conveyor_notify_bucket_decisions_total";
 pub const NOTIFY_FAILOVERS: &str = "conveyor_notify_failovers_total";
 pub const NOTIFY_LATENCY: &str = "conveyor_notify_latency_seconds";
 pub const NOTIFY_DUPLICATES: &str = "conveyor_notify_duplicates_skipped_total";
@@ -469,7 +470,9 @@ pub fn notify_ranked(channel: &'static str, priority: u8) {
 }
 
 /// A notification held back: `quiet_hours` (its `sendAfter` is their end), `not_due` (delivery
-/// received it before its `sendAfter`), `rate_limited`, `backoff` (a retry a second or more away).
+/// received it before its `sendAfter`), `rate_limited` (its token reserved ahead),
+/// `reservation_early` (back before its reserved token, deferred to it again), `backoff` (a retry
+/// a second or more away), `provider_unavailable`.
 pub fn notify_deferred(reason: &'static str) {
     metrics::counter!(NOTIFY_DEFERRED, "reason" => reason).increment(1);
 }
@@ -487,9 +490,14 @@ pub fn notify_failed(channel: &'static str, reason: &'static str) {
     metrics::counter!(NOTIFY_FAILED, "channel" => channel, "reason" => reason).increment(1);
 }
 
-/// A send held back because its rate-limit bucket was empty.
+/// A send held back because its rate-limit bucket was empty: its token is reserved ahead.
 pub fn notify_rate_limited(channel: &'static str) {
     metrics::counter!(NOTIFY_RATE_LIMITED, "channel" => channel).increment(1);
+}
+
+/// A statement on a rate-limit bucket (a token taken or reserved): one per send, never more.
+pub fn notify_bucket_decision(channel: &'static str) {
+    metrics::counter!(NOTIFY_BUCKET_DECISIONS, "channel" => channel).increment(1);
 }
 
 /// A notification moved from one channel to the next of its failover list.

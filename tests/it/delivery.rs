@@ -433,6 +433,35 @@ async fn a_tenant_bucket_of_10_refilling_20_per_second_paces_300_webhooks_across
         "300 webhooks in {span:.1}s ({:.1}/s; the bucket allows 10 + 20/s), the fullest window {worst:.2} sends from the bound (≤ 0)",
         300.0 / span
     );
+    // One decision on the bucket per notification, however long it waited: a token taken, or
+    // one reserved and used when the message came back for it (the old retry loop made ~39
+    // statements on the bucket's row per send here).
+    let (mut decisions, mut reserved, mut early) = (0.0, 0.0, 0.0);
+    for d in &daemons {
+        decisions += d
+            .metric("conveyor_notify_bucket_decisions_total", &[])
+            .await;
+        reserved += d.metric("conveyor_notify_rate_limited_total", &[]).await;
+        early += d
+            .metric(
+                "conveyor_notify_deferred_total",
+                &["reason=\"reservation_early\""],
+            )
+            .await;
+    }
+    eprintln!(
+        "bucket decisions: {decisions} for 300 delivered ({:.3} each), {reserved} of them reservations ahead",
+        decisions / 300.0
+    );
+    assert!(
+        decisions <= 300.0 * 1.1,
+        "{decisions} bucket decisions for 300 sends"
+    );
+    assert!(
+        reserved > 0.0,
+        "the bucket ran empty and tokens were reserved ahead"
+    );
+    assert_eq!(early, 0.0, "no message came back before its reservation");
     let mut per_daemon = Vec::new();
     for mut d in daemons {
         d.signal(nix::sys::signal::Signal::SIGTERM);

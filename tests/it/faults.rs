@@ -244,9 +244,37 @@ async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop
 /// permission is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_fixed() {
+    sns_fault_fails_nothing_over(
+        "it-sns-denied",
+        403,
+        "AuthorizationError",
+        &["circuit:sns unready", "sns:Publish"],
+    )
+    .await;
+}
+
+/// SNS throttling the account (`Throttling` on Publish: its SMS rate, not these numbers) is an
+/// outage of the provider: the channel waits behind the SNS breaker, and none fails over to
+/// email or is dead-lettered. (Failing over on throttling sends the excess to the next
+/// channel's provider, which is the wrong answer to "slow down".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_throttling_fails_nothing_over_and_delivers_everything_once_it_eases() {
+    sns_fault_fails_nothing_over(
+        "it-sns-throttled",
+        400,
+        "Throttling",
+        &["circuit:sns unready"],
+    )
+    .await;
+}
+
+/// Ten notifications for SMS with email as failover, while SNS answers every Publish `status`
+/// with `code` for 30 s after `/readyz` shows `readyz`: afterwards each is delivered once by
+/// SMS, none by email, none failed or dead-lettered.
+async fn sns_fault_fails_nothing_over(prefix: &str, status: u16, code: &str, readyz: &[&str]) {
     let _ls = localstack_shared().await;
     let s = Stages::provision_with(
-        "it-sns-denied",
+        prefix,
         Some(Delivering {
             allow_private: true,
             secrets: String::new(),
@@ -269,21 +297,21 @@ async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_f
             r.method.as_str() == "POST"
                 && String::from_utf8_lossy(r.body).contains("Action=Publish")
         },
-        403,
-        FaultProxy::query_error("AuthorizationError"),
+        status,
+        FaultProxy::query_error(code),
     );
     let daemon = daemon_behind(&s, &proxy).await;
     for n in 0..10 {
-        let mut event = s.event(&format!("snsd-{n}"), &format!("u-{n}"), json!({}));
+        let mut event = s.event(&format!("sns-{n}"), &format!("u-{n}"), json!({}));
         event["user"]["channels"] = json!(["sms", "email"]);
         s.publish(&event).await;
     }
     eventually(
-        "/readyz names sns:Publish",
+        &format!("/readyz names {readyz:?}"),
         Duration::from_secs(90),
         async || {
             let (status, body) = ops_get(daemon.ops_addr, "/readyz").await;
-            status == 503 && body.contains("circuit:sns unready") && body.contains("sns:Publish")
+            status == 503 && readyz.iter().all(|needle| body.contains(needle))
         },
     )
     .await;
@@ -310,7 +338,7 @@ async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_f
     assert_eq!(other_channels, 0, "nothing failed over to email");
     assert_eq!(failed, 0);
     assert_eq!(queue_depth(&s.sqs, &s.priority_dlq_url).await, (0, 0));
-    eprintln!("{refused} Publish calls refused while denied; then all 10 delivered by SMS once");
+    eprintln!("{refused} Publish calls answered {code}; then all 10 delivered by SMS once");
     daemon.stop().await;
 }
 
@@ -423,10 +451,12 @@ async fn a_deliver_only_daemon_is_back_at_full_rate_a_cooldown_after_a_postgres_
         "deliver-only daemon: {before:.0}/s before a 10 s PostgreSQL blip, {after:.0}/s from 16 s after it ({:.0}%)",
         100.0 * after / before
     );
-    // Measured, not held to 10 %: CI runs other tests beside this one on two cores. A breaker
-    // that stays half-open lets one message through per cooldown (15 s): 0.07/s.
+    // Measured, not held to 10 %: CI runs other tests beside this one on two cores, and 200
+    // webhooks to a local receiver take a quarter of a second, so one scheduling hiccup halves
+    // a figure (a fresh-machine run measured 830/s, then 414/s). A breaker that stays
+    // half-open lets one message through per cooldown (15 s): 0.07/s, thousands of times less.
     assert!(
-        after >= before * 0.5,
+        after >= before * 0.25,
         "{after:.1}/s after, {before:.1}/s before"
     );
     daemon.stop().await;

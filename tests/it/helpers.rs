@@ -246,6 +246,17 @@ impl Daemon {
         format!("http://{}{path}", self.ops_addr.unwrap())
     }
 
+    /// The sum of the daemon's `name` series carrying every one of `labels` (0 when absent).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum_of(&text, name, labels)
+    }
+
     /// Waits until the daemon itself holds `n` messages (its `conveyor_in_flight` gauge). The
     /// queue's not-visible count is no proof: SQS counts a message in flight once a receive
     /// took it, before the answer reached the daemon, and a shutdown then aborts that receive.
@@ -697,8 +708,16 @@ impl InProcess {
 /// One metric's value from the global recorder, summed over series whose labels include all
 /// of `labels` (e.g. `queue="x"`).
 pub fn metric(name: &str, labels: &[&str]) -> f64 {
-    conveyor::telemetry::metrics_handle()
-        .render()
+    sum_of(
+        &conveyor::telemetry::metrics_handle().render(),
+        name,
+        labels,
+    )
+}
+
+/// The sum of `name`'s series carrying every one of `labels` in a Prometheus text exposition.
+pub fn sum_of(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
         .lines()
         .filter(|l| {
             l.starts_with(name)

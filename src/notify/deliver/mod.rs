@@ -1,8 +1,9 @@
 //! The delivery channels: one small provider each behind [`Provider`] — email over SES
 //! ([`email`]), SMS and mobile push over SNS ([`sns`]), signed webhooks ([`webhook`], with its
-//! SSRF guard in [`guard`]) — and how a failed send is classified: retryable (throttled,
-//! 5xx, timeouts, connection errors, honouring `Retry-After`) or permanent for that channel
-//! (rejected, invalid address, disabled endpoint, other 4xx), which fails over.
+//! SSRF guard in [`guard`]) — and how a failed send is classified: retryable (5xx, timeouts,
+//! connection errors, a receiver's 429, honouring `Retry-After`), permanent for that channel
+//! (rejected, invalid address, disabled endpoint, other 4xx), which fails over, or the
+//! provider's own: refusing conveyor, or throttling the account, which waits.
 //!
 //! Providers see the content and the address (they send them) and put neither in an error:
 //! errors carry provider codes, HTTP statuses and conveyor's own words.
@@ -35,6 +36,11 @@ pub enum SendError {
     /// on the channel fails alike until an operator fixes it. Never fails over, never spends
     /// an attempt.
     Denied { reason: String },
+    /// The provider throttles conveyor's account (its send rate or quota: SES `Throttling`,
+    /// SNS `Throttling`/`ThrottledException`): every notification on the channel meets it
+    /// alike, and the next channel's provider is no answer to "slow down". An outage of the
+    /// provider: never fails over, never spends an attempt.
+    Throttled { reason: String },
 }
 
 impl SendError {
@@ -58,6 +64,7 @@ impl SendError {
         match self {
             SendError::Retryable { label, .. } | SendError::Permanent { label, .. } => label,
             SendError::Denied { .. } => "denied",
+            SendError::Throttled { .. } => "throttled",
         }
     }
 
@@ -65,7 +72,8 @@ impl SendError {
         match self {
             SendError::Retryable { reason, .. }
             | SendError::Permanent { reason, .. }
-            | SendError::Denied { reason } => reason,
+            | SendError::Denied { reason }
+            | SendError::Throttled { reason } => reason,
         }
     }
 }
@@ -148,7 +156,7 @@ where
                 };
                 SendError::permanent(label, reason)
             } else if code.contains("Throttl") || code == "TooManyRequestsException" {
-                SendError::retryable("throttled", reason)
+                SendError::Throttled { reason }
             } else {
                 SendError::retryable("server_error", reason)
             }

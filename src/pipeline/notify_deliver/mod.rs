@@ -6,9 +6,11 @@
 //! 2. Claim the (tenant, eventId, channel) row of the delivery record
 //!    (`src/notify/deliveries.rs`): already delivered → deleted unsent; another delivery
 //!    sending it → waited for.
-//! 3. Take a token from the `rateLimitKey`'s bucket (`src/notify/bucket.rs`); none → wait in
-//!    place when the next is due within a second, else defer until then (+ jitter). Counted,
-//!    never a failure.
+//! 3. Reserve the next token of the `rateLimitKey`'s bucket (`src/notify/bucket.rs`), one
+//!    statement per send: there → send now; due later → wait in place when it is due within
+//!    2 s, else defer, the reservation recorded on the delivery record, to come back a second or
+//!    two before it is due, wait the rest in place and send without touching the bucket again.
+//!    Counted, never a failure.
 //! 4. Send through the channel's provider (`src/notify/deliver/`). Accepted → recorded
 //!    delivered, with its end-to-end latency from `occurredAt`. Retryable → backoff with full
 //!    jitter, 100 ms × 2ⁿ capped at 30 s: steps under a second in place, longer ones deferred
@@ -17,13 +19,15 @@
 //!    `failover` as a new RankedNotification on the same queue; none left → dead-lettered with
 //!    every channel's last error.
 
+mod claim;
+mod waits;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::future::BoxFuture;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::Breakers;
@@ -31,7 +35,7 @@ use crate::config::{NotifyConfig, SigningSecrets};
 use crate::contract::Contract;
 use crate::contract::ranked::{self, RankedNotification};
 use crate::fault::Dependency;
-use crate::notify::bucket::{Buckets, Take};
+use crate::notify::bucket::{Buckets, Reservation};
 use crate::notify::deliver::email::Email;
 use crate::notify::deliver::sns::{Push, Sms};
 use crate::notify::deliver::webhook::Webhook;
@@ -39,6 +43,8 @@ use crate::notify::deliver::{Providers, SendError};
 use crate::notify::deliveries::{Claim, Deliveries, Finish};
 use crate::notify::outbox::{Outbox, Outgoing};
 use crate::telemetry::{self, otel};
+use claim::ClaimGuard;
+use waits::{chrono_duration, defer_until, jitter, wait_or_defer};
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     name: "notify-deliver",
@@ -86,10 +92,13 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
     },
 };
 
-/// Rate-limit waits in place before the message is deferred instead.
-const MAX_WAITS_IN_PLACE: u32 = 5;
 /// Waits shorter than this happen in place; longer ones defer the message.
 const IN_PLACE: Duration = Duration::from_secs(1);
+/// A reserved token due within this is waited for in place. A later one defers the message to
+/// come back in the whole seconds before it is due, less one: SQS delays are whole seconds and
+/// a delayed message may come back up to a second late, and messages back after their tokens
+/// were due would all send at once.
+const RESERVED_IN_PLACE: Duration = Duration::from_secs(2);
 /// A claim outlives the send it covers by this much (the record written after it).
 const CLAIM_MARGIN: Duration = Duration::from_secs(20);
 
@@ -152,7 +161,7 @@ impl Deliver {
         let send_timeout = Duration::from_secs(self.config.delivery.send_timeout_secs);
         let hold = send_timeout + CLAIM_MARGIN;
         let limit = self.config.limit(n.tenant_id, channel);
-        let (mut waits, mut reopened, busy_since) = (0, false, Instant::now());
+        let (mut reopened, busy_since) = (false, Instant::now());
         loop {
             let claim = self
                 .deliveries
@@ -160,7 +169,7 @@ impl Deliver {
             let claim = otel::traced(otel::db("postgresql", "claim", "notify_deliveries"), claim)
                 .await
                 .map_err(|e| self.db_error("claiming the delivery record", &e))?;
-            let (token, attempts) = match claim {
+            let (token, attempts, reserved) = match claim {
                 Claim::Delivered => {
                     telemetry::notify_duplicate_skipped(channel.as_str());
                     tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), "already delivered on this channel: not sent again");
@@ -189,7 +198,11 @@ impl Deliver {
                     tokio::time::sleep(remaining.min(Duration::from_millis(500))).await;
                     continue;
                 }
-                Claim::Claimed { token, attempts } => (token, attempts),
+                Claim::Claimed {
+                    token,
+                    attempts,
+                    reserved,
+                } => (token, attempts, reserved),
             };
             let mut guard = ClaimGuard::new(&self.deliveries, n, token);
             if attempts >= self.config.delivery.attempts_per_channel {
@@ -200,56 +213,75 @@ impl Deliver {
                 );
                 return self.fail_over(n, &mut guard, attempts, error, false).await;
             }
-            let take = self
-                .buckets
-                .take(n.tenant_id, &n.delivery.rate_limit_key, limit);
-            match otel::traced(otel::db("postgresql", "take", "notify_rate_buckets"), take)
-                .await
-                .map_err(|e| self.db_error("taking a rate-limit token", &e))?
-            {
-                Take::Taken => {}
-                Take::Empty(due) => {
-                    telemetry::notify_rate_limited(channel.as_str());
-                    let wait =
-                        due + jitter(due.max(Duration::from_secs_f64(1.0 / limit.refill_per_sec)));
-                    let until = Utc::now() + chrono_duration(wait);
-                    guard
-                        .finish(Finish::Deferred { until })
-                        .await
-                        .map_err(|e| self.db_error("recording a deferral", &e))?;
-                    waits += 1;
-                    let in_place = wait < IN_PLACE && waits <= MAX_WAITS_IN_PLACE;
-                    wait_or_defer(in_place, wait, until, "rate_limited", || {
-                        format!(
-                            "rate limited: bucket {} is empty",
-                            n.delivery.rate_limit_key
-                        )
-                    })
-                    .await?;
-                    continue;
-                }
-            }
             // A channel whose provider refuses conveyor (its breaker open: a permission, the
             // credentials) waits for it, deferred without a call and without spending an
-            // attempt; one send per cooldown goes out as the trial.
+            // attempt (a token reserved for the send stays reserved); one send per cooldown goes
+            // out as the trial.
             let provider_dependency = provider_dependency(channel);
-            if let Some(dependency) = provider_dependency {
-                if let Err(at) = self.breakers.call_at(dependency) {
-                    let wait = at.saturating_duration_since(tokio::time::Instant::now());
-                    let until = Utc::now() + chrono_duration(wait + jitter(Duration::from_secs(1)));
-                    guard
-                        .finish(Finish::Deferred { until })
-                        .await
-                        .map_err(|e| self.db_error("recording a deferral", &e))?;
-                    telemetry::notify_deferred("provider_unavailable");
-                    return Err(defer_until(
-                        until,
-                        format!(
-                            "{} is unavailable to conveyor (its circuit is open)",
-                            dependency
-                        ),
-                    ));
+            if let Some(dependency) = provider_dependency
+                && let Err(at) = self.breakers.call_at(dependency)
+            {
+                let wait = at.saturating_duration_since(tokio::time::Instant::now());
+                let until = Utc::now() + chrono_duration(wait + jitter(Duration::from_secs(1)));
+                guard
+                    .finish(Finish::Deferred { until })
+                    .await
+                    .map_err(|e| self.db_error("recording a deferral", &e))?;
+                telemetry::notify_deferred("provider_unavailable");
+                return Err(defer_until(
+                    until,
+                    format!("{dependency} is unavailable to conveyor (its circuit is open)"),
+                ));
+            }
+            let due_in = match reserved {
+                // Reserved when this notification was deferred for it: no second decision.
+                Some(due_in) => due_in,
+                None => {
+                    let reserve =
+                        self.buckets
+                            .reserve(n.tenant_id, &n.delivery.rate_limit_key, limit);
+                    let reservation = otel::traced(
+                        otel::db("postgresql", "reserve", "notify_rate_buckets"),
+                        reserve,
+                    )
+                    .await
+                    .map_err(|e| self.db_error("reserving a rate-limit token", &e))?;
+                    telemetry::notify_bucket_decision(channel.as_str());
+                    match reservation {
+                        Reservation::Now => Duration::ZERO,
+                        Reservation::Ahead(due_in) => {
+                            telemetry::notify_rate_limited(channel.as_str());
+                            due_in
+                        }
+                    }
                 }
+            };
+            if due_in >= RESERVED_IN_PLACE {
+                let back_in = Duration::from_secs(due_in.as_secs() - 1);
+                let until = Utc::now() + chrono_duration(back_in);
+                guard
+                    .finish(Finish::Reserved { until, due_in })
+                    .await
+                    .map_err(|e| self.db_error("recording a rate-limit reservation", &e))?;
+                // Back before its token for another reason than its own deferral (a redrive):
+                // deferred again to it, still without a bucket decision.
+                let label = if reserved.is_some() {
+                    "reservation_early"
+                } else {
+                    "rate_limited"
+                };
+                telemetry::notify_deferred(label);
+                return Err(defer_until(
+                    until,
+                    format!(
+                        "rate limited: a token of bucket {} is reserved, due in {} ms",
+                        n.delivery.rate_limit_key,
+                        due_in.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(due_in).await;
+            if let Some(dependency) = provider_dependency {
                 delivery.used(dependency);
             }
             let provider = self.providers.get(channel);
@@ -296,6 +328,20 @@ impl Deliver {
                         tracing::warn!(event_id = %n.event_id, channel = channel.as_str(), error = %crate::safe::error_chain(&e), "delivered, but the delivery record was not written");
                     }
                     return Ok(());
+                }
+                // A provider throttling conveyor's account (only AWS providers say so): its
+                // outage. The claim goes back unspent with its reservation (the send did not
+                // go out), and the engine counts the failure toward the provider's breaker
+                // and retries the message without spending its receives; once the breaker is
+                // open, the channel's sends wait for it (above).
+                Err(SendError::Throttled { reason }) if provider_dependency.is_some() => {
+                    telemetry::notify_failed(channel.as_str(), "throttled");
+                    guard
+                        .finish(Finish::Deferred { until: Utc::now() })
+                        .await
+                        .map_err(|e| self.db_error("releasing the delivery record", &e))?;
+                    let dependency = provider_dependency.expect("checked by the guard");
+                    return Err(PipelineError::Unavailable(dependency, reason));
                 }
                 // A provider refusing conveyor itself (only AWS providers say so).
                 Err(SendError::Denied { reason }) if provider_dependency.is_some() => {
@@ -442,23 +488,6 @@ impl Deliver {
     }
 }
 
-/// A wait for a token or a retry: held here when `in_place` (short; the lease is kept), else
-/// the notification is deferred until `until` and counted as deferred for `label`.
-async fn wait_or_defer(
-    in_place: bool,
-    wait: Duration,
-    until: chrono::DateTime<Utc>,
-    label: &'static str,
-    reason: impl FnOnce() -> String,
-) -> Result<(), PipelineError> {
-    if in_place {
-        tokio::time::sleep(wait).await;
-        return Ok(());
-    }
-    telemetry::notify_deferred(label);
-    Err(defer_until(until, reason()))
-}
-
 /// The AWS service behind a channel, whose breaker its sends obey. Webhook receivers are the
 /// tenants' own, one of many: none of them is conveyor's dependency.
 fn provider_dependency(channel: crate::contract::notification::Channel) -> Option<Dependency> {
@@ -467,83 +496,5 @@ fn provider_dependency(channel: crate::contract::notification::Channel) -> Optio
         Channel::Email => Some(Dependency::Ses),
         Channel::Sms | Channel::Push => Some(Dependency::Sns),
         Channel::Webhook => None,
-    }
-}
-
-fn defer_until(until: chrono::DateTime<Utc>, reason: String) -> PipelineError {
-    PipelineError::Defer {
-        until: SystemTime::from(until),
-        reason,
-    }
-}
-
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-/// Up to `spread` more, so waiters on one bucket do not all come back at once.
-fn jitter(spread: Duration) -> Duration {
-    Duration::from_micros(rand::random_range(
-        0..=spread.as_micros().min(u64::MAX as u128) as u64,
-    ))
-}
-
-/// Ends a claim the run did not finish (its task aborted: a timeout, a lost lease, shutdown),
-/// so the next delivery need not wait for it to expire. Best effort: a killed process leaves
-/// the claim to expire.
-struct ClaimGuard {
-    deliveries: Deliveries,
-    tenant: Uuid,
-    event_id: String,
-    channel: crate::contract::notification::Channel,
-    token: Option<Uuid>,
-}
-
-impl ClaimGuard {
-    fn new(deliveries: &Deliveries, n: &RankedNotification, token: Uuid) -> Self {
-        Self {
-            deliveries: deliveries.clone(),
-            tenant: n.tenant_id,
-            event_id: n.event_id.clone(),
-            channel: n.channel,
-            token: Some(token),
-        }
-    }
-
-    async fn finish(&mut self, finish: Finish<'_>) -> Result<(), sqlx::Error> {
-        let Some(token) = self.token.take() else {
-            return Ok(());
-        };
-        self.deliveries
-            .finish(self.tenant, &self.event_id, self.channel, token, finish)
-            .await
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        let Some(token) = self.token.take() else {
-            return;
-        };
-        let (deliveries, tenant, event_id, channel) = (
-            self.deliveries.clone(),
-            self.tenant,
-            std::mem::take(&mut self.event_id),
-            self.channel,
-        );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let until = Utc::now();
-                let _ = deliveries
-                    .finish(
-                        tenant,
-                        &event_id,
-                        channel,
-                        token,
-                        Finish::Deferred { until },
-                    )
-                    .await;
-            });
-        }
     }
 }

@@ -1,0 +1,12 @@
+-- Rate-limit reservations (src/notify/bucket.rs): a send that finds its bucket empty reserves
+-- the next free token instead of coming back to try again, and is deferred until that token is
+-- due. The reservation rides on the channel's delivery record, so the message that comes back
+-- for it sends without touching the bucket a second time.
+--
+-- `tokens` may now go below zero: -k means k tokens are reserved ahead, the last of them due
+-- k / refill_per_sec seconds after `updated_at`.
+--
+-- A column that old daemons neither read nor write: safe while old and new daemons run side by
+-- side in a rolling upgrade (an old daemon treats a reserved row as an ordinary deferral and
+-- takes a token of its own, which can only grant less).
+ALTER TABLE notify_deliveries ADD COLUMN IF NOT EXISTS reserved_at TIMESTAMPTZ;
