@@ -329,32 +329,25 @@ impl Deliver {
                     }
                     return Ok(());
                 }
-                // A provider throttling conveyor's account (only AWS providers say so): its
-                // outage. The claim goes back unspent with its reservation (the send did not
-                // go out), and the engine counts the failure toward the provider's breaker
-                // and retries the message without spending its receives; once the breaker is
-                // open, the channel's sends wait for it (above).
-                Err(SendError::Throttled { reason }) if provider_dependency.is_some() => {
-                    telemetry::notify_failed(channel.as_str(), "throttled");
+                // The provider refusing conveyor itself (a configuration fault: its breaker
+                // opens at once) or throttling conveyor's account (an outage: the breaker opens
+                // after `failures_to_open`); only AWS providers say so. Not this notification's
+                // fault: the claim goes back unspent, with its reservation (nothing went out),
+                // and the engine retries the message without spending its receives; while the
+                // breaker is open, the channel's sends wait for it (above).
+                Err(error @ (SendError::Denied { .. } | SendError::Throttled { .. }))
+                    if provider_dependency.is_some() =>
+                {
+                    telemetry::notify_failed(channel.as_str(), error.label());
                     guard
                         .finish(Finish::Deferred { until: Utc::now() })
                         .await
                         .map_err(|e| self.db_error("releasing the delivery record", &e))?;
                     let dependency = provider_dependency.expect("checked by the guard");
-                    return Err(PipelineError::Unavailable(dependency, reason));
-                }
-                // A provider refusing conveyor itself (only AWS providers say so).
-                Err(SendError::Denied { reason }) if provider_dependency.is_some() => {
-                    telemetry::notify_failed(channel.as_str(), "denied");
-                    // Not this notification's fault: the claim goes back unspent, and the
-                    // engine opens the provider's breaker and retries the message without
-                    // spending its receives.
-                    guard
-                        .finish(Finish::Deferred { until: Utc::now() })
-                        .await
-                        .map_err(|e| self.db_error("releasing the delivery record", &e))?;
-                    let dependency = provider_dependency.expect("checked by the guard");
-                    return Err(PipelineError::Denied(dependency, reason));
+                    return Err(match error {
+                        SendError::Denied { reason } => PipelineError::Denied(dependency, reason),
+                        other => PipelineError::Unavailable(dependency, other.reason().to_owned()),
+                    });
                 }
                 Err(error) => {
                     telemetry::notify_failed(channel.as_str(), error.label());
