@@ -306,6 +306,18 @@ impl Breakers {
         }
     }
 
+    /// Gives back the half-open trial [`call_at`](Self::call_at) granted, for a call that did
+    /// not go out after all (a notification that then had to wait for its rate-limit token):
+    /// the next caller takes it at once, rather than a cooldown later. No effect otherwise.
+    pub fn release_trial(&self, dependency: Dependency) {
+        let mut breakers = self.lock();
+        if let Some(breaker) = breakers.get_mut(&dependency)
+            && let State::HalfOpen { trial, .. } = &mut breaker.state
+        {
+            *trial = None;
+        }
+    }
+
     /// Resolves at `at`, or earlier when any breaker changes state.
     fn wake_at(&self, at: Instant) -> BoxFuture<'static, ()> {
         let mut changed = self.inner.changed.subscribe();
@@ -489,8 +501,19 @@ mod tests {
         tokio::time::advance(at - Instant::now()).await;
         assert!(b.call_at(Dependency::Sns).is_ok(), "the trial");
         assert!(b.call_at(Dependency::Sns).is_err(), "one trial at a time");
+        b.release_trial(Dependency::Sns);
+        assert!(
+            b.call_at(Dependency::Sns).is_ok(),
+            "a trial given back goes at once"
+        );
+        assert!(b.call_at(Dependency::Sns).is_err(), "still one at a time");
         b.success(Dependency::Sns);
         assert!(b.call_at(Dependency::Sns).is_ok());
+        b.release_trial(Dependency::Sns);
+        assert!(
+            b.call_at(Dependency::Sns).is_ok(),
+            "closed: nothing to give back"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -257,6 +257,10 @@ impl Deliver {
                 }
             };
             if due_in >= RESERVED_IN_PLACE {
+                // Not sending now: a breaker trial this send was granted goes to the next one.
+                if let Some(dependency) = provider_dependency {
+                    self.breakers.release_trial(dependency);
+                }
                 let back_in = Duration::from_secs(due_in.as_secs() - 1);
                 let until = Utc::now() + chrono_duration(back_in);
                 guard
