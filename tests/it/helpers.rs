@@ -261,19 +261,13 @@ impl Daemon {
     /// queue's not-visible count is no proof: SQS counts a message in flight once a receive
     /// took it, before the answer reached the daemon, and a shutdown then aborts that receive.
     pub async fn eventually_in_flight(&self, n: usize, timeout: Duration) {
-        let http = reqwest::Client::new();
         let metrics_url = self.url("/metrics");
-        let wanted = format!(" {n}");
         eventually(&format!("{n} messages in flight"), timeout, async || {
-            let Ok(answer) = http.get(&metrics_url).send().await else {
+            let Ok(answer) = reqwest::get(&metrics_url).await else {
                 return false;
             };
-            answer
-                .text()
-                .await
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.starts_with("conveyor_in_flight{") && l.ends_with(&wanted))
+            let text = answer.text().await.unwrap_or_default();
+            sum_of(&text, "conveyor_in_flight", &[]) == n as f64
         })
         .await;
     }

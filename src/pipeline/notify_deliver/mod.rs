@@ -236,25 +236,7 @@ impl Deliver {
             let due_in = match reserved {
                 // Reserved when this notification was deferred for it: no second decision.
                 Some(due_in) => due_in,
-                None => {
-                    let reserve =
-                        self.buckets
-                            .reserve(n.tenant_id, &n.delivery.rate_limit_key, limit);
-                    let reservation = otel::traced(
-                        otel::db("postgresql", "reserve", "notify_rate_buckets"),
-                        reserve,
-                    )
-                    .await
-                    .map_err(|e| self.db_error("reserving a rate-limit token", &e))?;
-                    telemetry::notify_bucket_decision(channel.as_str());
-                    match reservation {
-                        Reservation::Now => Duration::ZERO,
-                        Reservation::Ahead(due_in) => {
-                            telemetry::notify_rate_limited(channel.as_str());
-                            due_in
-                        }
-                    }
-                }
+                None => self.reserve(n, limit).await?,
             };
             if due_in >= RESERVED_IN_PLACE {
                 // Not sending now: a breaker trial this send was granted goes to the next one.
@@ -389,6 +371,31 @@ impl Deliver {
                 }
             }
         }
+    }
+
+    /// Reserves the send's token (one statement on its bucket): how long until it is due.
+    async fn reserve(
+        &self,
+        n: &RankedNotification,
+        limit: crate::config::Limit,
+    ) -> Result<Duration, PipelineError> {
+        let reserve = self
+            .buckets
+            .reserve(n.tenant_id, &n.delivery.rate_limit_key, limit);
+        let reservation = otel::traced(
+            otel::db("postgresql", "reserve", "notify_rate_buckets"),
+            reserve,
+        )
+        .await
+        .map_err(|e| self.db_error("reserving a rate-limit token", &e))?;
+        telemetry::notify_bucket_decision(n.channel.as_str());
+        Ok(match reservation {
+            Reservation::Now => Duration::ZERO,
+            Reservation::Ahead(due_in) => {
+                telemetry::notify_rate_limited(n.channel.as_str());
+                due_in
+            }
+        })
     }
 
     /// The channel gives up on the notification: the next channel of its failover gets it, or,
