@@ -12,6 +12,11 @@
 //!
 //! The bound: sends happen no sooner than their tokens are due, so a bucket never grants more
 //! than `capacity + refill_per_sec × t` in any window of length `t`.
+//!
+//! **Provider buckets.** SES's send rate and SNS's SMS rate are the account's, not a tenant's:
+//! `notify.provider_rate_limits` gives each a bucket of its own (tenant nil, key
+//! `provider:<name>`), which every send on that provider takes from in the same statement as its
+//! tenant's. 100 tenants at 14/s each then still send at most the account's rate together.
 
 use std::time::Duration;
 
@@ -39,35 +44,55 @@ impl Buckets {
         Self { pool }
     }
 
-    /// Takes the next token of the bucket `(tenant, key)` (created full on first use), reserving
-    /// it when it is not there yet.
+    /// Takes the next token of each bucket `(tenant, key)` (created full on first use), in one
+    /// statement, reserving those not there yet; the send is due when its last token is. A send
+    /// takes from its tenant's bucket and, where the account has one, its provider's (tenant
+    /// nil): one decision either way. Keys must differ; every caller lists the tenant's bucket
+    /// first and the provider's last, so two statements lock shared rows in the same order.
     ///
     /// Refill is computed from `clock_timestamp()`; a statement that waited for the row's lock
     /// behind another (its clock read earlier) adds no refill rather than a negative one, and
     /// never moves `updated_at` back, so a race only ever grants less.
     pub async fn reserve(
         &self,
-        tenant: Uuid,
-        key: &str,
-        limit: Limit,
+        buckets: &[(Uuid, &str, Limit)],
     ) -> Result<Reservation, sqlx::Error> {
-        let (tokens,): (f64,) = sqlx::query_as(
+        let tenants: Vec<Uuid> = buckets.iter().map(|b| b.0).collect();
+        let keys: Vec<&str> = buckets.iter().map(|b| b.1).collect();
+        let capacities: Vec<f64> = buckets.iter().map(|b| b.2.capacity).collect();
+        let refills: Vec<f64> = buckets.iter().map(|b| b.2.refill_per_sec).collect();
+        // A new row's `tokens` is its capacity less one, so the update finds the capacity as
+        // `EXCLUDED.tokens + 1`, and its refill by its key's place in the arguments.
+        let rows: Vec<(String, f64)> = sqlx::query_as(
             r#"
             INSERT INTO notify_rate_buckets AS b (tenant_id, key, tokens, updated_at)
-            VALUES ($1, $2, $3 - 1, clock_timestamp())
+            SELECT tenant_id, key, capacity - 1, clock_timestamp()
+            FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS r(tenant_id, key, capacity)
             ON CONFLICT (tenant_id, key) DO UPDATE
-            SET tokens = LEAST($3, b.tokens + $4 * GREATEST(0, EXTRACT(EPOCH FROM (EXCLUDED.updated_at - b.updated_at)))) - 1,
+            SET tokens = LEAST(EXCLUDED.tokens + 1,
+                               b.tokens + ($4::float8[])[array_position($2::text[], b.key)]
+                                   * GREATEST(0, EXTRACT(EPOCH FROM (EXCLUDED.updated_at - b.updated_at)))) - 1,
                 updated_at = GREATEST(b.updated_at, EXCLUDED.updated_at)
-            RETURNING b.tokens
+            RETURNING b.key, b.tokens
             "#,
         )
-        .bind(tenant)
-        .bind(key)
-        .bind(limit.capacity)
-        .bind(limit.refill_per_sec)
-        .fetch_one(&self.pool)
+        .bind(&tenants)
+        .bind(&keys)
+        .bind(&capacities)
+        .bind(&refills)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(due(tokens, limit))
+        let latest = rows
+            .iter()
+            .filter_map(|(key, tokens)| {
+                let limit = buckets.iter().find(|b| b.1 == key)?.2;
+                match due(*tokens, limit) {
+                    Reservation::Now => None,
+                    Reservation::Ahead(d) => Some(d),
+                }
+            })
+            .max();
+        Ok(latest.map_or(Reservation::Now, Reservation::Ahead))
     }
 
     /// Deletes buckets untouched for `idle`: a bucket idle that long has refilled (for any

@@ -38,8 +38,8 @@ pub struct Score {
 #[derive(Debug)]
 pub struct Ranked {
     pub notification: RankedNotification,
-    /// Held back by quiet hours (`sendAfter` is their end).
-    pub quiet_hours: bool,
+    /// Held back by quiet hours (`sendAfter` is their end) in this IANA zone.
+    pub quiet_hours: Option<&'static str>,
 }
 
 /// Nothing to send on: permanent for this event (until its preferences change and it is
@@ -84,11 +84,17 @@ pub fn rank(
         });
     };
     let failover: Vec<Target> = targets.collect();
-    let quiet_until = (score.priority < config.quiet_hours_bypass_priority)
-        .then(|| prefs.quiet_hours.as_ref().and_then(|q| quiet_until(q, now)))
+    let quiet = (score.priority < config.quiet_hours_bypass_priority)
+        .then(|| {
+            prefs
+                .quiet_hours
+                .as_ref()
+                .and_then(|q| quiet_until(q, now).map(|until| (until, q.time_zone.name())))
+        })
         .flatten();
+    let quiet_until = quiet.map(|(until, _)| until);
     Ok(Ranked {
-        quiet_hours: quiet_until.is_some(),
+        quiet_hours: quiet.map(|(_, zone)| zone),
         notification: RankedNotification {
             event_id: event.event_id.clone(),
             tenant_id: event.tenant_id,
@@ -145,17 +151,25 @@ pub fn quiet_until(quiet: &QuietHours, now: DateTime<Utc>) -> Option<DateTime<Ut
     } else {
         local.date_naive()
     };
-    Some(resolve(quiet.time_zone, date.and_time(end)))
+    Some(resolve(quiet.time_zone, date.and_time(end), now))
 }
 
-/// A local wall-clock time as an instant: the earlier of two on a repeated hour, and on a
-/// skipped one (a DST gap) the first instant after the gap.
-fn resolve(zone: chrono_tz::Tz, local: NaiveDateTime) -> DateTime<Utc> {
+/// A local wall-clock time as the first instant after `now` that shows it: on a repeated hour
+/// (DST fall-back) the earlier of the two unless it has passed — quiet hours entered in the
+/// second pass through the hour end at its second passing of their end — and on a skipped one
+/// (a DST gap) the first instant after the gap.
+fn resolve(zone: chrono_tz::Tz, local: NaiveDateTime, now: DateTime<Utc>) -> DateTime<Utc> {
     let mut at = local;
     loop {
         match zone.from_local_datetime(&at) {
-            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
-                return t.with_timezone(&Utc);
+            LocalResult::Single(t) => return t.with_timezone(&Utc),
+            LocalResult::Ambiguous(first, second) => {
+                let first = first.with_timezone(&Utc);
+                return if first > now {
+                    first
+                } else {
+                    second.with_timezone(&Utc)
+                };
             }
             // Gaps are at most a few hours; step by minutes to the first valid one.
             LocalResult::None => at += Duration::minutes(1),
@@ -215,6 +229,35 @@ mod tests {
             quiet_until(&q, at("2026-03-28T23:00:00Z")),
             Some(at("2026-03-29T01:00:00Z"))
         );
+    }
+
+    #[test]
+    fn dst_fall_back_ends_quiet_hours_at_the_right_local_time() {
+        // 2026-11-01 New York repeats 01:00–02:00: EDT (05:00–06:00Z), then EST (06:00–07:00Z).
+        let q = quiet("22:00", "07:00", chrono_tz::America::New_York);
+        for now in [
+            "2026-11-01T03:00:00Z", // 23:00 EDT
+            "2026-11-01T05:30:00Z", // 01:30 EDT, the first pass
+            "2026-11-01T06:30:00Z", // 01:30 EST, the second pass
+        ] {
+            assert_eq!(
+                quiet_until(&q, at(now)),
+                Some(at("2026-11-01T12:00:00Z")),
+                "07:00 EST, from {now}"
+            );
+        }
+        // Quiet hours ending inside the repeated hour: in its first pass they end at its first
+        // 01:30; entered in the second pass, at the second 01:30 — never at an instant passed.
+        let q = quiet("22:00", "01:30", chrono_tz::America::New_York);
+        assert_eq!(
+            quiet_until(&q, at("2026-11-01T05:10:00Z")),
+            Some(at("2026-11-01T05:30:00Z"))
+        );
+        assert_eq!(
+            quiet_until(&q, at("2026-11-01T06:10:00Z")),
+            Some(at("2026-11-01T06:30:00Z"))
+        );
+        assert_eq!(quiet_until(&q, at("2026-11-01T06:40:00Z")), None, "ended");
     }
 
     fn config() -> NotifyConfig {
@@ -343,10 +386,10 @@ mod tests {
         let mut p = reachable_everywhere();
         p.quiet_hours = Some(quiet("22:00", "07:00", chrono_tz::Europe::Berlin));
         let held = rank(&event(ALL), &p, score(3), &config(), now).unwrap();
-        assert!(held.quiet_hours);
+        assert_eq!(held.quiet_hours, Some("Europe/Berlin"));
         assert_eq!(held.notification.send_after, at("2026-01-11T06:00:00Z"));
         let bypass = rank(&event(ALL), &p, score(5), &config(), now).unwrap();
-        assert!(!bypass.quiet_hours);
+        assert_eq!(bypass.quiet_hours, None);
         assert_eq!(bypass.notification.send_after, now);
     }
 }

@@ -88,6 +88,28 @@ impl Scores {
         }
     }
 
+    /// Records on the event's score that ranking held it back until `send_after` (quiet
+    /// hours in `zone`), for `notify status` to say until when.
+    pub async fn held(
+        &self,
+        tenant: Uuid,
+        event_id: &str,
+        send_after: chrono::DateTime<chrono::Utc>,
+        zone: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE notify_scores SET send_after = $3, held_for = 'quiet_hours', held_zone = $4 \
+             WHERE tenant_id = $1 AND event_id = $2",
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(send_after)
+        .bind(zone)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The event's score: stored, being computed by another ranking, or computed now.
     /// `segment` is the user's (the event's, else their preferences').
     pub async fn get(

@@ -155,8 +155,15 @@ impl Pipeline for NotifyRank {
                 )
                 .await?;
             telemetry::notify_ranked(n.channel.as_str(), n.priority);
-            if ranked.quiet_hours {
+            if let Some(zone) = ranked.quiet_hours {
                 telemetry::notify_deferred("quiet_hours");
+                // For `notify status` only: a failure here loses no notification.
+                if let Err(e) = scores
+                    .held(n.tenant_id, &n.event_id, n.send_after, Some(zone))
+                    .await
+                {
+                    tracing::warn!(event_id = %n.event_id, error = %crate::safe::error_chain(&e), "ranked and held for quiet hours, but the hold was not recorded for notify status");
+                }
             }
             tracing::info!(
                 event_id = %n.event_id,
@@ -167,7 +174,7 @@ impl Pipeline for NotifyRank {
                 priority = n.priority,
                 scorer = %n.scorer,
                 send_after = %n.send_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                quiet_hours = ranked.quiet_hours,
+                quiet_hours = ranked.quiet_hours.is_some(),
                 latency_ms = started.elapsed().as_millis() as u64,
                 "notification ranked"
             );

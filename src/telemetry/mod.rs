@@ -181,6 +181,7 @@ pub const NOTIFY_BUCKET_DECISIONS: &str = "conveyor_notify_bucket_decisions_tota
 pub const NOTIFY_FAILOVERS: &str = "conveyor_notify_failovers_total";
 pub const NOTIFY_LATENCY: &str = "conveyor_notify_latency_seconds";
 pub const NOTIFY_DUPLICATES: &str = "conveyor_notify_duplicates_skipped_total";
+pub const NOTIFY_IN_DOUBT: &str = "conveyor_notify_in_doubt_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -472,7 +473,9 @@ pub fn notify_ranked(channel: &'static str, priority: u8) {
 /// A notification held back: `quiet_hours` (its `sendAfter` is their end), `not_due` (delivery
 /// received it before its `sendAfter`), `rate_limited` (its token reserved ahead),
 /// `reservation_early` (back before its reserved token, deferred to it again), `backoff` (a retry
-/// a second or more away), `provider_unavailable`.
+/// a second or more away), `provider_unavailable`, `in_doubt` (an earlier send may have gone
+/// out: held until its hold ends), `quiet_hours_at_delivery` (quiet hours the user set after
+/// ranking, rechecked at delivery).
 pub fn notify_deferred(reason: &'static str) {
     metrics::counter!(NOTIFY_DEFERRED, "reason" => reason).increment(1);
 }
@@ -503,6 +506,12 @@ pub fn notify_bucket_decision(channel: &'static str) {
 /// A notification moved from one channel to the next of its failover list.
 pub fn notify_failover(from: &'static str, to: &'static str) {
     metrics::counter!(NOTIFY_FAILOVERS, "from" => from, "to" => to).increment(1);
+}
+
+/// A send whose outcome is unknown (`event="held"`: it timed out or its run was aborted after
+/// it went out) or, after its hold, sent again (`event="resent"`).
+pub fn notify_in_doubt(channel: &'static str, event: &'static str) {
+    metrics::counter!(NOTIFY_IN_DOUBT, "channel" => channel, "event" => event).increment(1);
 }
 
 /// A redelivered notification whose channel had already delivered it: deleted unsent.

@@ -37,6 +37,8 @@ enum Answer {
     Delay(std::time::Duration),
     /// Nothing until the rule changes, then the service's answer (a frozen endpoint).
     Hold,
+    /// The service's answer, unchanged: the rule only counts and times what it matches.
+    Pass,
 }
 
 #[derive(Clone, Default)]
@@ -44,6 +46,8 @@ struct Shared {
     rule: Arc<Mutex<Option<Rule>>>,
     /// How many requests the rule answered.
     refused: Arc<Mutex<u64>>,
+    /// When each request the rule matched arrived.
+    seen: Arc<Mutex<Vec<std::time::Instant>>>,
     /// Told of every rule change (what held requests wait for).
     changes: Arc<tokio::sync::watch::Sender<()>>,
 }
@@ -100,6 +104,20 @@ impl FaultProxy {
         }));
     }
 
+    /// From now on, requests `matches` picks are forwarded unchanged, and their arrival
+    /// times kept ([`seen`](Self::seen)): what the service was asked, and when.
+    pub fn watch(&self, matches: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        self.set(Some(Rule {
+            matches: Arc::new(matches),
+            answer: Answer::Pass,
+        }));
+    }
+
+    /// When each request the rule matched arrived, in order.
+    pub fn seen(&self) -> Vec<std::time::Instant> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
     fn set(&self, rule: Option<Rule>) {
         *self.shared.rule.lock().unwrap() = rule;
         self.shared.changes.send_replace(());
@@ -151,6 +169,7 @@ async fn forward(
         };
         if (rule.matches)(&request) {
             *shared.refused.lock().unwrap() += 1;
+            shared.seen.lock().unwrap().push(std::time::Instant::now());
             match rule.answer {
                 Answer::Refuse { status, body } => {
                     return (
@@ -164,6 +183,7 @@ async fn forward(
                 Answer::Hold => {
                     let _ = changes.changed().await;
                 }
+                Answer::Pass => {}
             }
         }
     }

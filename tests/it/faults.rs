@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use conveyor::config::Secret;
 use conveyor::pipeline::Registry;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::fault_proxy::FaultProxy;
 use crate::helpers::*;
-use crate::notifications::{Delivering, Stages};
+use crate::notifications::{Delivering, Stages, ranked, send_ranked};
 
 /// `infra up`'s RedrivePolicy.
 const MAX_RECEIVE_COUNT: u32 = 3;
@@ -244,8 +244,9 @@ async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop
 /// permission is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_fixed() {
-    sns_fault_fails_nothing_over(
+    provider_fault_fails_nothing_over(
         "it-sns-denied",
+        Provider::Sns,
         403,
         "AuthorizationError",
         &["circuit:sns unready", "sns:Publish"],
@@ -253,25 +254,56 @@ async fn sns_refusing_the_role_fails_nothing_over_and_delivers_everything_once_f
     .await;
 }
 
-/// SNS throttling the account (`Throttling` on Publish: its SMS rate, not these numbers) is an
-/// outage of the provider: the channel waits behind the SNS breaker, and none fails over to
-/// email or is dead-lettered. (Failing over on throttling sends the excess to the next
-/// channel's provider, which is the wrong answer to "slow down".)
+/// SES throttling the account (`Throttling`, "Maximum sending rate exceeded.", on SendEmail)
+/// is an outage of the provider: the channel waits behind the SES breaker, and none fails over
+/// to SMS or is dead-lettered. (Failing over on throttling sends the excess to the next
+/// channel's provider, which is the wrong answer to "slow down".) SNS's `Throttling` is
+/// classified by the same code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sns_throttling_fails_nothing_over_and_delivers_everything_once_it_eases() {
-    sns_fault_fails_nothing_over(
-        "it-sns-throttled",
+async fn ses_throttling_fails_nothing_over_and_delivers_everything_once_it_eases() {
+    provider_fault_fails_nothing_over(
+        "it-ses-throttled",
+        Provider::Ses,
         400,
         "Throttling",
-        &["circuit:sns unready"],
+        &["circuit:ses unready"],
     )
     .await;
 }
 
-/// Ten notifications for SMS with email as failover, while SNS answers every Publish `status`
-/// with `code` for 30 s after `/readyz` shows `readyz`: afterwards each is delivered once by
-/// SMS, none by email, none failed or dead-lettered.
-async fn sns_fault_fails_nothing_over(prefix: &str, status: u16, code: &str, readyz: &[&str]) {
+/// SES answering 503 (`ServiceUnavailable`) is an outage too: its breaker opens on the
+/// repeated 5xx, and nothing fails over or spends its attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ses_answering_503_opens_its_breaker_and_fails_nothing_over() {
+    provider_fault_fails_nothing_over(
+        "it-ses-5xx",
+        Provider::Ses,
+        503,
+        "ServiceUnavailable",
+        &["circuit:ses unready"],
+    )
+    .await;
+}
+
+#[derive(Clone, Copy)]
+enum Provider {
+    /// SMS first, email the failover; the fault on SNS `Publish`.
+    Sns,
+    /// Email first, SMS the failover; the fault on SES `SendEmail`.
+    Ses,
+}
+
+/// Ten notifications for the provider's channel with the other as failover, while the
+/// provider answers every send `status` with `code` for 30 s after `/readyz` shows `readyz`:
+/// afterwards each is delivered once on its first channel, none on the other, none failed or
+/// dead-lettered.
+async fn provider_fault_fails_nothing_over(
+    prefix: &str,
+    provider: Provider,
+    status: u16,
+    code: &str,
+    readyz: &[&str],
+) {
     let _ls = localstack_shared().await;
     let s = Stages::provision_with(
         prefix,
@@ -281,29 +313,34 @@ async fn sns_fault_fails_nothing_over(prefix: &str, status: u16, code: &str, rea
         }),
     )
     .await;
+    let (first, action) = match provider {
+        Provider::Sns => ("sms", "Action=Publish"),
+        Provider::Ses => ("email", "Action=SendEmail"),
+    };
+    let order = match provider {
+        Provider::Sns => json!(["sms", "email"]),
+        Provider::Ses => json!(["email", "sms"]),
+    };
     s.import_prefs(
         &(0..10)
             .map(|u| {
                 json!({"tenantId": s.tenant, "userId": format!("u-{u}"),
                        "channels": {"sms": format!("+1555010{u:04}"),
                                     "email": format!("addr-mark-{u}@example.com")},
-                       "failoverOrder": ["sms", "email"]})
+                       "failoverOrder": order})
             })
             .collect::<Vec<_>>(),
     );
     let proxy = FaultProxy::start().await;
     proxy.refuse(
-        |r| {
-            r.method.as_str() == "POST"
-                && String::from_utf8_lossy(r.body).contains("Action=Publish")
-        },
+        move |r| r.method.as_str() == "POST" && String::from_utf8_lossy(r.body).contains(action),
         status,
         FaultProxy::query_error(code),
     );
     let daemon = daemon_behind(&s, &proxy).await;
     for n in 0..10 {
-        let mut event = s.event(&format!("sns-{n}"), &format!("u-{n}"), json!({}));
-        event["user"]["channels"] = json!(["sms", "email"]);
+        let mut event = s.event(&format!("fault-{n}"), &format!("u-{n}"), json!({}));
+        event["user"]["channels"] = order.clone();
         s.publish(&event).await;
     }
     eventually(
@@ -320,69 +357,27 @@ async fn sns_fault_fails_nothing_over(prefix: &str, status: u16, code: &str, rea
     proxy.heal();
     let delivered = async || -> (i64, i64, i64) {
         sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'delivered' AND channel = 'sms'), \
-                    count(*) FILTER (WHERE channel <> 'sms'), \
+            "SELECT count(*) FILTER (WHERE state = 'delivered' AND channel = $1), \
+                    count(*) FILTER (WHERE channel <> $1), \
                     count(*) FILTER (WHERE state = 'failed') FROM notify_deliveries",
         )
+        .bind(first)
         .fetch_one(&s.pool)
         .await
         .unwrap()
     };
     eventually(
-        "all ten delivered by SMS",
+        &format!("all ten delivered by {first}"),
         Duration::from_secs(120),
         async || delivered().await.0 == 10,
     )
     .await;
     let (_, other_channels, failed) = delivered().await;
-    assert_eq!(other_channels, 0, "nothing failed over to email");
+    assert_eq!(other_channels, 0, "nothing failed over");
     assert_eq!(failed, 0);
     assert_eq!(queue_depth(&s.sqs, &s.priority_dlq_url).await, (0, 0));
-    eprintln!("{refused} Publish calls answered {code}; then all 10 delivered by SMS once");
+    eprintln!("{refused} sends answered {status} {code}; then all 10 delivered by {first} once");
     daemon.stop().await;
-}
-
-/// A RankedNotification for a webhook, as `notify-rank` writes it to `priority`.
-async fn send_ranked(sqs: &aws_sdk_sqs::Client, url: &str, tenant: Uuid, ids: &[String], to: &str) {
-    use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-    let attribute = |v: &str| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(v)
-            .build()
-            .unwrap()
-    };
-    for chunk in ids.chunks(10) {
-        let entries = chunk.iter().enumerate().map(|(i, id)| {
-            let body = json!({
-                "eventId": id, "tenantId": tenant, "userId": "u-1",
-                "occurredAt": chrono::Utc::now().to_rfc3339(), "sendAfter": "2026-01-01T00:00:00Z",
-                "priority": 3, "scoreBreakdown": {"base": 3.0}, "scorer": "rules",
-                "channel": "webhook",
-                "delivery": {"address": to, "rateLimitKey": format!("webhook:{tenant}")},
-                "failover": [], "attempt": 0,
-                "content": {"title": "TITLE-MARK", "body": "BODY-MARK"},
-            });
-            SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(body.to_string())
-                .message_attributes("source", attribute("conveyor.notify.rank"))
-                .message_attributes("type", attribute("RankedNotification"))
-                .message_attributes("priority", attribute("3"))
-                .message_attributes("channel", attribute("webhook"))
-                .message_attributes("eventId", attribute(id))
-                .build()
-                .unwrap()
-        });
-        let out = sqs
-            .send_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries.collect()))
-            .send()
-            .await
-            .unwrap();
-        assert!(out.failed().is_empty());
-    }
 }
 
 /// A daemon whose only route is `notify-deliver` — nothing else of it would ever tell its
@@ -422,7 +417,11 @@ async fn a_deliver_only_daemon_is_back_at_full_rate_a_cooldown_after_a_postgres_
     // The rate of 200 deliveries: from the first to the last accepted request.
     let rate = async |ids: Vec<String>| -> f64 {
         let before = receiver.hits().len();
-        send_ranked(&s.sqs, &s.priority_url, tenant, &ids, &to).await;
+        let ranked: Vec<Value> = ids
+            .iter()
+            .map(|id| ranked(tenant, id, "webhook", &to))
+            .collect();
+        send_ranked(&s.sqs, &s.priority_url, &ranked).await;
         eventually("200 delivered", Duration::from_secs(120), async || {
             receiver.hits().len() >= before + 200
         })

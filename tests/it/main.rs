@@ -16,6 +16,7 @@ mod formats;
 mod foundation;
 mod hardening;
 mod helpers;
+mod holds;
 mod infra;
 mod layers;
 mod logs;

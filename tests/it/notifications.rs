@@ -174,6 +174,54 @@ const URGENCIES: [&str; 3] = ["low", "normal", "high"];
 /// (8 MiB each), with a line across the boundary.
 const PADDING: &str = concat!(include_str!("../../LICENSE"), include_str!("../../LICENSE"));
 
+/// A RankedNotification for `channel` at `to`, as `notify-rank` writes it to `priority`: due
+/// now (sendAfter in the past), priority 3, no failover.
+pub fn ranked(tenant: uuid::Uuid, event_id: &str, channel: &str, to: &str) -> Value {
+    json!({
+        "eventId": event_id, "tenantId": tenant, "userId": "u-1",
+        "occurredAt": chrono::Utc::now().to_rfc3339(), "sendAfter": "2026-01-01T00:00:00Z",
+        "priority": 3, "scoreBreakdown": {"base": 3.0}, "scorer": "rules",
+        "channel": channel,
+        "delivery": {"address": to, "rateLimitKey": format!("{channel}:{tenant}")},
+        "failover": [], "attempt": 0,
+        "content": {"title": "TITLE-MARK", "body": "BODY-MARK"},
+    })
+}
+
+/// Sends RankedNotifications to `priority` with the attributes `notify-rank` gives them.
+pub async fn send_ranked(sqs: &aws_sdk_sqs::Client, url: &str, notifications: &[Value]) {
+    use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+    let attribute = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    for chunk in notifications.chunks(10) {
+        let entries = chunk.iter().enumerate().map(|(i, n)| {
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(n.to_string())
+                .message_attributes("source", attribute("conveyor.notify.rank"))
+                .message_attributes("type", attribute("RankedNotification"))
+                .message_attributes("priority", attribute(&n["priority"].to_string()))
+                .message_attributes("channel", attribute(n["channel"].as_str().unwrap()))
+                .message_attributes("eventId", attribute(n["eventId"].as_str().unwrap()))
+                .build()
+                .unwrap()
+        });
+        let out = sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed().is_empty());
+    }
+}
+
 /// Ranked notifications by eventId.
 pub fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();

@@ -3,6 +3,7 @@
 
 use super::{StatusArgs, notify_config};
 use crate::config::{Config, NotifyConfig};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
@@ -23,8 +24,18 @@ pub(super) async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<
     })?;
     let pool = crate::postgres::connect(&config.database, url).await?;
     crate::postgres::migrate(&pool).await?;
-    let scores: Vec<(uuid::Uuid, String, i16, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT tenant_id, scorer, priority, created_at FROM notify_scores
+    type ScoreRow = (
+        uuid::Uuid,
+        String,
+        i16,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<String>,
+    );
+    let scores: Vec<ScoreRow> = sqlx::query_as(
+        "SELECT tenant_id, scorer, priority, created_at, send_after, held_for, held_zone
+         FROM notify_scores
          WHERE event_id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) ORDER BY created_at",
     )
     .bind(&args.event_id)
@@ -76,14 +87,29 @@ pub(super) async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<
         )
     } else if let Some(c) = channels.last() {
         match (c.state.as_str(), c.next_at) {
-            ("deferred" | "retrying", Some(at)) => {
-                format!("{} on {} until {}", c.state, c.channel, at.to_rfc3339())
-            }
+            ("deferred" | "retrying", Some(at)) => format!(
+                "{} on {} until {}",
+                held(&c.state, c.held_for.as_deref()),
+                c.channel,
+                until(at, c.held_zone.as_deref())
+            ),
+            ("sending", Some(at)) if c.held_for.as_deref() == Some("in_doubt") => format!(
+                "in doubt on {} (a send that may have gone out) until {}: sent again then",
+                c.channel,
+                until(at, None)
+            ),
             (state, _) => format!("{state} on {}", c.channel),
         }
+    } else if let Some((.., Some(at), held_for, zone)) = scores.first()
+        && *at > Utc::now()
+    {
+        format!(
+            "ranked; {} until {}, waiting in the priority queue",
+            held("deferred", held_for.as_deref()),
+            until(*at, zone.as_deref())
+        )
     } else if !scores.is_empty() {
-        "ranked; not yet handed to a channel (waiting in the priority queue for its sendAfter)"
-            .to_owned()
+        "ranked; not yet handed to a channel (waiting in the priority queue)".to_owned()
     } else {
         "unknown: not ranked yet, or no such eventId (still in the incoming queue, or never sent)"
             .to_owned()
@@ -94,8 +120,9 @@ pub(super) async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<
         serde_json::to_string_pretty(&json!({
             "eventId": args.event_id,
             "summary": summary,
-            "ranked": scores.iter().map(|(t, scorer, priority, at)| json!({
+            "ranked": scores.iter().map(|(t, scorer, priority, at, send_after, held_for, _)| json!({
                 "tenantId": t, "scorer": scorer, "priority": priority, "at": at,
+                "sendAfter": send_after, "heldFor": held_for,
             })).collect::<Vec<_>>(),
             "channels": channels,
             "deadLetters": dead_letters,
@@ -106,6 +133,32 @@ pub(super) async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `deferred (quiet hours)`: the state and, when recorded, why.
+fn held(state: &str, held_for: Option<&str>) -> String {
+    let why = match held_for {
+        Some("quiet_hours") => "quiet hours",
+        Some("rate_limit") => "rate limit",
+        Some("in_doubt") => "in doubt",
+        Some("backoff") => "backing off",
+        Some("provider") => "provider unavailable",
+        Some("aborted") => "its run was cut short",
+        _ => return state.to_owned(),
+    };
+    format!("{state} ({why})")
+}
+
+/// `<UTC time> (<local time> <zone>)`, the local part when the zone is known.
+fn until(at: DateTime<Utc>, zone: Option<&str>) -> String {
+    let utc = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok()) {
+        Some(tz) => format!(
+            "{utc} ({} {tz})",
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M")
+        ),
+        None => utc,
+    }
 }
 
 /// Whether a dead letter of the incoming (an EventBridge event) or priority (a

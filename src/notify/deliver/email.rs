@@ -1,7 +1,7 @@
 //! Email over SES (the v1 `SendEmail` API): from `notify.email.sender`, subject = the title,
 //! a text body with the call to action's link, through `notify.email.configuration_set` when
 //! set. A rejected message or an unverified sender fails the channel over; throttling and
-//! SES's 5xx are retried.
+//! SES's 5xx wait for SES (its breaker), never failing over.
 
 use futures::future::BoxFuture;
 

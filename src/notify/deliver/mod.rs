@@ -2,8 +2,9 @@
 //! ([`email`]), SMS and mobile push over SNS ([`sns`]), signed webhooks ([`webhook`], with its
 //! SSRF guard in [`guard`]) — and how a failed send is classified: retryable (5xx, timeouts,
 //! connection errors, a receiver's 429, honouring `Retry-After`), permanent for that channel
-//! (rejected, invalid address, disabled endpoint, other 4xx), which fails over, or the
-//! provider's own: refusing conveyor, or throttling the account, which waits.
+//! (rejected, invalid address, disabled endpoint, other 4xx), which fails over, the
+//! provider's own (refusing conveyor, throttling the account, failing with 5xx), which waits
+//! for it, or in doubt (no answer after the request went out), which holds the channel.
 //!
 //! Providers see the content and the address (they send them) and put neither in an error:
 //! errors carry provider codes, HTTP statuses and conveyor's own words.
@@ -36,11 +37,15 @@ pub enum SendError {
     /// on the channel fails alike until an operator fixes it. Never fails over, never spends
     /// an attempt.
     Denied { reason: String },
-    /// The provider throttles conveyor's account (its send rate or quota: SES `Throttling`,
-    /// SNS `Throttling`/`ThrottledException`): every notification on the channel meets it
+    /// The provider is unavailable to conveyor's account: it throttles it (its send rate or
+    /// quota: SES `Throttling` / `MaxSendRateExceeded`, SNS `Throttling` /
+    /// `ThrottledException`), or fails with 5xx. Every notification on the channel meets it
     /// alike, and the next channel's provider is no answer to "slow down". An outage of the
-    /// provider: never fails over, never spends an attempt.
-    Throttled { reason: String },
+    /// provider (its breaker counts it): never fails over, never spends an attempt.
+    Unavailable { label: &'static str, reason: String },
+    /// The request went out and no answer came (a timeout after sending): the provider may
+    /// have it. The channel is held in doubt, not retried at once (see `notify::deliveries`).
+    InDoubt { label: &'static str, reason: String },
 }
 
 impl SendError {
@@ -62,9 +67,11 @@ impl SendError {
     /// A short stable label for metrics (`http_503`, `throttled`, `guard`, …).
     pub fn label(&self) -> &'static str {
         match self {
-            SendError::Retryable { label, .. } | SendError::Permanent { label, .. } => label,
+            SendError::Retryable { label, .. }
+            | SendError::Permanent { label, .. }
+            | SendError::Unavailable { label, .. }
+            | SendError::InDoubt { label, .. } => label,
             SendError::Denied { .. } => "denied",
-            SendError::Throttled { .. } => "throttled",
         }
     }
 
@@ -73,7 +80,8 @@ impl SendError {
             SendError::Retryable { reason, .. }
             | SendError::Permanent { reason, .. }
             | SendError::Denied { reason }
-            | SendError::Throttled { reason } => reason,
+            | SendError::Unavailable { reason, .. }
+            | SendError::InDoubt { reason, .. } => reason,
         }
     }
 }
@@ -118,8 +126,9 @@ impl Providers {
 
 /// Classifies an AWS SDK error: a refusal of conveyor's identity (`fault::classify`'s
 /// configuration class) is [`SendError::Denied`], naming `action`; the service's error codes
-/// in `permanent` fail the channel over; throttling and everything else (5xx, timeouts,
-/// connection errors) is retried.
+/// in `permanent` fail the channel over; throttling and 5xx are the provider unavailable; a
+/// timeout after the request went out is in doubt; anything else (connection errors, other
+/// codes) is retried.
 pub(crate) fn classify_aws<E>(
     service: &str,
     action: &str,
@@ -155,15 +164,27 @@ where
                     _ => "refused",
                 };
                 SendError::permanent(label, reason)
-            } else if code.contains("Throttl") || code == "TooManyRequestsException" {
-                SendError::Throttled { reason }
+            } else if code.contains("Throttl")
+                || code == "TooManyRequestsException"
+                || code == "MaxSendRateExceeded"
+            {
+                SendError::Unavailable {
+                    label: "throttled",
+                    reason,
+                }
+            } else if e.raw().status().is_server_error() {
+                SendError::Unavailable {
+                    label: "server_error",
+                    reason,
+                }
             } else {
                 SendError::retryable("server_error", reason)
             }
         }
-        SdkError::TimeoutError(_) => {
-            SendError::retryable("timeout", format!("{service}: timed out"))
-        }
+        SdkError::TimeoutError(_) => SendError::InDoubt {
+            label: "timeout",
+            reason: format!("{service}: no answer in time after the request went out"),
+        },
         other => SendError::retryable(
             "connection",
             format!("{service}: {}", crate::safe::error_chain(other)),

@@ -4,8 +4,10 @@
 //! HMAC-SHA256 over `{id}.{timestamp}.{body}` with the tenant's secret (`whsec_…`, from
 //! `NOTIFY_WEBHOOK_SECRETS`).
 //!
-//! 2xx is delivered. 408, 429, 5xx, timeouts and connection errors are retried, no sooner than
-//! `Retry-After` asks; any other status (redirects are not followed) fails the channel over.
+//! 2xx is delivered. 408, 429, 5xx and connection errors are retried, no sooner than
+//! `Retry-After` asks; a request sent and not answered in time is in doubt (held, then sent
+//! again with the same `webhook-id`); any other status (redirects are not followed) fails the
+//! channel over.
 //! Addresses are checked by the SSRF guard ([`super::guard`]); plain `http://` and private
 //! addresses only with `notify.webhook.allow_private_targets`.
 
@@ -155,11 +157,12 @@ impl Provider for Webhook {
                         }
                         source = s.source();
                     }
-                    if e.is_timeout() {
-                        SendError::retryable(
-                            "timeout",
-                            "the webhook receiver did not answer in time",
-                        )
+                    if e.is_timeout() && !e.is_connect() {
+                        // Sent, unanswered: the receiver may have it.
+                        SendError::InDoubt {
+                            label: "timeout",
+                            reason: "the webhook receiver did not answer in time".into(),
+                        }
                     } else {
                         // Without the URL: it is the tenant's address.
                         SendError::retryable(

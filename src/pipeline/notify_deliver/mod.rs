@@ -20,6 +20,8 @@
 //!    every channel's last error.
 
 mod claim;
+mod failover;
+mod holds;
 mod waits;
 
 use std::sync::Arc;
@@ -33,15 +35,16 @@ use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::breaker::Breakers;
 use crate::config::{NotifyConfig, SigningSecrets};
 use crate::contract::Contract;
-use crate::contract::ranked::{self, RankedNotification};
+use crate::contract::ranked::RankedNotification;
 use crate::fault::Dependency;
 use crate::notify::bucket::{Buckets, Reservation};
 use crate::notify::deliver::email::Email;
 use crate::notify::deliver::sns::{Push, Sms};
 use crate::notify::deliver::webhook::Webhook;
 use crate::notify::deliver::{Providers, SendError};
-use crate::notify::deliveries::{Claim, Deliveries, Finish};
-use crate::notify::outbox::{Outbox, Outgoing};
+use crate::notify::deliveries::{Claim, Deliveries, Finish, Held};
+use crate::notify::outbox::Outbox;
+use crate::notify::prefs::PreferenceStore;
 use crate::telemetry::{self, otel};
 use claim::ClaimGuard;
 use waits::{chrono_duration, defer_until, jitter, wait_or_defer};
@@ -82,6 +85,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
             .await?;
             Ok(Arc::new(NotifyDeliver(Arc::new(Deliver {
                 deliveries: Deliveries::new(pool.clone()),
+                prefs: PreferenceStore::new(pool.clone()),
                 buckets: Buckets::new(pool),
                 providers,
                 priority,
@@ -106,6 +110,7 @@ pub struct NotifyDeliver(Arc<Deliver>);
 
 struct Deliver {
     deliveries: Deliveries,
+    prefs: PreferenceStore,
     buckets: Buckets,
     providers: Providers,
     priority: Outbox,
@@ -150,6 +155,7 @@ impl Deliver {
     ) -> Result<(), PipelineError> {
         let started = Instant::now();
         let now = Utc::now();
+        self.check_send_after(n, now)?;
         if n.send_after > now {
             telemetry::notify_deferred("not_due");
             return Err(defer_until(
@@ -160,16 +166,16 @@ impl Deliver {
         let channel = n.channel;
         let send_timeout = Duration::from_secs(self.config.delivery.send_timeout_secs);
         let hold = send_timeout + CLAIM_MARGIN;
-        let limit = self.config.limit(n.tenant_id, channel);
+        let in_doubt_hold = Duration::from_secs(self.config.delivery.in_doubt_hold_secs);
         let (mut reopened, busy_since) = (false, Instant::now());
         loop {
-            let claim = self
-                .deliveries
-                .claim(n.tenant_id, &n.event_id, channel, hold);
+            let claim =
+                self.deliveries
+                    .claim(n.tenant_id, &n.event_id, channel, hold, in_doubt_hold);
             let claim = otel::traced(otel::db("postgresql", "claim", "notify_deliveries"), claim)
                 .await
                 .map_err(|e| self.db_error("claiming the delivery record", &e))?;
-            let (token, attempts, reserved) = match claim {
+            let (token, attempts, reserved, resend) = match claim {
                 Claim::Delivered => {
                     telemetry::notify_duplicate_skipped(channel.as_str());
                     tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), "already delivered on this channel: not sent again");
@@ -198,13 +204,25 @@ impl Deliver {
                     tokio::time::sleep(remaining.min(Duration::from_millis(500))).await;
                     continue;
                 }
+                // An earlier send may have gone out: nothing goes out again before its hold.
+                Claim::InDoubt(remaining) => {
+                    telemetry::notify_deferred("in_doubt");
+                    return Err(defer_until(
+                        Utc::now() + chrono_duration(remaining),
+                        format!(
+                            "an earlier send on {} may have gone out: held until its in-doubt hold (notify.delivery.in_doubt_hold_secs) ends",
+                            channel.as_str()
+                        ),
+                    ));
+                }
                 Claim::Claimed {
                     token,
                     attempts,
                     reserved,
-                } => (token, attempts, reserved),
+                    in_doubt,
+                } => (token, attempts, reserved, in_doubt),
             };
-            let mut guard = ClaimGuard::new(&self.deliveries, n, token);
+            let mut guard = ClaimGuard::new(&self.deliveries, n, token, in_doubt_hold);
             if attempts >= self.config.delivery.attempts_per_channel {
                 // Its attempts were spent before, and the failover did not go out then.
                 let error = SendError::permanent(
@@ -213,10 +231,25 @@ impl Deliver {
                 );
                 return self.fail_over(n, &mut guard, attempts, error, false).await;
             }
+            // Quiet hours as the user has them now (they may have set them after ranking).
+            if let Some((until, zone)) = self.quiet_hours_now(n, Utc::now()).await? {
+                guard
+                    .finish(Finish::Deferred {
+                        until,
+                        held: Held::QuietHours(zone),
+                    })
+                    .await
+                    .map_err(|e| self.db_error("recording a quiet-hours hold", &e))?;
+                telemetry::notify_deferred("quiet_hours_at_delivery");
+                return Err(defer_until(
+                    until,
+                    "the user's quiet hours (as set now): held until they end".into(),
+                ));
+            }
             // A channel whose provider refuses conveyor (its breaker open: a permission, the
-            // credentials) waits for it, deferred without a call and without spending an
-            // attempt (a token reserved for the send stays reserved); one send per cooldown goes
-            // out as the trial.
+            // credentials, throttling, 5xx) waits for it, deferred without a call and without
+            // spending an attempt (a token reserved for the send stays reserved); one send per
+            // cooldown goes out as the trial.
             let provider_dependency = provider_dependency(channel);
             if let Some(dependency) = provider_dependency
                 && let Err(at) = self.breakers.call_at(dependency)
@@ -224,7 +257,10 @@ impl Deliver {
                 let wait = at.saturating_duration_since(tokio::time::Instant::now());
                 let until = Utc::now() + chrono_duration(wait + jitter(Duration::from_secs(1)));
                 guard
-                    .finish(Finish::Deferred { until })
+                    .finish(Finish::Deferred {
+                        until,
+                        held: Held::Provider,
+                    })
                     .await
                     .map_err(|e| self.db_error("recording a deferral", &e))?;
                 telemetry::notify_deferred("provider_unavailable");
@@ -236,7 +272,7 @@ impl Deliver {
             let due_in = match reserved {
                 // Reserved when this notification was deferred for it: no second decision.
                 Some(due_in) => due_in,
-                None => self.reserve(n, limit).await?,
+                None => self.reserve(n).await?,
             };
             if due_in >= RESERVED_IN_PLACE {
                 // Not sending now: a breaker trial this send was granted goes to the next one.
@@ -270,19 +306,24 @@ impl Deliver {
             if let Some(dependency) = provider_dependency {
                 delivery.used(dependency);
             }
+            if resend {
+                telemetry::notify_in_doubt(channel.as_str(), "resent");
+                tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), "an in-doubt send's hold is over: sending it again (a webhook with the same webhook-id)");
+            }
             let provider = self.providers.get(channel);
             let send = tokio::time::timeout(send_timeout, provider.send(n, &n.delivery.address));
             let span = otel::deliver(channel.as_str());
+            guard.sending();
             let sent = match send.instrument(span.clone()).await {
                 Ok(sent) => sent,
-                Err(_) => Err(SendError::retryable(
-                    "timeout",
-                    format!(
+                Err(_) => Err(SendError::InDoubt {
+                    label: "timeout",
+                    reason: format!(
                         "{} did not answer within {}s",
                         channel.as_str(),
                         send_timeout.as_secs()
                     ),
-                )),
+                }),
             };
             if sent.is_err() {
                 otel::failed(&span);
@@ -309,24 +350,28 @@ impl Deliver {
                         "notification delivered"
                     );
                     if let Err(e) = recorded {
-                        // Sent but not recorded: a redelivery after the claim expires sends it
-                        // again (the documented window). Nothing to retry now.
+                        // Sent but not recorded: the claim expires unfinished, and the channel
+                        // is in doubt until its hold ends (the documented window).
                         tracing::warn!(event_id = %n.event_id, channel = channel.as_str(), error = %crate::safe::error_chain(&e), "delivered, but the delivery record was not written");
                     }
                     return Ok(());
                 }
                 // The provider refusing conveyor itself (a configuration fault: its breaker
-                // opens at once) or throttling conveyor's account (an outage: the breaker opens
-                // after `failures_to_open`); only AWS providers say so. Not this notification's
-                // fault: the claim goes back unspent, with its reservation (nothing went out),
-                // and the engine retries the message without spending its receives; while the
-                // breaker is open, the channel's sends wait for it (above).
-                Err(error @ (SendError::Denied { .. } | SendError::Throttled { .. }))
+                // opens at once), or unavailable to it (throttling the account, 5xx: an
+                // outage, the breaker opens after `failures_to_open`); only AWS providers say
+                // so. Not this notification's fault: the claim goes back unspent, with its
+                // reservation (nothing went out), and the engine retries the message without
+                // spending its receives; while the breaker is open, the channel's sends wait
+                // for it (above).
+                Err(error @ (SendError::Denied { .. } | SendError::Unavailable { .. }))
                     if provider_dependency.is_some() =>
                 {
                     telemetry::notify_failed(channel.as_str(), error.label());
                     guard
-                        .finish(Finish::Deferred { until: Utc::now() })
+                        .finish(Finish::Deferred {
+                            until: Utc::now(),
+                            held: Held::Provider,
+                        })
                         .await
                         .map_err(|e| self.db_error("releasing the delivery record", &e))?;
                     let dependency = provider_dependency.expect("checked by the guard");
@@ -334,6 +379,30 @@ impl Deliver {
                         SendError::Denied { reason } => PipelineError::Denied(dependency, reason),
                         other => PipelineError::Unavailable(dependency, other.reason().to_owned()),
                     });
+                }
+                // Sent and unanswered: the provider may have it. Held in doubt, not retried
+                // now; after the hold it is sent once more (an attempt spent).
+                Err(error @ SendError::InDoubt { .. }) => {
+                    telemetry::notify_failed(channel.as_str(), error.label());
+                    telemetry::notify_in_doubt(channel.as_str(), "held");
+                    telemetry::notify_deferred("in_doubt");
+                    let until = Utc::now() + chrono_duration(in_doubt_hold);
+                    tracing::warn!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), reason = error.label(), hold_secs = in_doubt_hold.as_secs(), "send unanswered after it went out: in doubt, held before it is sent again");
+                    guard
+                        .finish(Finish::InDoubt {
+                            error: error.reason(),
+                            until,
+                        })
+                        .await
+                        .map_err(|e| self.db_error("recording an in-doubt send", &e))?;
+                    return Err(defer_until(
+                        until,
+                        format!(
+                            "{} send in doubt ({}): held before it is sent again",
+                            channel.as_str(),
+                            error.label()
+                        ),
+                    ));
                 }
                 Err(error) => {
                     telemetry::notify_failed(channel.as_str(), error.label());
@@ -373,15 +442,24 @@ impl Deliver {
         }
     }
 
-    /// Reserves the send's token (one statement on its bucket): how long until it is due.
-    async fn reserve(
-        &self,
-        n: &RankedNotification,
-        limit: crate::config::Limit,
-    ) -> Result<Duration, PipelineError> {
-        let reserve = self
-            .buckets
-            .reserve(n.tenant_id, &n.delivery.rate_limit_key, limit);
+    /// Reserves the send's token (one statement): of its tenant's bucket, and of its
+    /// provider's account bucket when `notify.provider_rate_limits` sets one. How long until
+    /// both are due.
+    async fn reserve(&self, n: &RankedNotification) -> Result<Duration, PipelineError> {
+        let tenant_bucket = (
+            n.tenant_id,
+            n.delivery.rate_limit_key.as_str(),
+            self.config.limit(n.tenant_id, n.channel),
+        );
+        let provider_bucket = self
+            .config
+            .provider_rate_limits
+            .get(n.channel)
+            .map(|(key, limit)| (uuid::Uuid::nil(), key, limit));
+        let buckets: Vec<_> = std::iter::once(tenant_bucket)
+            .chain(provider_bucket)
+            .collect();
+        let reserve = self.buckets.reserve(&buckets);
         let reservation = otel::traced(
             otel::db("postgresql", "reserve", "notify_rate_buckets"),
             reserve,
@@ -396,95 +474,6 @@ impl Deliver {
                 due_in
             }
         })
-    }
-
-    /// The channel gives up on the notification: the next channel of its failover gets it, or,
-    /// with none left, it is dead-lettered with every channel's last error.
-    async fn fail_over(
-        &self,
-        n: &RankedNotification,
-        guard: &mut ClaimGuard,
-        attempts: u32,
-        error: SendError,
-        attempted: bool,
-    ) -> Result<(), PipelineError> {
-        let channel = n.channel;
-        let Some((next, rest)) = n.failover.split_first() else {
-            guard
-                .finish(Finish::Failed {
-                    error: error.reason(),
-                    attempted,
-                })
-                .await
-                .map_err(|e| self.db_error("recording a failed channel", &e))?;
-            let tried = self
-                .deliveries
-                .of_event(n.tenant_id, &n.event_id)
-                .await
-                .map_err(|e| self.db_error("reading the delivery record", &e))?;
-            let errors = tried
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} ({} attempts): {}",
-                        c.channel,
-                        c.attempts,
-                        c.last_error.as_deref().unwrap_or("no error recorded")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            tracing::warn!(event_id = %n.event_id, tenant_id = %n.tenant_id, channel = channel.as_str(), reason = error.label(), channels = tried.len(), "every channel failed: dead-lettering");
-            return Err(PipelineError::Permanent(format!(
-                "every channel failed: {errors}"
-            )));
-        };
-        let moved = RankedNotification {
-            channel: next.channel,
-            delivery: ranked::Delivery {
-                address: next.address.clone(),
-                provider: None,
-                rate_limit_key: ranked::rate_limit_key(next.channel, n.tenant_id),
-            },
-            failover: rest.to_vec(),
-            attempt: n.attempt + attempts,
-            send_after: Utc::now(),
-            ..n.clone()
-        };
-        let body = serde_json::to_string(&moved)
-            .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
-        // Sent before the channel is recorded failed: a crash in between sends the failover
-        // twice, which its channel's record absorbs; the other order could lose it.
-        self.priority
-            .send(
-                Outgoing {
-                    body,
-                    attributes: super::notify_rank::ranked_attributes(&moved),
-                },
-                0,
-            )
-            .await?;
-        guard
-            .finish(Finish::Failed {
-                error: error.reason(),
-                attempted,
-            })
-            .await
-            .map_err(|e| self.db_error("recording a failed channel", &e))?;
-        telemetry::notify_failover(channel.as_str(), next.channel.as_str());
-        tracing::info!(event_id = %n.event_id, tenant_id = %n.tenant_id, from = channel.as_str(), to = next.channel.as_str(), attempts, reason = error.label(), error = %error, "channel failed: failing over");
-        Ok(())
-    }
-
-    /// Full jitter: uniform in [0, min(cap, base × 2ⁿ)], n = attempts so far − 1.
-    fn backoff(&self, attempts: u32) -> Duration {
-        let d = &self.config.delivery;
-        let exp = attempts.saturating_sub(1).min(30);
-        let ceiling_ms = d
-            .backoff_base_ms
-            .saturating_mul(1u64 << exp)
-            .min(d.backoff_cap_secs * 1000);
-        Duration::from_millis(rand::random_range(0..=ceiling_ms))
     }
 
     fn db_error(&self, what: &str, e: &sqlx::Error) -> PipelineError {

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod delivery;
+
+pub use delivery::{DeliveryConfig, Limit, ProviderRateLimits, RateLimits, TenantRateLimits};
+
 use super::Problems;
 use crate::contract::notification::Channel;
 use crate::contract::ranked::PRIORITIES;
@@ -61,30 +65,11 @@ pub struct NotifyConfig {
     pub rate_limits: RateLimits,
     /// Per tenant (by id), channels whose bucket differs from `rate_limits`.
     pub tenant_rate_limits: std::collections::BTreeMap<uuid::Uuid, TenantRateLimits>,
-}
-
-/// `[notify.delivery]`: retries of one channel (seed 004: exponential backoff with full
-/// jitter, 100 ms × 2ⁿ capped at 30 s).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeliveryConfig {
-    /// Sends tried on one channel (retryable failures) before it fails over.
-    pub attempts_per_channel: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_cap_secs: u64,
-    /// Longest one provider call may take (SES, SNS, a webhook's whole response).
-    pub send_timeout_secs: u64,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        Self {
-            attempts_per_channel: 8,
-            backoff_base_ms: 100,
-            backoff_cap_secs: 30,
-            send_timeout_secs: 10,
-        }
-    }
+    /// The account's limits at SES and SNS, shared by every tenant.
+    pub provider_rate_limits: ProviderRateLimits,
+    /// A notification's `sendAfter` may be at most this far ahead (a later one is
+    /// dead-lettered as the message's own fault).
+    pub max_defer_secs: u64,
 }
 
 /// `[notify.email]`.
@@ -142,73 +127,6 @@ pub struct WebhookConfig {
     pub allow_private_targets: bool,
 }
 
-/// A token bucket: `capacity` sends at once, refilled at `refill_per_sec`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    pub capacity: f64,
-    pub refill_per_sec: f64,
-}
-
-/// `[notify.rate_limits]`: one [`Limit`] per channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimits {
-    pub email: Limit,
-    pub sms: Limit,
-    pub push: Limit,
-    pub webhook: Limit,
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        // SES's default production sending rate, SNS's default transactional SMS rate, and
-        // what one tenant's receivers can usually take.
-        let limit = |n: f64| Limit {
-            capacity: n,
-            refill_per_sec: n,
-        };
-        Self {
-            email: limit(14.0),
-            sms: limit(20.0),
-            push: limit(100.0),
-            webhook: limit(50.0),
-        }
-    }
-}
-
-impl RateLimits {
-    pub fn get(&self, channel: Channel) -> Limit {
-        match channel {
-            Channel::Email => self.email,
-            Channel::Sms => self.sms,
-            Channel::Push => self.push,
-            Channel::Webhook => self.webhook,
-        }
-    }
-}
-
-/// `[notify.tenant_rate_limits."<tenant id>"]`: the channels whose bucket differs for it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenantRateLimits {
-    pub email: Option<Limit>,
-    pub sms: Option<Limit>,
-    pub push: Option<Limit>,
-    pub webhook: Option<Limit>,
-}
-
-impl TenantRateLimits {
-    fn get(&self, channel: Channel) -> Option<Limit> {
-        match channel {
-            Channel::Email => self.email,
-            Channel::Sms => self.sms,
-            Channel::Push => self.push,
-            Channel::Webhook => self.webhook,
-        }
-    }
-}
-
 /// How a notification's priority is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +178,8 @@ impl Default for NotifyConfig {
             webhook: WebhookConfig::default(),
             rate_limits: RateLimits::default(),
             tenant_rate_limits: Default::default(),
+            provider_rate_limits: ProviderRateLimits::default(),
+            max_defer_secs: 7 * 86_400,
         }
     }
 }
@@ -380,6 +300,13 @@ impl NotifyConfig {
                 "1–64",
             );
         }
+        if !(60..=365 * 86_400).contains(&self.max_defer_secs) {
+            problems.bad(
+                "notify.max_defer_secs",
+                &self.max_defer_secs,
+                "60–31536000 (how far ahead a sendAfter may be; the default is 7 days)",
+            );
+        }
         self.validate_delivery(problems);
         if let Some(secrets) = &secrets.notify_webhook_secrets
             && let Err(e) = super::SigningSecrets::parse(secrets.expose())
@@ -396,92 +323,6 @@ impl NotifyConfig {
                 &"\"model\"",
                 "OPENAI_API_KEY is not set in the environment: export it (any value for a gateway without keys), or use scorer = \"rules\" to run offline",
             );
-        }
-    }
-
-    fn validate_delivery(&self, problems: &mut Problems) {
-        let d = &self.delivery;
-        if !(1..=100).contains(&d.attempts_per_channel) {
-            problems.bad(
-                "notify.delivery.attempts_per_channel",
-                &d.attempts_per_channel,
-                "1–100",
-            );
-        }
-        if !(1..=60_000).contains(&d.backoff_base_ms) {
-            problems.bad(
-                "notify.delivery.backoff_base_ms",
-                &d.backoff_base_ms,
-                "1–60000",
-            );
-        }
-        if !(1..=3_600).contains(&d.backoff_cap_secs) {
-            problems.bad(
-                "notify.delivery.backoff_cap_secs",
-                &d.backoff_cap_secs,
-                "1–3600",
-            );
-        }
-        if !(1..=120).contains(&d.send_timeout_secs) {
-            problems.bad(
-                "notify.delivery.send_timeout_secs",
-                &d.send_timeout_secs,
-                "1–120",
-            );
-        }
-        if let Some(id) = &self.sms.sender_id {
-            let ok = (1..=11).contains(&id.len())
-                && id.chars().all(|c| c.is_ascii_alphanumeric())
-                && id.chars().any(|c| c.is_ascii_alphabetic());
-            if !ok {
-                problems.bad(
-                    "notify.sms.sender_id",
-                    &format!("{id:?}"),
-                    "1–11 letters and digits, at least one letter (SNS's AWS.SNS.SMS.SenderID)",
-                );
-            }
-        }
-        if !matches!(self.sms.sms_type.as_str(), "Transactional" | "Promotional") {
-            problems.bad(
-                "notify.sms.sms_type",
-                &format!("{:?}", self.sms.sms_type),
-                "\"Transactional\" or \"Promotional\"",
-            );
-        }
-        let limits = Channel::ALL
-            .iter()
-            .filter_map(|c| Channel::parse(c))
-            .map(|c| {
-                (
-                    format!("notify.rate_limits.{}", c.as_str()),
-                    self.rate_limits.get(c),
-                )
-            })
-            .chain(self.tenant_rate_limits.iter().flat_map(|(tenant, t)| {
-                Channel::ALL
-                    .iter()
-                    .filter_map(|c| Channel::parse(c))
-                    .filter_map(move |c| {
-                        t.get(c).map(|l| {
-                            (
-                                format!("notify.tenant_rate_limits.\"{tenant}\".{}", c.as_str()),
-                                l,
-                            )
-                        })
-                    })
-            }));
-        for (key, limit) in limits {
-            let ok = limit.capacity >= 1.0
-                && limit.capacity <= 1e6
-                && limit.refill_per_sec > 0.0
-                && limit.refill_per_sec <= 1e6;
-            if !ok {
-                problems.bad(
-                    &key,
-                    &format!("{limit:?}"),
-                    "capacity 1–1000000 (sends at once) and refill_per_sec above 0, at most 1000000",
-                );
-            }
         }
     }
 }
