@@ -80,7 +80,7 @@ mod service;
 mod stores;
 
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
-pub use notify::{EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
+pub use notify::{Bindings, EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
 pub use problems::{ConfigError, Problems};
 pub use queue::{
     Ack, DEFAULT_PIPELINE_TIMEOUT_SECS, Jitter, PipelineConfig, QueueConfig, RetryConfig,
@@ -156,7 +156,18 @@ impl Config {
             config.secrets.stand_in_for_missing();
         }
         config.ignored_env = env::ignored();
-        config.validate_with(rules)?;
+        let mut problems = Problems::default();
+        if let Some(notify) = &config.notify {
+            notify.bindings.validate_env(&sources.env, &mut problems);
+        }
+        match (config.validate_with(rules), problems.into_result()) {
+            (Ok(()), Ok(())) => {}
+            (Err(ConfigError::Invalid(mut a)), Err(ConfigError::Invalid(b))) => {
+                a.extend(b);
+                return Err(ConfigError::Invalid(a));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        }
         Ok(config)
     }
 
@@ -186,6 +197,8 @@ impl Config {
         self.breaker.validate(&mut problems);
         if let Some(notify) = &self.notify {
             notify.validate(&self.secrets, &mut problems);
+            let queues: Vec<&str> = self.queues.keys().map(String::as_str).collect();
+            notify.bindings.validate(&queues, &mut problems);
             if self.routes_to("notify-deliver") && notify.email.sender.is_empty() {
                 problems.bad(
                     "notify.email.sender",

@@ -3,6 +3,7 @@
 //! Its two wire contracts, NotificationEvent v1 and RankedNotification v1, live with the other
 //! contracts in `contract/`, below config.
 
+pub mod binding;
 pub mod bucket;
 pub mod deliver;
 pub mod deliveries;

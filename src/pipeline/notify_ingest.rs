@@ -20,6 +20,7 @@ use serde::Deserialize;
 use super::{Delivery, Descriptor, Need, Pipeline, PipelineError};
 use crate::contract::Contract;
 use crate::fault::Dependency;
+use crate::notify::binding::DROP_KEY_ATTRIBUTE;
 use crate::notify::drop::{self, Lines, MAX_LINE_BYTES, MAX_REJECTS_LISTED, Reject};
 use crate::notify::outbox::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Outbox, Outgoing};
 use crate::telemetry;
@@ -235,7 +236,8 @@ impl Ingest {
                     totals.accepted += 1;
                     let message = Outgoing {
                         body: drop::incoming_body(drop_id, number, detail, self.region.as_deref()),
-                        attributes: Vec::new(),
+                        // Its origin, for ranking to check the drop prefix's tenants.
+                        attributes: vec![(DROP_KEY_ATTRIBUTE, record.key.clone())],
                     };
                     tracing::debug!(drop_id, line = number, event_id = %event.event_id, user_id = %event.user.id, "line accepted");
                     if batch.len() == MAX_BATCH_ENTRIES

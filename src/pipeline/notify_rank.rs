@@ -5,6 +5,8 @@
 //! to `notify.priority_queue`, delayed until its `sendAfter` as far as SQS allows (15 minutes;
 //! delivery defers the rest) with the attributes `priority`, `channel` and `eventId`.
 //!
+//! An event whose `tenantId` its origin is not bound to (`[notify.bindings]`,
+//! `src/notify/binding.rs`) is dead-lettered with that reason before anything is read for it.
 //! A user without preferences or without a usable channel is dead-lettered with that reason:
 //! no retry gives them an address. The ledger runs this pipeline once per (tenant, eventId),
 //! so the same event dropped twice, or published again, is ranked once; a crash after the send
@@ -20,6 +22,8 @@ use crate::config::{NotifyConfig, Scorer};
 use crate::contract::Contract;
 use crate::contract::ranked::RankedNotification;
 use crate::fault::Dependency;
+use crate::notify::binding::{self, DROP_KEY_ATTRIBUTE, Origin};
+use crate::notify::drop::DROP_SOURCE;
 use crate::notify::outbox::{Outbox, Outgoing};
 use crate::notify::prefs::{PreferenceStore, PrefsError};
 use crate::notify::rank;
@@ -66,6 +70,13 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 "notify.priority_queue",
             )
             .await?;
+            if notify.bindings.allow_unbound {
+                tracing::warn!(
+                    sources = notify.bindings.sources.len(),
+                    drop_prefixes = notify.bindings.drop_prefixes.len(),
+                    "notify.bindings.allow_unbound: events from sources and drop prefixes bound to no tenant are ranked for whatever tenant they name (local environment only)"
+                );
+            }
             Ok(Arc::new(NotifyRank {
                 prefs: PreferenceStore::new(pool.clone()),
                 scores: Scores::new(method, pool),
@@ -110,6 +121,20 @@ impl Pipeline for NotifyRank {
                     delivery.event.detail_type
                 )));
             };
+            // The tenant is the producer's word: believed only from an origin bound to it.
+            let origin = if delivery.event.source == DROP_SOURCE {
+                Origin::Drop(
+                    delivery
+                        .event
+                        .attributes
+                        .get(DROP_KEY_ATTRIBUTE)
+                        .map(String::as_str),
+                )
+            } else {
+                Origin::Source(&delivery.event.source)
+            };
+            binding::check(&config.bindings, origin, &delivery.queue, event.tenant_id)
+                .map_err(PipelineError::Permanent)?;
             let lookup = prefs.get(event.tenant_id, &event.user.id);
             let span = otel::db("postgresql", "select", "notify_preferences");
             let preferences = match otel::traced(span, lookup).await {

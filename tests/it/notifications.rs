@@ -31,6 +31,9 @@ pub struct Stages {
     pub sqs: aws_sdk_sqs::Client,
     /// Whether the daemon also delivers: `priority` consumed by `notify-deliver`.
     pub deliver: Option<Delivering>,
+    /// The tenants the test's source and drops are bound to (`[notify.bindings]`); `None`:
+    /// unbound, allowed (`allow_unbound`, as in the local environment).
+    pub bound_tenants: Option<Vec<uuid::Uuid>>,
 }
 
 /// How the delivery stage of [`Stages`] is configured.
@@ -63,6 +66,7 @@ impl Stages {
             priority_dlq_url: String::new(),
             sqs: sqs_client().await,
             deliver,
+            bound_tenants: None,
             prefix,
         };
         let up = stages.cli("").output(&["infra", "up"]);
@@ -107,6 +111,11 @@ impl Stages {
         names.source = Some(self.source.clone());
         names.no_delivery = self.deliver.is_none();
         names.allow_private_targets = self.deliver.as_ref().is_some_and(|d| d.allow_private);
+        match &self.bound_tenants {
+            Some(tenants) => names.tenants = tenants.clone(),
+            // Most tests make tenants up as they go.
+            None => names.allow_unbound = true,
+        }
         format!(
             "[infra]\nqueue_name = \"{p}-events\"\nrule_name = \"{p}-events\"\nsources = [\"{p}.unused\"]\n\n{}{notify_extra}\n",
             conveyor::cmd::notify::example_config(&names)
@@ -544,6 +553,75 @@ async fn quiet_hours_delay_a_notification_to_their_end_without_spending_receives
         ) - deferred_before,
         1.0
     );
+    daemon.stop().await;
+}
+
+/// The test's source and drops are bound to its tenant. An event naming another tenant — from
+/// the bound EventBridge source, or a line of a drop under the bound prefix — is dead-lettered
+/// by ranking naming the binding, and nothing is ranked for it; the bound tenant's go through.
+#[tokio::test]
+async fn events_naming_a_tenant_their_source_or_drop_is_not_bound_to_are_dead_lettered_with_the_binding()
+ {
+    let _ls = localstack_shared().await;
+    let mut s = Stages::provision("it-bound").await;
+    s.bound_tenants = Some(vec![s.tenant]);
+    let stranger = uuid::Uuid::new_v4();
+    let mut strangers_prefs = s.prefs("u-1", json!({}));
+    strangers_prefs["tenantId"] = json!(stranger);
+    s.import_prefs(&[s.prefs("u-1", json!({})), strangers_prefs]);
+    let daemon = s.daemon("").await;
+
+    let as_stranger = |mut event: Value| {
+        event["tenantId"] = json!(stranger);
+        event
+    };
+    s.publish(&s.event("bus-bound", "u-1", json!({}))).await;
+    s.publish(&as_stranger(s.event("bus-stranger", "u-1", json!({}))))
+        .await;
+    crate::delivery::drop_events(
+        &s,
+        &[
+            s.event("drop-bound", "u-1", json!({})),
+            as_stranger(s.event("drop-stranger", "u-1", json!({}))),
+        ],
+    );
+
+    let dead = drain_queue(&s.sqs, &s.incoming_dlq_url, 2, Duration::from_secs(90)).await;
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|m| {
+            let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            (
+                body["detail"]["eventId"].as_str().unwrap().to_owned(),
+                string_attribute(m, "conveyor.error").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0].0, "bus-stranger");
+    assert!(
+        reasons[0]
+            .1
+            .contains(&format!("tenant {stranger} is not bound to source"))
+            && reasons[0].1.contains("notify.bindings.sources"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, "drop-stranger");
+    assert!(
+        reasons[1].1.contains("drop prefix \"\"")
+            && reasons[1].1.contains("notify.bindings.drop_prefixes"),
+        "{reasons:?}"
+    );
+    let ranked = drain_queue(&s.sqs, &s.priority_url, 2, Duration::from_secs(60)).await;
+    let mut ids: Vec<String> = ranked
+        .iter()
+        .map(|m| {
+            let n: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            n["eventId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["bus-bound", "drop-bound"], "only the bound tenant's");
     daemon.stop().await;
 }
 

@@ -28,6 +28,14 @@ pub struct ExampleArgs {
     /// Let webhooks go to private addresses and plain http (a receiver on this machine).
     #[arg(long)]
     pub allow_private_targets: bool,
+    /// A tenant the source and the bucket's drops may send for (repeat for several): written
+    /// to `[notify.bindings]`.
+    #[arg(long = "tenant")]
+    pub tenants: Vec<uuid::Uuid>,
+    /// Rank events from sources and drops bound to no tenant, for any tenant they name (the
+    /// local environment only).
+    #[arg(long)]
+    pub allow_unbound: bool,
 }
 
 impl ExampleArgs {
@@ -40,6 +48,8 @@ impl ExampleArgs {
             sender: None,
             no_delivery: false,
             allow_private_targets: false,
+            tenants: Vec::new(),
+            allow_unbound: false,
         }
     }
 }
@@ -97,6 +107,24 @@ allow_private_targets = {}
             args.allow_private_targets
         ));
     }
+    let tenants = args
+        .tenants
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bound = if args.tenants.is_empty() { "# " } else { "" };
+    out.push_str(&format!(
+        r#"
+# The tenants events from {source}, and lines of drops in s3://{bucket}, may name; any other
+# tenantId is dead-lettered by ranking with the reason.
+[notify.bindings]
+{bound}sources = {{ "{source}" = [{tenants}] }}
+{bound}drop_prefixes = {{ "" = [{tenants}] }}
+allow_unbound = {}
+"#,
+        args.allow_unbound
+    ));
     out.push_str(&format!(
         r#"
 # Last, so that keys added below this line belong to [notify].
@@ -131,6 +159,7 @@ mod tests {
     fn the_example_loads_and_keys_appended_belong_to_notify() {
         let mut args = ExampleArgs::named("Shop");
         args.allow_private_targets = true;
+        args.tenants = vec![uuid::Uuid::from_u128(7)];
         let config = load(&(example_config(&args) + "ingest_sends_in_flight = 3\n"));
         let notify = config.notify.as_ref().unwrap();
         assert_eq!(notify.bucket, "shop");
@@ -140,6 +169,14 @@ mod tests {
             "an appended key is [notify]'s"
         );
         assert!(notify.webhook.allow_private_targets);
+        assert_eq!(
+            notify.bindings.sources["Shop.producer"],
+            [uuid::Uuid::from_u128(7)]
+        );
+        assert_eq!(
+            notify.bindings.drop_prefixes[""],
+            [uuid::Uuid::from_u128(7)]
+        );
         assert_eq!(notify.email.sender, "notify@shop.example.com");
         assert!(config.routes_to("notify-ingest"));
         assert!(config.routes_to("notify-rank"));

@@ -5,8 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod bindings;
 mod delivery;
 
+pub use bindings::Bindings;
 pub use delivery::{DeliveryConfig, Limit, ProviderRateLimits, RateLimits, TenantRateLimits};
 
 use super::Problems;
@@ -70,6 +72,8 @@ pub struct NotifyConfig {
     /// A notification's `sendAfter` may be at most this far ahead (a later one is
     /// dead-lettered as the message's own fault).
     pub max_defer_secs: u64,
+    /// `[notify.bindings]`: the tenants each source, drop prefix and queue may send for.
+    pub bindings: Bindings,
 }
 
 /// `[notify.email]`.
@@ -180,6 +184,7 @@ impl Default for NotifyConfig {
             tenant_rate_limits: Default::default(),
             provider_rate_limits: ProviderRateLimits::default(),
             max_defer_secs: 7 * 86_400,
+            bindings: Bindings::default(),
         }
     }
 }
