@@ -326,7 +326,7 @@ async fn prune_ledger(ledger: Ledger, stop: CancellationToken) {
 /// message of theirs can still be delivered) and rate-limit buckets idle for a day.
 async fn prune_deliveries(pool: sqlx::PgPool, retention_secs: u32, stop: CancellationToken) {
     let deliveries = crate::notify::deliveries::Deliveries::new(pool.clone());
-    let buckets = crate::notify::bucket::Buckets::new(pool);
+    let buckets = crate::notify::bucket::Buckets::new(pool, Duration::ZERO);
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {

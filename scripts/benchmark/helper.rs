@@ -14,6 +14,11 @@
 //!   bench raw-loop URL TASKS N   the least work that drains a queue with aws-sdk-sqs: TASKS
 //!                                tasks each receive 10 / delete-batch until N are deleted;
 //!                                prints the SQS requests it made
+//!   bench buckets LEASE_MS TASKS SECS
+//!                                TASKS tasks take tokens of one hot rate-limit bucket
+//!                                (PostgreSQL at DATABASE_URL, a fresh key) for SECS seconds,
+//!                                leasing up to LEASE_MS of its refill per statement (0: a
+//!                                statement per take); prints decisions/s and statements
 //!
 //! Endpoint, region and credentials come from the environment (`scripts/stack env`).
 
@@ -84,8 +89,11 @@ async fn main() -> anyhow::Result<()> {
         ["raw-loop", url, tasks, total] => {
             raw_loop(client, url, tasks.parse()?, total.parse()?).await?
         }
+        ["buckets", lease_ms, tasks, secs] => {
+            buckets(lease_ms.parse()?, tasks.parse()?, secs.parse()?).await?
+        }
         _ => anyhow::bail!(
-            "usage: bench create NAME | create-fifo NAME | fill URL COUNT | fill-fifo URL COUNT GROUPS | depth URL | raw-loop URL TASKS N"
+            "usage: bench create NAME | create-fifo NAME | fill URL COUNT | fill-fifo URL COUNT GROUPS | depth URL | raw-loop URL TASKS N | buckets LEASE_MS TASKS SECS"
         ),
     }
     Ok(())
@@ -236,5 +244,62 @@ async fn raw_loop(client: Client, url: &str, tasks: usize, total: u64) -> anyhow
         r??;
     }
     println!("{}", requests.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// Token decisions per second on one hot bucket (its refill far above what is asked, so every
+/// decision is a token now): `RESULT decisions_per_s=… statements_per_decision=…`.
+async fn buckets(lease_ms: u64, tasks: usize, secs: u64) -> anyhow::Result<()> {
+    use conveyor::config::Limit;
+    use conveyor::notify::bucket::Buckets;
+    let url = std::env::var("DATABASE_URL")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&url)
+        .await?;
+    conveyor::postgres::migrate(&pool).await?;
+    let buckets = Buckets::new(pool, std::time::Duration::from_millis(lease_ms));
+    let limit = Limit {
+        capacity: 1e6,
+        refill_per_sec: 1e6,
+    };
+    let key = format!("bench:{}", uuid::Uuid::new_v4());
+    let (decisions, statements) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = std::time::Instant::now();
+    let until = started + std::time::Duration::from_secs(secs);
+    let mut running = Vec::new();
+    for _ in 0..tasks {
+        let (buckets, key, decisions, statements) = (
+            buckets.clone(),
+            key.clone(),
+            decisions.clone(),
+            statements.clone(),
+        );
+        running.push(tokio::spawn(async move {
+            while std::time::Instant::now() < until {
+                let grant = buckets
+                    .reserve(&[(uuid::Uuid::nil(), key.as_str(), limit)])
+                    .await?;
+                decisions.fetch_add(1, Ordering::Relaxed);
+                if grant.statement {
+                    statements.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in running {
+        task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (d, s) = (
+        decisions.load(Ordering::Relaxed) as f64,
+        statements.load(Ordering::Relaxed) as f64,
+    );
+    println!(
+        "RESULT decisions_per_s={:.0} statements_per_decision={:.6}",
+        d / elapsed,
+        s / d
+    );
     Ok(())
 }

@@ -23,12 +23,12 @@ use crate::contract::notification::Channel;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// Send now; `attempts` failed before. `reserved`: a rate-limit token was reserved for this
-    /// send earlier (see `bucket`), due in this long (zero when due already); the send must
-    /// not take another.
+    /// send earlier (see `bucket`), due in this many seconds (negative: due that long ago);
+    /// the send takes no other unless it is too late to use it.
     Claimed {
         token: Uuid,
         attempts: u32,
-        reserved: Option<Duration>,
+        reserved: Option<f64>,
         /// The send before this one was in doubt (and its hold is over): this is its resend.
         in_doubt: bool,
     },
@@ -115,7 +115,7 @@ impl Deliveries {
             return Ok(Claim::Claimed {
                 token,
                 attempts: attempts.max(0) as u32,
-                reserved: reserved.map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 1e9))),
+                reserved: reserved.map(|secs| secs.min(1e9)),
                 in_doubt,
             });
         }

@@ -23,6 +23,9 @@ pub struct DeliveryConfig {
     /// is *in doubt* and is not sent again for this long; then it is, once (a webhook with the
     /// same `webhook-id`, for the receiver to drop).
     pub in_doubt_hold_secs: u64,
+    /// How much of a hot rate-limit bucket's refill a daemon leases in one statement and
+    /// hands out from memory (`src/notify/bucket.rs`); 0: one statement per send.
+    pub rate_limit_lease_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -33,6 +36,7 @@ impl Default for DeliveryConfig {
             backoff_cap_secs: 30,
             send_timeout_secs: 10,
             in_doubt_hold_secs: 300,
+            rate_limit_lease_ms: 1_000,
         }
     }
 }
@@ -184,6 +188,13 @@ impl NotifyConfig {
                 "notify.delivery.in_doubt_hold_secs",
                 &d.in_doubt_hold_secs,
                 "1–86400 (how long a send that may have gone out waits before it is sent again)",
+            );
+        }
+        if d.rate_limit_lease_ms > 10_000 {
+            problems.bad(
+                "notify.delivery.rate_limit_lease_ms",
+                &d.rate_limit_lease_ms,
+                "0–10000 (0: a statement per send; the default 1000 leases up to a second of refill)",
             );
         }
         if let Some(id) = &self.sms.sender_id {

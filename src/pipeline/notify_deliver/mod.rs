@@ -37,7 +37,7 @@ use crate::config::{NotifyConfig, SigningSecrets};
 use crate::contract::Contract;
 use crate::contract::ranked::RankedNotification;
 use crate::fault::Dependency;
-use crate::notify::bucket::{Buckets, Reservation};
+use crate::notify::bucket::{Buckets, Reservation, STALE};
 use crate::notify::deliver::email::Email;
 use crate::notify::deliver::sns::{Push, Sms};
 use crate::notify::deliver::webhook::Webhook;
@@ -86,7 +86,10 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
             Ok(Arc::new(NotifyDeliver(Arc::new(Deliver {
                 deliveries: Deliveries::new(pool.clone()),
                 prefs: PreferenceStore::new(pool.clone()),
-                buckets: Buckets::new(pool),
+                buckets: Buckets::new(
+                    pool,
+                    Duration::from_millis(notify.delivery.rate_limit_lease_ms),
+                ),
                 providers,
                 priority,
                 breakers: shared.breakers.clone(),
@@ -269,9 +272,16 @@ impl Deliver {
                     format!("{dependency} is unavailable to conveyor (its circuit is open)"),
                 ));
             }
-            let due_in = match reserved {
+            let reused = reserved.filter(|secs| *secs >= -STALE.as_secs_f64());
+            if let Some(secs) = reserved.filter(|_| reused.is_none()) {
+                tracing::debug!(event_id = %n.event_id, late_ms = (-secs * 1000.0) as u64, "back too late for its reserved token: reserving anew");
+            }
+            let due_in = match reused {
                 // Reserved when this notification was deferred for it: no second decision.
-                Some(due_in) => due_in,
+                Some(secs) => Duration::from_secs_f64(secs.max(0.0)),
+                // None, or back too late to use it (the daemon was behind): a token spent long
+                // after it was due would send beside the tokens due now, over the bucket.
+                // Reserved anew, like a lease's stale token.
                 None => self.reserve(n).await?,
             };
             if due_in >= RESERVED_IN_PLACE {
@@ -287,7 +297,7 @@ impl Deliver {
                     .map_err(|e| self.db_error("recording a rate-limit reservation", &e))?;
                 // Back before its token for another reason than its own deferral (a redrive):
                 // deferred again to it, still without a bucket decision.
-                let label = if reserved.is_some() {
+                let label = if reused.is_some() {
                     "reservation_early"
                 } else {
                     "rate_limited"
@@ -442,9 +452,9 @@ impl Deliver {
         }
     }
 
-    /// Reserves the send's token (one statement): of its tenant's bucket, and of its
-    /// provider's account bucket when `notify.provider_rate_limits` sets one. How long until
-    /// both are due.
+    /// Reserves the send's token of its tenant's bucket, and of its provider's account bucket
+    /// when `notify.provider_rate_limits` sets one, from this daemon's leases or in one
+    /// statement. How long until both are due.
     async fn reserve(&self, n: &RankedNotification) -> Result<Duration, PipelineError> {
         let tenant_bucket = (
             n.tenant_id,
@@ -459,15 +469,15 @@ impl Deliver {
         let buckets: Vec<_> = std::iter::once(tenant_bucket)
             .chain(provider_bucket)
             .collect();
-        let reserve = self.buckets.reserve(&buckets);
-        let reservation = otel::traced(
-            otel::db("postgresql", "reserve", "notify_rate_buckets"),
-            reserve,
-        )
-        .await
-        .map_err(|e| self.db_error("reserving a rate-limit token", &e))?;
-        telemetry::notify_bucket_decision(n.channel.as_str());
-        Ok(match reservation {
+        let grant = self
+            .buckets
+            .reserve(&buckets)
+            .await
+            .map_err(|e| self.db_error("reserving a rate-limit token", &e))?;
+        if grant.statement {
+            telemetry::notify_bucket_decision(n.channel.as_str());
+        }
+        Ok(match grant.reservation {
             Reservation::Now => Duration::ZERO,
             Reservation::Ahead(due_in) => {
                 telemetry::notify_rate_limited(n.channel.as_str());
