@@ -59,6 +59,8 @@ pub struct Config {
     pub extraction: ExtractionConfig,
     /// When a dependency counts as down and its queues pause (see `src/breaker.rs`).
     pub breaker: BreakerConfig,
+    /// How a queue's handlers are shared between tenants (`src/dispatch/fair.rs`).
+    pub fairness: FairnessConfig,
     /// The notification system's stages; absent when it does not run here.
     pub notify: Option<NotifyConfig>,
     /// Secrets, from the environment only; never read from a file, never serialized.
@@ -71,6 +73,7 @@ pub struct Config {
 }
 
 mod env;
+mod fairness;
 mod infra;
 mod notify;
 mod problems;
@@ -79,6 +82,7 @@ mod secrets;
 mod service;
 mod stores;
 
+pub use fairness::FairnessConfig;
 pub use infra::{AnnounceConfig, EventBridgeConfig, InfraConfig};
 pub use notify::{Bindings, EmailConfig, Limit, NotifyConfig, Scorer, SmsConfig};
 pub use problems::{ConfigError, Problems};
@@ -195,6 +199,7 @@ impl Config {
         self.eventbridge.validate(&mut problems);
         self.infra.validate(&mut problems);
         self.breaker.validate(&mut problems);
+        self.fairness.validate(&mut problems);
         if let Some(notify) = &self.notify {
             notify.validate(&self.secrets, &mut problems);
             let queues: Vec<&str> = self.queues.keys().map(String::as_str).collect();

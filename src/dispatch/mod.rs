@@ -4,6 +4,7 @@
 //! timeout, so an error, a panic or a hang in one never stops the others — and fold their
 //! results into the message's outcome.
 
+pub mod fair;
 mod fold;
 mod run;
 
@@ -89,6 +90,9 @@ pub struct Dispatcher {
     /// pauses (a queue mixing routes pauses for any of them — give routes that must not wait
     /// for each other queues of their own).
     needs: Vec<Dependency>,
+    /// Tenant-fair turns at the handlers (`fair`); none on FIFO queues, whose groups already
+    /// take turns, or with `fairness.lookahead_percent = 0`.
+    fair: Option<Arc<fair::Fair>>,
 }
 
 impl Dispatcher {
@@ -145,7 +149,16 @@ impl Dispatcher {
             .collect();
         needs.sort();
         needs.dedup();
+        let fifo = queue_config
+            .url
+            .as_deref()
+            .or(queue_config.name.as_deref())
+            .is_some_and(|q| q.ends_with(".fifo"));
+        let running = config.fairness.running(queue_config.max_in_flight);
+        let fair = (!fifo && running < queue_config.max_in_flight as usize)
+            .then(|| fair::Fair::new(running, config.fairness.weights.clone()));
         Ok(Self {
+            fair,
             queue: queue.to_owned(),
             format: queue_config.format,
             claim_check,
@@ -261,6 +274,14 @@ impl Dispatcher {
             }
             Validated::Untyped => {}
         }
+        // The tenant's turn at a handler (an event without a tenant queues as tenant "").
+        let turn = match &self.fair {
+            Some(fair) => Some(fair.turn(labels.tenant_id.as_deref().unwrap_or("")).await),
+            None => None,
+        };
+        if turn.as_ref().is_some_and(|t| t.waited) {
+            telemetry::tenant_turn_waited(&self.queue);
+        }
         let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
         let delivery = Arc::new(Delivery::new(
             message.queue.clone(),
@@ -275,6 +296,7 @@ impl Dispatcher {
         if !after.is_empty() && results.iter().all(|r| r.result.is_ok()) {
             results.extend(run_stage(after, &delivery, &self.ledger, &self.breakers).await);
         }
+        drop(turn);
         (fold(&results, ack), labels)
     }
 }

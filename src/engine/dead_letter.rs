@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeN
 
 use super::Queue;
 use super::settle::{
-    Applied, MAX_ATTRIBUTES, Original, delete, fifo_ids, number, release, retry, system_attribute,
+    Applied, MAX_ATTRIBUTES, Original, delete, number, release, retry, send_ids, system_attribute,
 };
 use crate::telemetry::{self, SqsOp};
 
@@ -61,7 +61,7 @@ pub(super) async fn dead_letter(
             attributes,
             received.trace_header.as_deref(),
             0,
-            fifo_ids(queue, received),
+            send_ids(queue, received),
         );
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two

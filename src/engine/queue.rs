@@ -32,6 +32,14 @@ pub struct ReceiveError {
     pub retry_same_attempt: bool,
 }
 
+/// What a send carries besides the body: on a FIFO queue its group and deduplication ids; on a
+/// standard queue the message group SQS fair queues use (a tenant), when the original had one.
+#[derive(Debug, Clone, Copy)]
+pub enum SendIds<'a> {
+    Standard { group_id: Option<&'a str> },
+    Fifo(FifoIds<'a>),
+}
+
 /// What a send to a FIFO queue carries besides the body.
 #[derive(Debug, Clone, Copy)]
 pub struct FifoIds<'a> {
@@ -85,8 +93,8 @@ pub trait QueueApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Option<EntryFailure>>, String>>;
 
     /// Sends a message, with `trace_header` as its `AWSTraceHeader` (a copy keeps its
-    /// producer's); `fifo` is set exactly when `url` is a FIFO queue (which takes no
-    /// per-message delay).
+    /// producer's); `ids` are [`SendIds::Fifo`] exactly when `url` is a FIFO queue (which
+    /// takes no per-message delay).
     fn send<'a>(
         &'a self,
         url: &'a str,
@@ -94,7 +102,7 @@ pub trait QueueApi: Send + Sync + 'static {
         attributes: HashMap<String, MessageAttributeValue>,
         trace_header: Option<&'a str>,
         delay_secs: u32,
-        fifo: Option<FifoIds<'a>>,
+        ids: SendIds<'a>,
     ) -> BoxFuture<'a, Result<(), SendError>>;
 }
 
@@ -243,7 +251,7 @@ impl QueueApi for Sqs {
         attributes: HashMap<String, MessageAttributeValue>,
         trace_header: Option<&'a str>,
         delay_secs: u32,
-        fifo: Option<FifoIds<'a>>,
+        ids: SendIds<'a>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let mut send = self
@@ -255,14 +263,18 @@ impl QueueApi for Sqs {
                 .set_message_system_attributes(crate::sqs::trace_header_attribute(
                     trace_header.map(str::to_owned),
                 ));
-            match fifo {
-                Some(ids) => {
+            match ids {
+                SendIds::Fifo(ids) => {
                     send = send
                         .message_group_id(ids.group_id)
                         .message_deduplication_id(ids.deduplication_id);
                 }
-                None if delay_secs > 0 => send = send.delay_seconds(delay_secs as i32),
-                None => {}
+                SendIds::Standard { group_id } => {
+                    send = send.set_message_group_id(group_id.map(str::to_owned));
+                    if delay_secs > 0 {
+                        send = send.delay_seconds(delay_secs as i32);
+                    }
+                }
             }
             send.send().await.map(|_| ()).map_err(|e| SendError {
                 transient: crate::fault::classify::is_transient(&e),

@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeN
 
 use super::backoff;
 use super::batch::Action;
-use super::queue::{FifoIds, SendError};
+use super::queue::{FifoIds, SendError, SendIds};
 use super::{Queue, Receipt, Received};
 use crate::config::SQS_MAX_VISIBILITY_SECS;
 use crate::telemetry::{self, SqsOp};
@@ -210,7 +210,7 @@ pub(super) async fn replace_with_copy(
         attributes,
         received.trace_header.as_deref(),
         delay_secs,
-        fifo_ids(queue, received),
+        send_ids(queue, received),
     );
     let sent = tokio::select! {
         () = queue.abandon.cancelled() => return Err(NotReplaced::Abandoned(release(queue, receipt).await)),
@@ -291,10 +291,16 @@ pub(super) struct Original<'a> {
     pub(super) receipt: &'a Receipt,
 }
 
-/// A copy of a FIFO queue's message keeps its group; its deduplication id is the original's
-/// message id, so a send repeated after an unseen success leaves one copy.
-pub(super) fn fifo_ids<'a>(queue: &Queue, received: &'a Received) -> Option<FifoIds<'a>> {
-    queue.fifo.then(|| FifoIds {
+/// A copy keeps its message's group: on a FIFO queue with a deduplication id that is the
+/// original's message id, so a send repeated after an unseen success leaves one copy; on a
+/// standard queue (a tenant, for SQS fair queues) when it had one.
+pub(super) fn send_ids<'a>(queue: &Queue, received: &'a Received) -> SendIds<'a> {
+    if !queue.fifo {
+        return SendIds::Standard {
+            group_id: received.group_id.as_deref(),
+        };
+    }
+    SendIds::Fifo(FifoIds {
         // SQS sends every FIFO message with its group id.
         group_id: received.group_id.as_deref().unwrap_or("ungrouped"),
         deduplication_id: &received.message_id,

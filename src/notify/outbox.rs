@@ -3,6 +3,10 @@
 //! partially failed entries are sent again). Failures come back as [`PipelineError`]s: SQS
 //! unreachable, throttled or failing is an outage of SQS (never the message's fault); anything
 //! else SQS answers is retryable with its code.
+//!
+//! **Fair queues.** Every message carries its tenant as its `MessageGroupId`. On a standard
+//! queue that is what SQS fair queues group by: with it, SQS keeps one tenant's backlog from
+//! raising the others' dwell time (docs/notifications.md, "Tenant fairness").
 
 use std::time::Duration;
 
@@ -33,11 +37,13 @@ pub struct Outbox {
     name: String,
 }
 
-/// One message of a batch: its body and string attributes.
+/// One message of a batch: its body, string attributes and message group (its tenant).
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub body: String,
     pub attributes: Vec<(&'static str, String)>,
+    /// The `MessageGroupId`: the tenant, for SQS fair queues.
+    pub group: Option<String>,
 }
 
 impl Outgoing {
@@ -50,6 +56,7 @@ impl Outgoing {
                 .iter()
                 .map(|(name, value)| name.len() + "String".len() + value.len())
                 .sum::<usize>()
+            + self.group.as_ref().map_or(0, String::len)
     }
 }
 
@@ -89,6 +96,7 @@ impl Outbox {
             .send_message()
             .queue_url(&self.url)
             .message_body(message.body)
+            .set_message_group_id(message.group)
             .delay_seconds(delay_secs.min(MAX_DELAY_SECS) as i32)
             .set_message_attributes(Some(attributes(message.attributes)))
             .set_message_system_attributes(crate::sqs::trace_header_attribute(otel::header_of(
@@ -120,6 +128,7 @@ impl Outbox {
                     SendMessageBatchRequestEntry::builder()
                         .id(id)
                         .message_body(&m.body)
+                        .set_message_group_id(m.group.clone())
                         .set_message_attributes(Some(attributes(m.attributes.clone())))
                         .set_message_system_attributes(trace.clone())
                         .build()
@@ -273,6 +282,7 @@ mod tests {
             .map(|i| Outgoing {
                 body: format!("{{\"n\":{i}}}"),
                 attributes: vec![],
+                group: None,
             })
             .collect()
     }

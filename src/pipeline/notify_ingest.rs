@@ -238,6 +238,8 @@ impl Ingest {
                         body: drop::incoming_body(drop_id, number, detail, self.region.as_deref()),
                         // Its origin, for ranking to check the drop prefix's tenants.
                         attributes: vec![(DROP_KEY_ATTRIBUTE, record.key.clone())],
+                        // The tenant as the message group: SQS fair queues' key.
+                        group: Some(event.tenant_id.to_string()),
                     };
                     tracing::debug!(drop_id, line = number, event_id = %event.event_id, user_id = %event.user.id, "line accepted");
                     if batch.len() == MAX_BATCH_ENTRIES

@@ -175,6 +175,8 @@ impl Pipeline for NotifyRank {
                     Outgoing {
                         body,
                         attributes: ranked_attributes(n),
+                        // The tenant as the message group: SQS fair queues' key.
+                        group: Some(n.tenant_id.to_string()),
                     },
                     wait,
                 )

@@ -182,6 +182,7 @@ pub const NOTIFY_FAILOVERS: &str = "conveyor_notify_failovers_total";
 pub const NOTIFY_LATENCY: &str = "conveyor_notify_latency_seconds";
 pub const NOTIFY_DUPLICATES: &str = "conveyor_notify_duplicates_skipped_total";
 pub const NOTIFY_IN_DOUBT: &str = "conveyor_notify_in_doubt_total";
+pub const TENANT_TURNS_WAITED: &str = "conveyor_tenant_turns_waited_total";
 
 /// SQS operations, as metric labels.
 #[derive(Debug, Clone, Copy)]
@@ -498,7 +499,8 @@ pub fn notify_rate_limited(channel: &'static str) {
     metrics::counter!(NOTIFY_RATE_LIMITED, "channel" => channel).increment(1);
 }
 
-/// A statement on a rate-limit bucket (a token taken or reserved): one per send, never more.
+/// A statement on the rate-limit buckets (tokens taken, reserved or leased): at most one per
+/// send; a lease serves many.
 pub fn notify_bucket_decision(channel: &'static str) {
     metrics::counter!(NOTIFY_BUCKET_DECISIONS, "channel" => channel).increment(1);
 }
@@ -506,6 +508,12 @@ pub fn notify_bucket_decision(channel: &'static str) {
 /// A notification moved from one channel to the next of its failover list.
 pub fn notify_failover(from: &'static str, to: &'static str) {
     metrics::counter!(NOTIFY_FAILOVERS, "from" => from, "to" => to).increment(1);
+}
+
+/// A message that waited, received, for its tenant's turn at a handler (fair scheduling:
+/// `src/dispatch/fair.rs`).
+pub fn tenant_turn_waited(queue: &str) {
+    metrics::counter!(TENANT_TURNS_WAITED, "queue" => queue.to_owned()).increment(1);
 }
 
 /// A send whose outcome is unknown (`event="held"`: it timed out or its run was aborted after

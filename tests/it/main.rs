@@ -2,12 +2,14 @@
 //! (LocalStack, PostgreSQL, the Bolt server). Run them with `scripts/test`, or after
 //! `eval "$(scripts/stack env)"`.
 
+mod buckets;
 mod defer;
 mod delivery;
 mod deploy;
 mod dispatch;
 mod dlq;
 mod engine;
+mod fairness;
 mod fake_llm;
 mod fault_proxy;
 mod faults;

@@ -558,7 +558,8 @@ async fn quiet_hours_delay_a_notification_to_their_end_without_spending_receives
 
 /// The test's source and drops are bound to its tenant. An event naming another tenant — from
 /// the bound EventBridge source, or a line of a drop under the bound prefix — is dead-lettered
-/// by ranking naming the binding, and nothing is ranked for it; the bound tenant's go through.
+/// by ranking naming the binding, and nothing is ranked for it; the bound tenant's go through,
+/// with their tenant as their message group.
 #[tokio::test]
 async fn events_naming_a_tenant_their_source_or_drop_is_not_bound_to_are_dead_lettered_with_the_binding()
  {
@@ -622,6 +623,11 @@ async fn events_naming_a_tenant_their_source_or_drop_is_not_bound_to_are_dead_le
         .collect();
     ids.sort();
     assert_eq!(ids, ["bus-bound", "drop-bound"], "only the bound tenant's");
+    // Each ranked notification's message group is its tenant (SQS fair queues' key).
+    let tenant = s.tenant.to_string();
+    for m in &ranked {
+        assert_eq!(group_id(m), Some(tenant.as_str()));
+    }
     daemon.stop().await;
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::DeadLetterQueue;
-use super::queue::{EntryFailure, FifoIds, QueueApi, ReceiveError, SendError};
+use super::queue::{EntryFailure, QueueApi, ReceiveError, SendError, SendIds};
 use crate::config::QueueConfig;
 use crate::sqs::{QueueInfo, QueueLookupError, RedrivePolicy};
 use state::{MemoryQueue, State, arn};
@@ -283,7 +283,7 @@ impl QueueApi for MemoryQueues {
         attributes: HashMap<String, MessageAttributeValue>,
         _trace_header: Option<&'a str>,
         delay_secs: u32,
-        fifo: Option<FifoIds<'a>>,
+        ids: SendIds<'a>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let mut state = self.lock();
@@ -296,24 +296,25 @@ impl QueueApi for MemoryQueues {
             let Some(queue) = state.queues.get(url) else {
                 return refused(format!("AWS.SimpleQueueService.NonExistentQueue: {url}"));
             };
-            // What SQS refuses: a FIFO send without a group or with a delay, a group on a
-            // standard queue.
-            match (queue.fifo, fifo) {
-                (true, None) => {
+            // What SQS refuses: a FIFO send without a group or with a delay, a deduplication
+            // id on a standard queue (which takes a group since fair queues).
+            match (queue.fifo, ids) {
+                (true, SendIds::Standard { .. }) => {
                     return refused(
                         "MissingParameter: The request must contain the parameter MessageGroupId."
                             .to_owned(),
                     );
                 }
-                (true, Some(_)) if delay_secs > 0 => {
+                (true, SendIds::Fifo(_)) if delay_secs > 0 => {
                     return refused(
                         "InvalidParameterValue: DelaySeconds is not supported per message on FIFO queues"
                             .to_owned(),
                     );
                 }
-                (false, Some(_)) => {
+                (false, SendIds::Fifo(_)) => {
                     return refused(
-                        "InvalidParameterValue: MessageGroupId is only for FIFO queues".to_owned(),
+                        "InvalidParameterValue: MessageDeduplicationId is only for FIFO queues"
+                            .to_owned(),
                     );
                 }
                 _ => {}
@@ -322,8 +323,14 @@ impl QueueApi for MemoryQueues {
                 url,
                 body.to_owned(),
                 attributes,
-                fifo.map(|ids| ids.group_id.to_owned()),
-                fifo.map(|ids| ids.deduplication_id.to_owned()),
+                match ids {
+                    SendIds::Fifo(f) => Some(f.group_id.to_owned()),
+                    SendIds::Standard { group_id } => group_id.map(str::to_owned),
+                },
+                match ids {
+                    SendIds::Fifo(f) => Some(f.deduplication_id.to_owned()),
+                    SendIds::Standard { .. } => None,
+                },
                 delay_secs,
             );
             drop(state);

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{handler, retry, start, until};
 use crate::config::{Jitter, QueueConfig};
 use crate::engine::memory::MemoryQueues;
-use crate::engine::queue::{EntryFailure, FifoIds, QueueApi, ReceiveError, SendError};
+use crate::engine::queue::{EntryFailure, QueueApi, ReceiveError, SendError, SendIds};
 use crate::engine::{Clock, Consumer, Context, DeadLetterQueue, Outcome};
 use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
@@ -370,10 +370,10 @@ impl QueueApi for FailingOnce {
         attributes: HashMap<String, MessageAttributeValue>,
         trace_header: Option<&'a str>,
         delay_secs: u32,
-        fifo: Option<FifoIds<'a>>,
+        ids: SendIds<'a>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         self.inner
-            .send(url, body, attributes, trace_header, delay_secs, fifo)
+            .send(url, body, attributes, trace_header, delay_secs, ids)
     }
 }
 

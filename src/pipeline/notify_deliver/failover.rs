@@ -76,6 +76,7 @@ impl Deliver {
                 Outgoing {
                     body,
                     attributes: crate::pipeline::notify_rank::ranked_attributes(&moved),
+                    group: Some(moved.tenant_id.to_string()),
                 },
                 0,
             )
