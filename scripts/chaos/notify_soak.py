@@ -40,6 +40,9 @@ from stages import stages_toml  # noqa: E402
 
 CONVEYOR, REPO = sys.argv[1:3]
 N = int(os.environ.get("NOTIFY_SOAK_EVENTS", "10000"))
+# A send cut by kill -9 is in doubt and waits notify.delivery.in_doubt_hold_secs (300 by default)
+# before it goes again: the default here unless set (scripts/test's reduced soak shortens it).
+IN_DOUBT_HOLD = os.environ.get("NOTIFY_SOAK_IN_DOUBT_HOLD_SECS")
 SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
 DATABASE_URL = os.environ["DATABASE_URL"]
@@ -140,6 +143,8 @@ queue_name = "{P}-events"
 rule_name = "{P}-events"
 sources = ["{P}.unused"]
 """ + stages)
+        if IN_DOUBT_HOLD:
+            f.write(f"[notify.delivery]\nin_doubt_hold_secs = {int(IN_DOUBT_HOLD)}\n")
     return path
 
 
@@ -325,8 +330,8 @@ def main():
     log(f"{len(sent)} of {len(valid)} valid notifications delivered in {elapsed:.0f} s "
         f"({len(sent) / elapsed:.0f}/s end to end); {repeats} repeats after {kills} kill -9")
     check(not missing, f"every valid notification delivered ({len(missing)} missing, e.g. {sorted(missing)[:3]})")
-    # What two kills can leave sent but unrecorded: at most the sends in flight, ≤ max_in_flight.
-    check(repeats <= kills * 100, f"repeats only in the crash window ({repeats} ≤ {kills * 100})")
+    # What two kills can leave in doubt: at most the sends in flight, ≤ max_in_flight.
+    check(repeats <= kills * 100, f"repeats only from sends in doubt ({repeats} ≤ {kills * 100})")
     with Receiver.lock:
         bad = [w for w, s, ok in Receiver.hits if not ok]
         flapped = sum(1 for _, s, _ in Receiver.hits if s == 503)
