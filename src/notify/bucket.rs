@@ -121,10 +121,13 @@ impl Buckets {
             // One lease statement per bucket at a time: sends finding the lease empty together
             // wait for the first one's statement and take from what it leased, instead of each
             // leasing a slice of its own (most of which would go stale unused). Locked in the
-            // callers' order, tenant before provider, as the rows are.
+            // callers' order, tenant before provider, as the rows are. Per take (no leases),
+            // every send has its own statement and nothing to wait for.
             let mut guards = Vec::with_capacity(empty.len());
-            for (_, leasing) in &empty {
-                guards.push(leasing.clone().lock_owned().await);
+            if !self.lease.is_zero() {
+                for (_, leasing) in &empty {
+                    guards.push(leasing.clone().lock_owned().await);
+                }
             }
             let mut wanted: Vec<(usize, u32)> = Vec::new();
             {

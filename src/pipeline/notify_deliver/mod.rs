@@ -1,23 +1,30 @@
 //! The `notify-deliver` pipeline: the notification system's delivery stage, on the `priority`
 //! queue. For each RankedNotification v1:
 //!
-//! 1. Not yet due (`sendAfter` ahead: quiet hours past SQS's 15-minute delay) → deferred until
-//!    then, without spending a receive.
+//! 1. `sendAfter` more than `notify.max_defer_secs` ahead → dead-lettered (`holds.rs`). Not
+//!    yet due (quiet hours past SQS's 15-minute delay) → deferred until then, without
+//!    spending a receive.
 //! 2. Claim the (tenant, eventId, channel) row of the delivery record
 //!    (`src/notify/deliveries.rs`): already delivered → deleted unsent; another delivery
-//!    sending it → waited for.
-//! 3. Reserve the next token of the `rateLimitKey`'s bucket (`src/notify/bucket.rs`), one
-//!    statement per send: there → send now; due later → wait in place when it is due within
-//!    2 s, else defer, the reservation recorded on the delivery record, to come back a second or
-//!    two before it is due, wait the rest in place and send without touching the bucket again.
-//!    Counted, never a failure.
-//! 4. Send through the channel's provider (`src/notify/deliver/`). Accepted → recorded
-//!    delivered, with its end-to-end latency from `occurredAt`. Retryable → backoff with full
-//!    jitter, 100 ms × 2ⁿ capped at 30 s: steps under a second in place, longer ones deferred
-//!    (a channel's retries never spend the queue's receives, which stay the guard against
-//!    poison). Permanent, or `attempts_per_channel` spent → fail over: the next channel of
-//!    `failover` as a new RankedNotification on the same queue; none left → dead-lettered with
-//!    every channel's last error.
+//!    sending it → waited for; an earlier send in doubt → held until its hold ends.
+//! 3. Inside the user's quiet hours as they are *now* (preferences change after ranking) →
+//!    held until they end (`holds.rs`).
+//! 4. Reserve the next token of the `rateLimitKey`'s bucket, and of the provider's account
+//!    bucket (`src/notify/bucket.rs`), from this daemon's lease or in one statement: there →
+//!    send now; due later → wait in place when it is due within 2 s, else defer, the
+//!    reservation recorded on the delivery record, to come back a second or two before it is
+//!    due, wait the rest in place and send without touching the bucket again. Counted, never a
+//!    failure.
+//! 5. Send through the channel's provider (`src/notify/deliver/`). Accepted → recorded
+//!    delivered, with its end-to-end latency from `occurredAt`. Refused or unavailable to
+//!    conveyor (credentials, throttling, 5xx) → the provider's breaker, nothing spent.
+//!    Unanswered after it went out → in doubt: held `notify.delivery.in_doubt_hold_secs`,
+//!    then sent once more. Retryable → backoff with full jitter, 100 ms × 2ⁿ capped at 30 s:
+//!    steps under a second in place, longer ones deferred (a channel's retries never spend the
+//!    queue's receives, which stay the guard against poison). Permanent, or
+//!    `attempts_per_channel` spent → fail over (`failover.rs`): the next channel of `failover`
+//!    as a new RankedNotification on the same queue; none left → dead-lettered with every
+//!    channel's last error.
 
 mod claim;
 mod failover;
