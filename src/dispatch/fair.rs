@@ -73,11 +73,13 @@ impl Fair {
                 .push_back(tx);
             rx
         };
-        // The sender is only dropped unsent with the whole scheduler, which outlives its
-        // queue's messages.
-        waiting
-            .await
-            .unwrap_or_else(|_| self.turn_for(tenant, true))
+        // A sender is only dropped unsent with the whole scheduler, which outlives its queue's
+        // messages; were it ever, the message runs without a turn to give back.
+        waiting.await.unwrap_or_else(|_| {
+            let mut turn = self.turn_for(tenant, true);
+            turn.armed = false;
+            turn
+        })
     }
 
     fn turn_for(self: &Arc<Self>, tenant: &str, waited: bool) -> Turn {

@@ -135,12 +135,15 @@ impl Buckets {
                 let mut leases = self.leases();
                 for (i, _) in &empty {
                     let (tenant, key, limit) = buckets[*i];
-                    let Some(lease) = leases.get_mut(&(tenant, key.to_owned())) else {
-                        continue;
-                    };
-                    match lease.next(now) {
-                        Some(d) => due = due.max(d),
-                        None => wanted.push((*i, lease_size(self.lease, lease.demand, limit))),
+                    match leases.get_mut(&(tenant, key.to_owned())) {
+                        Some(lease) => match lease.next(now) {
+                            Some(d) => due = due.max(d),
+                            None => {
+                                wanted.push((*i, lease_size(self.lease, lease.demand, limit)));
+                            }
+                        },
+                        // Pruned meanwhile (idle for a day): a token of its own all the same.
+                        None => wanted.push((*i, 1)),
                     }
                 }
             }

@@ -71,11 +71,13 @@ async fn a_tenants_backlog_behind_its_bucket_does_not_move_another_tenants_laten
         serde_json::json!({"tenantId": b, "userId": "u-b",
             "channels": {"webhook": format!("{}/b", receiver.base)}}),
     ]);
-    let daemon = s
-        .daemon(&format!(
-            "[notify.tenant_rate_limits.\"{a}\"]\nwebhook = {{ capacity = 10, refill_per_sec = 10 }}\n"
-        ))
-        .await;
+    // Its own process: its /metrics are this test's alone (in-process daemons of one test run
+    // share one recorder).
+    let mut daemon = s.cli(&format!(
+        "[notify.tenant_rate_limits.\"{a}\"]\nwebhook = {{ capacity = 10, refill_per_sec = 10 }}\n"
+    ))
+    .spawn_daemon();
+    daemon.wait_for_log("consuming queue", Duration::from_secs(60));
 
     let alone = p99(b_latencies(&s, &receiver, b, "alone").await);
 
@@ -108,12 +110,17 @@ async fn a_tenants_backlog_behind_its_bucket_does_not_move_another_tenants_laten
     )
     .await;
     let a_before = receiver.delivered().keys().filter(|id| is_a(id)).count();
-    let decisions_before = metric("conveyor_notify_bucket_decisions_total", &[]);
+    let decisions_before = daemon
+        .metric("conveyor_notify_bucket_decisions_total", &[])
+        .await;
     let started = Instant::now();
     let with_backlog = p99(b_latencies(&s, &receiver, b, "beside-backlog").await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let a_delivered = receiver.delivered().keys().filter(|id| is_a(id)).count() - a_before;
-    let decisions = metric("conveyor_notify_bucket_decisions_total", &[]) - decisions_before;
+    let decisions = daemon
+        .metric("conveyor_notify_bucket_decisions_total", &[])
+        .await
+        - decisions_before;
     eprintln!(
         "B's p99 drop → delivered: {alone:.2} s alone, {with_backlog:.2} s beside A's backlog ({:.2}×); A delivered {a_delivered} in the {:.1} s since, with {decisions} bucket statements (B's 100 included)",
         with_backlog / alone,
@@ -152,5 +159,6 @@ async fn a_tenants_backlog_behind_its_bucket_does_not_move_another_tenants_laten
         decisions <= (a_delivered + 100) as f64 * 1.1,
         "{decisions} bucket statements for {a_delivered} of A's and B's 100"
     );
-    daemon.stop().await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(30));
 }
