@@ -34,16 +34,23 @@ use crate::telemetry::{self, otel};
 pub const RANKED_SOURCE: &str = "conveyor.notify.rank";
 pub const RANKED_TYPE: &str = "RankedNotification";
 
-/// The message attributes of a RankedNotification on the priority queue: what the `raw`
-/// format routes on, and what an operator filters by.
-pub(super) fn ranked_attributes(n: &RankedNotification) -> Vec<(&'static str, String)> {
-    vec![
-        ("source", RANKED_SOURCE.to_owned()),
-        ("type", RANKED_TYPE.to_owned()),
-        ("priority", n.priority.to_string()),
-        ("channel", n.channel.as_str().to_owned()),
-        ("eventId", n.event_id.clone()),
-    ]
+/// A RankedNotification as a message on the priority queue — ranking's, and a failover's:
+/// its JSON body, the attributes the `raw` format routes on and an operator filters by, and
+/// the tenant as its message group (SQS fair queues' key).
+pub(super) fn ranked_message(n: &RankedNotification) -> Result<Outgoing, PipelineError> {
+    let body = serde_json::to_string(n)
+        .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
+    Ok(Outgoing {
+        body,
+        attributes: vec![
+            ("source", RANKED_SOURCE.to_owned()),
+            ("type", RANKED_TYPE.to_owned()),
+            ("priority", n.priority.to_string()),
+            ("channel", n.channel.as_str().to_owned()),
+            ("eventId", n.event_id.clone()),
+        ],
+        group: Some(n.tenant_id.to_string()),
+    })
 }
 
 pub(super) const DESCRIPTOR: Descriptor = Descriptor {
@@ -168,19 +175,7 @@ impl Pipeline for NotifyRank {
             // Rounded up: the message becomes visible no sooner than its sendAfter.
             let wait = ((n.send_after - now).num_milliseconds().max(0) as u64).div_ceil(1000);
             let wait = u32::try_from(wait).unwrap_or(u32::MAX);
-            let body = serde_json::to_string(n)
-                .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
-            priority
-                .send(
-                    Outgoing {
-                        body,
-                        attributes: ranked_attributes(n),
-                        // The tenant as the message group: SQS fair queues' key.
-                        group: Some(n.tenant_id.to_string()),
-                    },
-                    wait,
-                )
-                .await?;
+            priority.send(ranked_message(n)?, wait).await?;
             telemetry::notify_ranked(n.channel.as_str(), n.priority);
             if let Some(zone) = ranked.quiet_hours {
                 telemetry::notify_deferred("quiet_hours");

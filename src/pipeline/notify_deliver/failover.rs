@@ -10,7 +10,6 @@ use crate::contract::ranked::{self, RankedNotification};
 use crate::fault::PipelineError;
 use crate::notify::deliver::SendError;
 use crate::notify::deliveries::Finish;
-use crate::notify::outbox::Outgoing;
 use crate::telemetry;
 
 impl Deliver {
@@ -67,19 +66,10 @@ impl Deliver {
             send_after: Utc::now(),
             ..n.clone()
         };
-        let body = serde_json::to_string(&moved)
-            .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
         // Sent before the channel is recorded failed: a crash in between sends the failover
         // twice, which its channel's record absorbs; the other order could lose it.
         self.priority
-            .send(
-                Outgoing {
-                    body,
-                    attributes: crate::pipeline::notify_rank::ranked_attributes(&moved),
-                    group: Some(moved.tenant_id.to_string()),
-                },
-                0,
-            )
+            .send(crate::pipeline::notify_rank::ranked_message(&moved)?, 0)
             .await?;
         guard
             .finish(Finish::Failed {
