@@ -33,16 +33,18 @@ pub struct RedrivePolicy {
 }
 
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    // SQS writes maxReceiveCount as a number; some tools and emulators write a string.
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        Num(u32),
-        Str(String),
-    }
-    match N::deserialize(d)? {
-        N::Num(n) => Ok(n),
-        N::Str(s) => s.parse().map_err(serde::de::Error::custom),
+    // SQS writes maxReceiveCount as a number; some tools and emulators write a string. Read
+    // as a JSON value (an untagged enum cannot see numbers under serde_json's
+    // arbitrary_precision, which keeps drops' numbers intact).
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| serde::de::Error::custom("maxReceiveCount out of range")),
+        serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        _ => Err(serde::de::Error::custom(
+            "maxReceiveCount is neither a number nor a string",
+        )),
     }
 }
 

@@ -15,7 +15,7 @@
 
 pub mod eventbridge;
 mod raw;
-mod s3;
+pub mod s3;
 mod sns;
 
 use std::collections::BTreeMap;

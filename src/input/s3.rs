@@ -1,13 +1,18 @@
 //! The `s3` format: S3 event notifications (a bucket's notification configuration targeting the
 //! queue). Each record is one event: `source` is the bucket, `detail_type` the record's
 //! `eventName` (`ObjectCreated:Put`), the payload `{bucket, key, size, etag, event_name,
-//! event_time, sequencer}` with the key URL-decoded. The `s3:TestEvent` S3 sends when the
+//! event_time, sequencer, range}` with the key URL-decoded (`range` only on conveyor's own work
+//! messages, one per range of a drop: `notify-ingest`). The `s3:TestEvent` S3 sends when the
 //! notification is configured carries no record: it is deleted, not dead-lettered.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Decoded, Event, PoisonError};
+
+/// The field of a record that makes it a range of a drop, not an upload (`range` in the
+/// payload).
+pub const RANGE_FIELD: &str = "conveyorRange";
 
 pub(super) fn decode(body: &str) -> Result<Decoded, PoisonError> {
     let Value::Object(notification) = super::json(body)? else {
@@ -64,6 +69,9 @@ fn event(i: usize, record: &Value) -> Result<Event, PoisonError> {
         .pointer("/s3/object/sequencer")
         .and_then(Value::as_str);
     let time = record.pointer("/eventTime").and_then(Value::as_str);
+    // A range of a drop to read: conveyor's own work message (`notify-ingest` sends one per
+    // range of an upload, shaped as the upload's record).
+    let range = record.get(RANGE_FIELD).cloned();
     // Object keys may be names people chose: the id (logged, used as the idempotency key) is
     // a hash, never the key itself.
     let id = {
@@ -71,6 +79,9 @@ fn event(i: usize, record: &Value) -> Result<Event, PoisonError> {
         for part in [bucket, &key, etag.unwrap_or(""), sequencer.unwrap_or("")] {
             hash.update(part.as_bytes());
             hash.update([0]);
+        }
+        if let Some(range) = &range {
+            hash.update(range.to_string().as_bytes());
         }
         hex::encode(&hash.finalize()[..16])
     };
@@ -82,6 +93,7 @@ fn event(i: usize, record: &Value) -> Result<Event, PoisonError> {
         payload: json!({
             "bucket": bucket, "key": key, "size": size, "etag": etag,
             "event_name": event_name, "event_time": time, "sequencer": sequencer,
+            "range": range,
         }),
         payload_path: "s3",
         attributes: Default::default(),

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod deliver;
 pub mod deliveries;
 pub mod drop;
+pub mod drop_ranges;
 pub mod outbox;
 pub mod prefs;
 pub mod rank;

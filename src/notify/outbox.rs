@@ -8,6 +8,7 @@
 //! queue that is what SQS fair queues group by: with it, SQS keeps one tenant's backlog from
 //! raising the others' dwell time (docs/notifications.md, "Tenant fairness").
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
@@ -27,6 +28,26 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 pub const MAX_BATCH_BYTES: usize = 262_144;
 /// Rounds of re-sending a batch's failed entries before the whole drop is retried.
 const BATCH_ROUNDS: u32 = 5;
+
+/// A JSON text SQS accepts: SQS refuses characters outside XML 1.0's (`#x9 | #xA | #xD |
+/// #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF`), and valid JSON can only hold the others
+/// inside strings (U+FFFE, U+FFFF raw; control characters only escaped already), so each is
+/// written as its `\uXXXX` escape: the same string to any JSON reader, never dropped.
+pub fn sqs_safe(json: &str) -> Cow<'_, str> {
+    let refused = |c: char| !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    if !json.chars().any(refused) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 12);
+    for c in json.chars() {
+        if refused(c) {
+            out.push_str(&format!("\\u{:04X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// A queue conveyor sends to.
 #[derive(Clone)]

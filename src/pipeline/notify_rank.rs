@@ -40,6 +40,8 @@ pub const RANKED_TYPE: &str = "RankedNotification";
 pub(super) fn ranked_message(n: &RankedNotification) -> Result<Outgoing, PipelineError> {
     let body = serde_json::to_string(n)
         .map_err(|e| PipelineError::Permanent(format!("serializing: {e}")))?;
+    // Content may hold characters SQS refuses (U+FFFF): escaped, never dropped.
+    let body = crate::notify::outbox::sqs_safe(&body).into_owned();
     Ok(Outgoing {
         body,
         attributes: vec![

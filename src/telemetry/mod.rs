@@ -170,6 +170,8 @@ pub const FIFO_GROUPS_ACTIVE: &str = "conveyor_fifo_groups_active";
 pub const FIFO_RELEASED_AFTER_FAILURE: &str = "conveyor_fifo_released_after_failure_total";
 pub const NOTIFY_DROPS: &str = "conveyor_notify_drops_total";
 pub const NOTIFY_INGESTED: &str = "conveyor_notify_ingested_total";
+pub const NOTIFY_DROP_RANGES: &str = "conveyor_notify_drop_ranges_total";
+pub const NOTIFY_DROP_BYTES: &str = "conveyor_notify_drop_bytes_read_total";
 pub const NOTIFY_REJECTED: &str = "conveyor_notify_rejected_total";
 pub const NOTIFY_SCORES: &str = "conveyor_notify_scores_total";
 pub const NOTIFY_RANKED: &str = "conveyor_notify_ranked_total";
@@ -446,6 +448,18 @@ pub fn projection_written(seconds: f64) {
 /// an event other than ObjectCreated).
 pub fn notify_drop(result: &'static str) {
     metrics::counter!(NOTIFY_DROPS, "result" => result).increment(1);
+}
+
+/// Ranges of drops: `read` (first read), `reread` (read again: a killed daemon, a retry),
+/// `skipped` (finished already) or `abandoned` (a newer upload of the key came first); and the
+/// bytes read for them.
+pub fn notify_drop_ranges(result: &'static str, ranges: u64) {
+    metrics::counter!(NOTIFY_DROP_RANGES, "result" => result).increment(ranges);
+}
+
+/// Bytes of drops read by the ranges (a range's last line read past its end included).
+pub fn notify_drop_bytes(bytes: u64) {
+    metrics::counter!(NOTIFY_DROP_BYTES).increment(bytes);
 }
 
 /// Lines of drops: `accepted` (sent to the incoming queue) or `rejected`.

@@ -29,7 +29,7 @@ pub(crate) struct Hit {
     pub(crate) id: String,
     timestamp: String,
     signature: String,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     pub(crate) status: u16,
     pub(crate) at: Instant,
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod deploy;
 mod dispatch;
 mod dlq;
+mod drops;
 mod engine;
 mod fairness;
 mod fake_llm;

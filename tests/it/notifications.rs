@@ -275,7 +275,7 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
             .collect::<Vec<_>>(),
     );
 
-    // 5,000 lines: every 50th invalid (2 %), of six kinds, and one line longer than allowed.
+    // 5,000 lines: every 50th invalid (2 %), of seven kinds.
     let mut file = tempfile::Builder::new()
         .suffix(".jsonl")
         .tempfile()
@@ -311,7 +311,7 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
                 }
                 _ => {
                     event["content"]["body"] = json!("BODY-MARK ".repeat(30_000));
-                    (event.to_string(), "")
+                    (event.to_string(), "content.body")
                 }
             };
             invalid.insert(n, field);

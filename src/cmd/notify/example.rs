@@ -70,6 +70,9 @@ pub fn example_config(args: &ExampleArgs) -> String {
 [queues.ingest]
 name = "{p}-ingest"
 format = "s3"
+# A drop is read in ranges of 8 MiB, each a message here: a daemon holds only the ranges it
+# reads (notify.ingest_ranges_in_flight), and the others are left to the other daemons.
+max_in_flight = 2
 [[queues.ingest.routes]]
 pipelines = ["notify-ingest"]
 

@@ -107,15 +107,18 @@ pub(super) fn run_statements(r: &Resources) -> Vec<Value> {
         statements.push(json!({
             "Sid": "NotifyIngestRejects",
             "Effect": "Allow",
-            // Only the rejects objects next to the drops.
-            "Action": ["s3:PutObject"],
+            // Only the rejects objects next to the drops: written, or removed when a new upload
+            // of the drop has no rejects (an earlier upload's must not stay).
+            "Action": ["s3:PutObject", "s3:DeleteObject"],
             "Resource": [format!("arn:aws:s3:::{}/*{}", n.bucket, crate::notify::drop::REJECTS_SUFFIX)],
         }));
         statements.push(json!({
             "Sid": "NotifyIngestSend",
             "Effect": "Allow",
+            // The incoming queue, and the ingest queue itself: a drop's ranges are work
+            // messages there.
             "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
-            "Resource": [r.queue(&n.incoming_queue)],
+            "Resource": [r.queue(&n.incoming_queue), r.queue(&n.ingest_queue)],
         }));
     }
     if let Some(n) = r.notify.as_ref().filter(|n| n.runs_rank) {
@@ -395,7 +398,10 @@ mod tests {
         );
         assert_eq!(
             statement(&run, "NotifyIngestSend")["Resource"],
-            json!(["arn:aws:sqs:eu-west-1:123456789012:n-incoming"])
+            json!([
+                "arn:aws:sqs:eu-west-1:123456789012:n-incoming",
+                "arn:aws:sqs:eu-west-1:123456789012:n-ingest"
+            ])
         );
         assert!(
             !run.to_string().contains("NotifyRankSend"),

@@ -53,8 +53,16 @@ pub struct NotifyConfig {
     pub urgent_channel_order: Vec<Channel>,
     /// Segments the rules scorer raises by one (`user.segment`, or the stored preferences').
     pub vip_segments: Vec<String>,
-    /// `SendMessageBatch` calls `notify-ingest` has in flight while it reads a drop.
+    /// `SendMessageBatch` calls `notify-ingest` has in flight while it reads a range of a drop.
     pub ingest_sends_in_flight: u32,
+    /// Ranges of drops one process reads at once (memory: about 1 MiB plus the batches in
+    /// flight per range). More ranges waiting are held, their leases extended.
+    pub ingest_ranges_in_flight: u32,
+    /// A drop is read in ranges of this many bytes, each an SQS work message any daemon may
+    /// take; a daemon killed mid-drop costs the ranges it had in flight.
+    pub drop_range_bytes: u64,
+    /// Longest line of a drop: longer ones are rejected with the reason, never read whole.
+    pub max_line_bytes: u64,
     /// How `notify-deliver` retries a channel before failing over.
     pub delivery: DeliveryConfig,
     /// `[notify.email]`: SES.
@@ -176,6 +184,9 @@ impl Default for NotifyConfig {
             ],
             vip_segments: vec!["vip".to_owned(), "enterprise".to_owned()],
             ingest_sends_in_flight: 8,
+            ingest_ranges_in_flight: 2,
+            drop_range_bytes: 8 * 1024 * 1024,
+            max_line_bytes: crate::notify::drop::DEFAULT_MAX_LINE_BYTES as u64,
             delivery: DeliveryConfig::default(),
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
@@ -303,6 +314,28 @@ impl NotifyConfig {
                 "notify.ingest_sends_in_flight",
                 &self.ingest_sends_in_flight,
                 "1–64",
+            );
+        }
+        if !(1..=64).contains(&self.ingest_ranges_in_flight) {
+            problems.bad(
+                "notify.ingest_ranges_in_flight",
+                &self.ingest_ranges_in_flight,
+                "1–64 (each range holds about 1 MiB plus its batches in flight)",
+            );
+        }
+        const MIB: u64 = 1024 * 1024;
+        if !(MIB..=1024 * MIB).contains(&self.drop_range_bytes) {
+            problems.bad(
+                "notify.drop_range_bytes",
+                &self.drop_range_bytes,
+                "1048576–1073741824 (1 MiB to 1 GiB; the default is 8 MiB)",
+            );
+        }
+        if !(1024..=16 * MIB).contains(&self.max_line_bytes) {
+            problems.bad(
+                "notify.max_line_bytes",
+                &self.max_line_bytes,
+                "1024–16777216 (the default is 1 MiB; a line's message must also fit SQS's 256 KiB)",
             );
         }
         if !(60..=365 * 86_400).contains(&self.max_defer_secs) {
