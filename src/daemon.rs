@@ -322,10 +322,12 @@ async fn prune_ledger(ledger: Ledger, stop: CancellationToken) {
     }
 }
 
-/// Deletes, hourly, delivery records older than twice the notification queues' retention (no
-/// message of theirs can still be delivered) and rate-limit buckets idle for a day.
+/// Deletes, hourly, delivery records and drops' ranges older than twice the notification
+/// queues' retention (no message of theirs can still be delivered) and rate-limit buckets idle
+/// for a day.
 async fn prune_deliveries(pool: sqlx::PgPool, retention_secs: u32, stop: CancellationToken) {
     let deliveries = crate::notify::deliveries::Deliveries::new(pool.clone());
+    let drops = crate::notify::drop_ranges::DropRanges::new(pool.clone());
     let buckets = crate::notify::bucket::Buckets::new(pool, Duration::ZERO);
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -333,9 +335,11 @@ async fn prune_deliveries(pool: sqlx::PgPool, retention_secs: u32, stop: Cancell
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let records = deliveries
-            .prune(Duration::from_secs(u64::from(retention_secs) * 2))
-            .await;
+        let retained = Duration::from_secs(u64::from(retention_secs) * 2);
+        let records = match deliveries.prune(retained).await {
+            Ok(records) => drops.prune(retained).await.map(|drops| records + drops),
+            Err(e) => Err(e),
+        };
         let idle = buckets.prune(Duration::from_secs(86_400)).await;
         match (records, idle) {
             (Ok(0), Ok(0)) => {}
@@ -343,7 +347,7 @@ async fn prune_deliveries(pool: sqlx::PgPool, retention_secs: u32, stop: Cancell
                 tracing::info!(
                     records,
                     buckets,
-                    "pruned notification delivery records and idle rate-limit buckets"
+                    "pruned notification delivery and drop records and idle rate-limit buckets"
                 )
             }
             (Err(e), _) | (_, Err(e)) => {
