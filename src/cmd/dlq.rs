@@ -1,7 +1,8 @@
 //! `conveyor dlq stats|peek|redrive`: inspect a queue's dead-letter queue and move messages
 //! back. Inspection never consumes: messages are received with a short visibility and
-//! released at once. Redrive is receive → send to the source queue (with conveyor's
-//! `conveyor.*` attributes removed) → delete, and never deletes before the send succeeded.
+//! released at once. Redrive is receive → send to the source queue (with the engine's own
+//! attributes removed: `engine::ENGINE_ATTRIBUTES`) → delete, and never deletes before the
+//! send succeeded.
 //!
 //! Why not StartMessageMoveTask: it cannot remove attributes, and it routes by
 //! `DeadLetterQueueSourceArn`, which SQS sets only on its own (native) redrives — conveyor's
@@ -272,12 +273,13 @@ async fn peek(client: &Client, target: &Target, max: usize, show_body: bool) -> 
     Ok(())
 }
 
-/// The message's attributes for its way back: conveyor's removed, folded originals restored.
+/// The message's attributes for its way back: the engine's removed (a batch's
+/// `conveyor.batch` and a drop's `conveyor.drop_key` kept), folded originals restored.
 pub fn cleaned_attributes(m: &Message) -> HashMap<String, MessageAttributeValue> {
     let all = m.message_attributes.clone().unwrap_or_default();
     let mut kept: HashMap<String, MessageAttributeValue> = all
         .iter()
-        .filter(|(name, _)| !name.starts_with("conveyor."))
+        .filter(|(name, _)| !crate::engine::ENGINE_ATTRIBUTES.contains(&name.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(folded) = all.get(FOLDED).and_then(|v| v.string_value())

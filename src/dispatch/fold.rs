@@ -100,7 +100,8 @@ pub(super) fn combine(outcomes: Vec<Outcome>) -> Outcome {
         Outcome::Success => 0,
         Outcome::Defer { .. } => 1,
         Outcome::DeadLetter { .. } => 2,
-        Outcome::Retry { .. } => 3,
+        // Never an event's outcome: only a batch's (see `split`).
+        Outcome::Retry { .. } | Outcome::Split(_) => 3,
     };
     let mut combined = Outcome::Success;
     for outcome in outcomes {
@@ -111,6 +112,105 @@ pub(super) fn combine(outcomes: Vec<Outcome>) -> Outcome {
         };
     }
     combined
+}
+
+/// One outcome for a batch (`conveyor.batch`), from each element's body and outcome. All
+/// succeeded: success. None succeeded and all are to be retried: the batch is retried whole
+/// (one message, its receives counted as one). Otherwise it is split: the successes are done;
+/// the retries go on as one part; the deferrals as one part per second they wait until; each
+/// dead letter as a part of its own, with its own reason.
+pub(super) fn split(elements: Vec<(String, Outcome)>) -> Outcome {
+    let total = elements.len();
+    let pending: Vec<(String, Outcome)> = elements
+        .into_iter()
+        .filter(|(_, o)| *o != Outcome::Success)
+        .collect();
+    if pending.is_empty() {
+        return Outcome::Success;
+    }
+    let retries = pending
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Retry { .. }))
+        .count();
+    if retries == total {
+        let n = total;
+        return match combine(pending.into_iter().map(|(_, o)| o).collect()) {
+            Outcome::Retry {
+                reason,
+                pipeline,
+                after,
+                outage,
+            } => Outcome::Retry {
+                reason: format!("{n} of {n} events: {reason}"),
+                pipeline,
+                after,
+                outage,
+            },
+            other => other,
+        };
+    }
+    let body = |texts: &[&str]| match texts {
+        [one] => (*one).to_owned(),
+        many => format!("[{}]", many.join(",")),
+    };
+    let mut parts = Vec::new();
+    let mut retry_texts = Vec::new();
+    let mut retry_outcomes = Vec::new();
+    let mut deferred: std::collections::BTreeMap<u64, (Vec<&str>, Vec<Outcome>)> =
+        Default::default();
+    for (text, outcome) in &pending {
+        match outcome {
+            Outcome::Retry { .. } => {
+                retry_texts.push(text.as_str());
+                retry_outcomes.push(outcome.clone());
+            }
+            Outcome::Defer { until, .. } => {
+                let second = until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    .ceil() as u64;
+                let group = deferred.entry(second).or_default();
+                group.0.push(text);
+                group.1.push(outcome.clone());
+            }
+            _ => parts.push(crate::engine::Part {
+                body: text.clone(),
+                events: 1,
+                outcome: outcome.clone(),
+            }),
+        }
+    }
+    if !retry_texts.is_empty() {
+        let n = retry_texts.len();
+        let outcome = match combine(retry_outcomes) {
+            Outcome::Retry {
+                reason,
+                pipeline,
+                after,
+                outage,
+            } => Outcome::Retry {
+                reason: format!("{n} of {total} events: {reason}"),
+                pipeline,
+                after,
+                outage,
+            },
+            other => other,
+        };
+        parts.push(crate::engine::Part {
+            body: body(&retry_texts),
+            events: n,
+            outcome,
+        });
+    }
+    for (texts, outcomes) in deferred.into_values() {
+        parts.push(crate::engine::Part {
+            body: body(&texts),
+            events: texts.len(),
+            outcome: combine(outcomes),
+        });
+    }
+    Outcome::Split(parts)
 }
 
 #[cfg(test)]
@@ -256,5 +356,57 @@ mod tests {
             fold(&[r("a", down(Dependency::Graph)), r("b", perm())], Ack::All),
             Outcome::Retry { outage: false, .. }
         ));
+    }
+
+    #[test]
+    fn a_batch_is_split_by_its_events_outcomes_and_retried_whole_only_when_all_are_retried() {
+        let at = |secs: f64| std::time::UNIX_EPOCH + Duration::from_secs_f64(secs);
+        let retry = || Outcome::Retry {
+            reason: "503".into(),
+            pipeline: Some("notify-deliver".into()),
+            after: None,
+            outage: false,
+        };
+        let defer = |secs| Outcome::Defer {
+            until: at(secs),
+            reason: "rate limit".into(),
+        };
+        let dead = |why: &str| Outcome::DeadLetter {
+            reason: why.into(),
+            label: "permanent",
+            pipeline: None,
+        };
+        let el = |text: &str, o: Outcome| (text.to_owned(), o);
+        assert_eq!(
+            split(vec![el("1", Outcome::Success), el("2", Outcome::Success)]),
+            Outcome::Success
+        );
+        let Outcome::Retry { reason, .. } = split(vec![el("1", retry()), el("2", retry())]) else {
+            panic!("all retried: the batch is retried whole")
+        };
+        assert_eq!(reason, "2 of 2 events: 503");
+        let Outcome::Split(parts) = split(vec![
+            el("1", Outcome::Success),
+            el("2", retry()),
+            el("3", dead("bad address")),
+            el("4", retry()),
+            el("5", defer(10.2)),
+            el("6", defer(10.9)),
+            el("7", defer(30.0)),
+            el("8", dead("no channel")),
+        ]) else {
+            panic!("split expected")
+        };
+        let summary: Vec<(&str, usize)> =
+            parts.iter().map(|p| (p.body.as_str(), p.events)).collect();
+        assert_eq!(
+            summary,
+            [("3", 1), ("8", 1), ("[2,4]", 2), ("[5,6]", 2), ("7", 1)],
+            "one dead letter each, the retries together, deferrals by the second they wait until"
+        );
+        assert!(
+            matches!(&parts[2].outcome, Outcome::Retry { reason, .. } if reason == "2 of 8 events: 503")
+        );
+        assert!(matches!(parts[3].outcome, Outcome::Defer { until, .. } if until == at(10.9)));
     }
 }

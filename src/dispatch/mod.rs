@@ -17,7 +17,7 @@ use crate::breaker::{Admission, Breakers};
 use crate::claim_check::{ClaimCheck, FetchError, Pointer};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
 use crate::contract::{Contract, Validated};
-use crate::engine::{Handler, Labels, Outcome, Received};
+use crate::engine::{BATCH_ATTRIBUTE, Handler, Labels, Outcome, Received};
 use crate::fault::Dependency;
 use crate::input::{self, Decoded, Event, Format};
 use crate::ledger::Ledger;
@@ -93,6 +93,9 @@ pub struct Dispatcher {
     /// Tenant-fair turns at the handlers (`fair`); none on FIFO queues, whose groups already
     /// take turns, or with `fairness.lookahead_percent = 0`.
     fair: Option<Arc<fair::Fair>>,
+    /// The events of batches run at once, across the queue's messages: its `max_in_flight`.
+    batch_runs: tokio::sync::Semaphore,
+    fifo: bool,
 }
 
 impl Dispatcher {
@@ -159,6 +162,8 @@ impl Dispatcher {
             .then(|| fair::Fair::new(running, config.fairness.weights.clone()));
         Ok(Self {
             fair,
+            batch_runs: tokio::sync::Semaphore::new(queue_config.max_in_flight as usize),
+            fifo,
             queue: queue.to_owned(),
             format: queue_config.format,
             claim_check,
@@ -331,6 +336,9 @@ impl Handler for Dispatcher {
                 Ok(body) => body,
                 Err(outcome) => return outcome,
             };
+            if message.attributes.contains_key(BATCH_ATTRIBUTE) {
+                return self.batch(&message, &body).await;
+            }
             let events = match input::decode(self.format, &body, &message.attributes) {
                 Ok(Decoded::Events(events)) => events,
                 Ok(Decoded::Nothing(what)) => {
@@ -362,6 +370,50 @@ impl Handler for Dispatcher {
 }
 
 impl Dispatcher {
+    /// A batch (`conveyor.batch`): a JSON array of bodies in the queue's format, each decoded
+    /// and run on its own — at most `max_in_flight` of the queue's events at once, whatever
+    /// the batches — with its own outcome; the batch's is [`fold::split`] of theirs. A FIFO
+    /// queue's batch is never split (its parts would fall behind the group's later messages):
+    /// it takes its most serious element's outcome.
+    async fn batch(&self, message: &Received, body: &str) -> Outcome {
+        let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_str(body) {
+            Ok(elements) => elements,
+            Err(e) => {
+                return poison(input::PoisonError::WrongFormat(format!(
+                    "a batch ({BATCH_ATTRIBUTE}) is a JSON array of bodies: {}",
+                    crate::safe::json_error(&e)
+                )));
+            }
+        };
+        let runs = elements.iter().map(|element| async move {
+            let _permit = self.batch_runs.acquire().await;
+            let text = element.get();
+            let outcome = match input::decode(self.format, text, &message.attributes) {
+                Ok(Decoded::Events(events)) => {
+                    let mut outcomes = Vec::with_capacity(events.len());
+                    let mut first = None;
+                    for event in events {
+                        let (outcome, labels) = self.event(message, event).await;
+                        first.get_or_insert(labels);
+                        outcomes.push(outcome);
+                    }
+                    if let Some(labels) = first {
+                        let _ = message.labels.set(labels);
+                    }
+                    combine(outcomes)
+                }
+                Ok(Decoded::Nothing(_)) => Outcome::Success,
+                Err(e) => poison(e),
+            };
+            (text.to_owned(), outcome)
+        });
+        let results = futures::future::join_all(runs).await;
+        if self.fifo {
+            return combine(results.into_iter().map(|(_, outcome)| outcome).collect());
+        }
+        fold::split(results)
+    }
+
     fn unrouted(&self, message: &Received, event: &Event) -> Outcome {
         telemetry::unrouted(&self.queue);
         match self.on_unrouted {

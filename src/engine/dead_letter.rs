@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 
-use super::Queue;
+use super::queue::SendIds;
 use super::settle::{
     Applied, MAX_ATTRIBUTES, Original, delete, number, release, retry, send_ids, system_attribute,
 };
+use super::{Queue, Received};
 use crate::telemetry::{self, SqsOp};
 
 /// Longest `conveyor.error` written to the DLQ; reasons are one line, but a pipeline may
@@ -29,63 +30,15 @@ pub(super) async fn dead_letter(
         received,
         receipt,
     } = original;
-    let (body, receive_count) = (received.body.as_str(), received.receive_count);
-    let Some(dlq) = &queue.dlq else {
-        tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
-        return retry(queue, receipt, receive_count, None).await;
-    };
-    let full = dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
-    let Some(minimal) = minimal_dead_letter_attributes(reason, body.len(), dlq.max_message_bytes)
-    else {
-        // Only when the DLQ's MaximumMessageSize is below its queue's (flagged at startup).
-        telemetry::dead_letter_refused(&queue.name);
-        tracing::error!(queue = %queue.name, body_bytes = body.len(), dlq_max_message_bytes = dlq.max_message_bytes, "CANNOT DEAD-LETTER: the body alone is larger than the DLQ accepts; the message stays on the queue's redrive path (native redrive, else retried with backoff). Raise the DLQ's MaximumMessageSize to the queue's");
-        return retry(queue, receipt, receive_count, None).await;
-    };
-    // Everything attached if it fits; else only the reason, shortened to fit. If SQS refuses
-    // the full copy's attributes as invalid, the minimal one is tried too.
-    let mut copies = Vec::new();
-    if body.len() + attributes_size(&full) <= dlq.max_message_bytes {
-        copies.push(full);
-    }
-    copies.push(minimal);
-    let mut last_error = String::new();
-    let mut sent = false;
-    for attributes in copies {
-        queue.endpoint.metrics.request(SqsOp::SendMessage);
-        // A FIFO DLQ (the only kind a FIFO queue may have, checked at startup) gets the
-        // group id and a deduplication id that is the same for the full and the minimal copy.
-        let send = queue.api.send(
-            &dlq.url,
-            body,
-            attributes,
-            received.trace_header.as_deref(),
-            0,
-            send_ids(queue, received),
-        );
+    let receive_count = received.receive_count;
+    let sent = tokio::select! {
         // Past shutdown's grace period the send is cancelled and the message released: it
         // is dead-lettered again by whoever receives it next (the DLQ may then hold two
         // copies; nothing is lost).
-        let result = tokio::select! {
-            () = queue.abandon.cancelled() => return release(queue, receipt).await,
-            result = send => result,
-        };
-        match result {
-            Ok(()) => {
-                sent = true;
-                break;
-            }
-            Err(e) => {
-                queue.endpoint.metrics.error(SqsOp::SendMessage);
-                last_error = e.message;
-                if e.transient {
-                    break;
-                }
-            }
-        }
-    }
-    if !sent {
-        tracing::error!(queue = %queue.name, error = %last_error, "sending to the DLQ failed; the message will come back");
+        () = queue.abandon.cancelled() => return release(queue, receipt).await,
+        sent = send_to_dlq(queue, message, received, &received.body, reason, pipeline, None) => sent,
+    };
+    if sent.is_err() {
         return retry(queue, receipt, receive_count, None).await;
     }
     telemetry::message_dead_lettered(&queue.name, label);
@@ -95,6 +48,75 @@ pub(super) async fn dead_letter(
         // the DLQ may hold a duplicate but nothing is lost.
         other => other,
     }
+}
+
+/// Why a dead letter was not sent (logged here; the message is retried instead).
+#[derive(Debug)]
+pub(super) struct NotSent;
+
+/// Sends `body` — the message's, or a part of it — to the DLQ with the message's attributes
+/// and the reason. A FIFO DLQ gets the message's group, and as deduplication id the message's
+/// id, or `part_id` for a part of it.
+pub(super) async fn send_to_dlq(
+    queue: &Queue,
+    message: &Message,
+    received: &Received,
+    body: &str,
+    reason: &str,
+    pipeline: Option<&str>,
+    part_id: Option<&str>,
+) -> Result<(), NotSent> {
+    let receive_count = received.receive_count;
+    let Some(dlq) = &queue.dlq else {
+        tracing::error!(queue = %queue.name, reason, "no dead-letter queue: retrying with backoff instead");
+        return Err(NotSent);
+    };
+    let full = dead_letter_attributes(message, &queue.url, receive_count, reason, pipeline);
+    let Some(minimal) = minimal_dead_letter_attributes(reason, body.len(), dlq.max_message_bytes)
+    else {
+        // Only when the DLQ's MaximumMessageSize is below its queue's (flagged at startup).
+        telemetry::dead_letter_refused(&queue.name);
+        tracing::error!(queue = %queue.name, body_bytes = body.len(), dlq_max_message_bytes = dlq.max_message_bytes, "CANNOT DEAD-LETTER: the body alone is larger than the DLQ accepts; the message stays on the queue's redrive path (native redrive, else retried with backoff). Raise the DLQ's MaximumMessageSize to the queue's");
+        return Err(NotSent);
+    };
+    // Everything attached if it fits; else only the reason, shortened to fit. If SQS refuses
+    // the full copy's attributes as invalid, the minimal one is tried too.
+    let mut copies = Vec::new();
+    if body.len() + attributes_size(&full) <= dlq.max_message_bytes {
+        copies.push(full);
+    }
+    copies.push(minimal);
+    let mut last_error = String::new();
+    for attributes in copies {
+        queue.endpoint.metrics.request(SqsOp::SendMessage);
+        let mut ids = send_ids(queue, received);
+        if let (SendIds::Fifo(fifo), Some(id)) = (&mut ids, part_id) {
+            fifo.deduplication_id = id;
+        }
+        match queue
+            .api
+            .send(
+                &dlq.url,
+                body,
+                attributes,
+                received.trace_header.as_deref(),
+                0,
+                ids,
+            )
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                queue.endpoint.metrics.error(SqsOp::SendMessage);
+                last_error = e.message;
+                if e.transient {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::error!(queue = %queue.name, error = %last_error, "sending to the DLQ failed; the message will come back");
+    Err(NotSent)
 }
 
 /// Only `conveyor.error`, its reason shortened so that body and attribute fit in `max_bytes`;
@@ -168,7 +190,9 @@ pub(super) fn dead_letter_attributes(
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|(name, _)| !name.starts_with("conveyor."))
+        // The engine's counters start afresh; a batch stays a batch (its body is an array),
+        // and a pipeline's routing attributes stay (`conveyor.drop_key`).
+        .filter(|(name, _)| !super::ENGINE_ATTRIBUTES.contains(&name.as_str()))
         .collect();
     let mut attributes: HashMap<String, MessageAttributeValue> =
         ours.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

@@ -18,6 +18,7 @@ use super::settle::{
     Applied, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE, Original, apply, defer, delete,
     number_attribute, release, requeue, retry, string_attributes, system_attribute,
 };
+use super::split::{ATTEMPTS_ATTRIBUTE, split};
 use super::{Labels, Outcome, Queue, Receipt, Received};
 use crate::telemetry::{self, otel};
 
@@ -123,12 +124,14 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
         _permit,
     } = leased;
     let message_id = message.message_id.clone().unwrap_or_default();
+    // A part split off a batch counts the receives its events spent before it (`split`).
     let receive_count = system_attribute(
         &message,
         MessageSystemAttributeName::ApproximateReceiveCount,
     )
     .and_then(|v| v.parse::<u32>().ok())
-    .unwrap_or(1);
+    .unwrap_or(1)
+    .saturating_add(number_attribute(&message, ATTEMPTS_ATTRIBUTE).unwrap_or(0) as u32);
     let received = Arc::new(Received {
         queue: queue.name.clone(),
         message_id: message_id.clone(),
@@ -247,6 +250,24 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
             };
             (defer(&queue, original, until, false).await, None)
         }
+        Verdict::Decided(Outcome::Split(parts)) => {
+            let original = Original {
+                message: &message,
+                received: &received,
+                receipt: &receipt,
+            };
+            let reasons = parts
+                .iter()
+                .filter_map(|p| match &p.outcome {
+                    Outcome::Retry { reason, .. }
+                    | Outcome::Defer { reason, .. }
+                    | Outcome::DeadLetter { reason, .. } => Some(reason.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            (split(&queue, original, parts).await, Some(reasons))
+        }
         Verdict::Decided(Outcome::DeadLetter {
             reason,
             label,
@@ -270,6 +291,7 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
         Applied::DeadLettered => ("dead_lettered", true),
         Applied::Requeued { .. } => ("requeued", true),
         Applied::Deferred { .. } => ("deferred", false),
+        Applied::Split { .. } => ("split", false),
         Applied::Released => ("released", false),
         Applied::LeaseLost => ("lease_lost", true),
         Applied::Failed => ("action_failed", true),
@@ -302,6 +324,9 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
                 tracing::debug!(queue = %queue.name, message_id, outcome = "deferred", delay_secs, "deferred message not due yet: deferred again")
             }
         },
+        Applied::Split { parts } => {
+            tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "split", parts, latency_ms, reason = crate::safe::one_line(reason.as_deref().unwrap_or_default(), 1024), "batch split: its events that succeeded are done, the rest sent on as messages of their own")
+        }
         Applied::Released => {
             tracing::info!(queue = %queue.name, message_id, event_id, tenant_id, kind, receive_count, outcome = "released", latency_ms, "message released at shutdown")
         }
@@ -313,7 +338,7 @@ pub(super) async fn handle_and_apply(queue: Arc<Queue>, leased: Leased) -> Next 
         }
     }
     match applied {
-        Applied::Deleted | Applied::DeadLettered => Next::Continue,
+        Applied::Deleted | Applied::DeadLettered | Applied::Split { .. } => Next::Continue,
         Applied::Retried { delay_secs } | Applied::Deferred { delay_secs } => Next::Stop {
             come_back_in_secs: delay_secs,
         },

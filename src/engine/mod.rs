@@ -19,6 +19,9 @@ mod poll;
 pub use poll::awaiting_first_receive;
 pub mod queue;
 mod settle;
+mod split;
+pub use settle::ENGINE_ATTRIBUTES;
+pub use split::{ATTEMPTS_ATTRIBUTE, BATCH_ATTRIBUTE};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,6 +83,22 @@ pub enum Outcome {
         label: &'static str,
         pipeline: Option<String>,
     },
+    /// A message of several events (a batch) whose events ended differently: the events that
+    /// succeeded are done, and each part holding the others goes on as a message of its own —
+    /// retried after the backoff with its receives counted (`conveyor.attempts`), requeued,
+    /// deferred, or dead-lettered with its reason — then the original is deleted. Nothing
+    /// that succeeded is handled again. See [`split`].
+    Split(Vec<Part>),
+}
+
+/// Events of a split message that ended alike, as the body of a message of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub body: String,
+    /// How many events the body holds: above 1 it is a batch (`conveyor.batch`).
+    pub events: usize,
+    /// What became of them: a retry, a deferral or a dead letter (never a success or a split).
+    pub outcome: Outcome,
 }
 
 /// One message as SQS delivered it: all a handler gets, and all the engine knows of it.

@@ -27,6 +27,22 @@ pub(super) const DEFER_UNTIL_ATTRIBUTE: &str = "conveyor.defer_until";
 /// On a deferred copy: how often a handler deferred the message.
 pub(super) const DEFERRALS_ATTRIBUTE: &str = "conveyor.deferrals";
 
+/// The engine's own attributes: counters and a dead letter's facts, which start afresh when a
+/// message is dead-lettered or redriven. Other `conveyor.` attributes (`conveyor.batch`, a
+/// pipeline's routing attributes such as `conveyor.drop_key`) travel with the message.
+pub const ENGINE_ATTRIBUTES: &[&str] = &[
+    REQUEUES_ATTRIBUTE,
+    DEFER_UNTIL_ATTRIBUTE,
+    DEFERRALS_ATTRIBUTE,
+    super::split::ATTEMPTS_ATTRIBUTE,
+    "conveyor.error",
+    "conveyor.pipeline",
+    "conveyor.receive_count",
+    "conveyor.first_received_at",
+    "conveyor.source_queue",
+    "conveyor.original_attributes",
+];
+
 /// SQS's DelaySeconds maximum.
 pub(super) const MAX_DELAY_SECS: u32 = 900;
 
@@ -44,6 +60,10 @@ pub(super) enum Applied {
     },
     Deferred {
         delay_secs: u32,
+    },
+    /// A batch split into `parts` messages of its own (the events that succeeded are done).
+    Split {
+        parts: usize,
     },
     LeaseLost,
     /// The action did not get through; the message reappears when its visibility runs out.

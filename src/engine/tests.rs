@@ -3,6 +3,7 @@
 //! proven against LocalStack in `tests/it/engine.rs`.
 
 mod fifo;
+mod split;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,13 +30,13 @@ where
     }
 }
 
-fn handler(
+pub(super) fn handler(
     f: impl Fn(Arc<Received>) -> BoxFuture<'static, Outcome> + Send + Sync + 'static,
 ) -> Arc<dyn Handler> {
     Arc::new(Handle(f))
 }
 
-fn retry(reason: &str) -> Outcome {
+pub(super) fn retry(reason: &str) -> Outcome {
     Outcome::Retry {
         reason: reason.into(),
         pipeline: None,
@@ -46,7 +47,7 @@ fn retry(reason: &str) -> Outcome {
 
 /// A queue `q` with DLQ `q-dlq` after 3 receives (`infra up`'s default), and its config with
 /// predictable backoff: 5 s, 10 s, 20 s…
-fn setup(name: &str) -> (MemoryQueues, String, String, QueueConfig) {
+pub(super) fn setup(name: &str) -> (MemoryQueues, String, String, QueueConfig) {
     let queues = MemoryQueues::new();
     let dlq = queues.create(&format!("{name}-dlq"), None);
     let url = queues.create(name, Some((&format!("{name}-dlq"), 3)));
@@ -58,12 +59,12 @@ fn setup(name: &str) -> (MemoryQueues, String, String, QueueConfig) {
     (queues, url, dlq, config)
 }
 
-struct Running {
+pub(super) struct Running {
     consumer: Consumer,
     shutdown: Shutdown,
 }
 
-async fn start(
+pub(super) async fn start(
     queues: &MemoryQueues,
     config: QueueConfig,
     handler: Arc<dyn Handler>,
@@ -92,7 +93,7 @@ impl Running {
 }
 
 /// Waits (in paused time) until `check` holds.
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(3600);
     while !check() {
         assert!(Instant::now() < deadline, "never happened: {what}");

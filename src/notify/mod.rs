@@ -10,6 +10,7 @@ pub mod deliveries;
 pub mod drop;
 pub mod drop_ranges;
 pub mod outbox;
+pub mod pack;
 pub mod prefs;
 pub mod rank;
 pub mod score;

@@ -81,6 +81,34 @@ impl Outgoing {
     }
 }
 
+/// Messages gathered into SendMessageBatch calls: at most [`MAX_BATCH_ENTRIES`] and
+/// [`MAX_BATCH_BYTES`] each.
+#[derive(Default)]
+pub struct Calls {
+    batch: Vec<Outgoing>,
+    bytes: usize,
+}
+
+impl Calls {
+    /// Adds a message; returns the call it filled, when it did.
+    pub fn add(&mut self, message: Outgoing) -> Option<Vec<Outgoing>> {
+        let full = (self.batch.len() == MAX_BATCH_ENTRIES
+            || self.bytes + message.size() > MAX_BATCH_BYTES)
+            .then(|| {
+                self.bytes = 0;
+                std::mem::take(&mut self.batch)
+            });
+        self.bytes += message.size();
+        self.batch.push(message);
+        full.filter(|call| !call.is_empty())
+    }
+
+    /// The last call, if any message is left.
+    pub fn rest(self) -> Option<Vec<Outgoing>> {
+        (!self.batch.is_empty()).then_some(self.batch)
+    }
+}
+
 impl Outbox {
     /// The queue named `name` (GetQueueUrl). A queue that does not exist is a deployment
     /// mistake reported at startup, naming the key that names it.

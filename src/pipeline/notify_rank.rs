@@ -25,6 +25,7 @@ use crate::fault::Dependency;
 use crate::notify::binding::{self, DROP_KEY_ATTRIBUTE, Origin};
 use crate::notify::drop::DROP_SOURCE;
 use crate::notify::outbox::{Outbox, Outgoing};
+use crate::notify::pack::Packer;
 use crate::notify::prefs::{PreferenceStore, PrefsError};
 use crate::notify::rank;
 use crate::notify::score::{Method, Scores};
@@ -86,10 +87,18 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                     "notify.bindings.allow_unbound: events from sources and drop prefixes bound to no tenant are ranked for whatever tenant they name (local environment only)"
                 );
             }
+            // Notifications due now share messages (batches); later ones go alone, delayed.
+            let packer = notify.pack_events.then(|| {
+                Packer::new(
+                    priority.clone(),
+                    std::time::Duration::from_millis(notify.pack_linger_ms),
+                )
+            });
             Ok(Arc::new(NotifyRank {
                 prefs: PreferenceStore::new(pool.clone()),
                 scores: Scores::new(method, pool),
                 priority,
+                packer,
                 config: Arc::new(notify),
             }) as Arc<dyn Pipeline>)
         })
@@ -100,6 +109,8 @@ pub struct NotifyRank {
     prefs: PreferenceStore,
     scores: Scores,
     priority: Outbox,
+    /// Packs notifications due now into batches (`notify.pack_events`).
+    packer: Option<Packer>,
     config: Arc<NotifyConfig>,
 }
 
@@ -116,10 +127,11 @@ impl Pipeline for NotifyRank {
     }
 
     fn run(&self, delivery: Arc<Delivery>) -> BoxFuture<'static, Result<(), PipelineError>> {
-        let (prefs, scores, priority, config) = (
+        let (prefs, scores, priority, packer, config) = (
             self.prefs.clone(),
             self.scores.clone(),
             self.priority.clone(),
+            self.packer.clone(),
             self.config.clone(),
         );
         Box::pin(async move {
@@ -177,7 +189,10 @@ impl Pipeline for NotifyRank {
             // Rounded up: the message becomes visible no sooner than its sendAfter.
             let wait = ((n.send_after - now).num_milliseconds().max(0) as u64).div_ceil(1000);
             let wait = u32::try_from(wait).unwrap_or(u32::MAX);
-            priority.send(ranked_message(n)?, wait).await?;
+            match &packer {
+                Some(packer) if wait == 0 => packer.send(ranked_message(n)?).await?,
+                _ => priority.send(ranked_message(n)?, wait).await?,
+            }
             telemetry::notify_ranked(n.channel.as_str(), n.priority);
             if let Some(zone) = ranked.quiet_hours {
                 telemetry::notify_deferred("quiet_hours");

@@ -51,6 +51,8 @@ struct ReceiverState {
     hits: Arc<Mutex<Vec<Hit>>>,
     answer: Answer,
     delay: Delay,
+    /// `Retry-After` (seconds) on every 429 and 503 answer, when set.
+    retry_after: Option<u64>,
 }
 
 impl Receiver {
@@ -64,12 +66,31 @@ impl Receiver {
         answer: impl Fn(&str, usize) -> u16 + Send + Sync + 'static,
         delay: impl Fn(&str, usize) -> Duration + Send + Sync + 'static,
     ) -> Self {
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let state = ReceiverState {
-            hits: hits.clone(),
+        Self::serve(ReceiverState {
+            hits: Arc::new(Mutex::new(Vec::new())),
             answer: Arc::new(answer),
             delay: Arc::new(delay),
-        };
+            retry_after: None,
+        })
+        .await
+    }
+
+    /// A receiver whose 429 and 503 answers carry `Retry-After: secs`.
+    pub(crate) async fn start_asking_retry_after(
+        answer: impl Fn(&str, usize) -> u16 + Send + Sync + 'static,
+        secs: u64,
+    ) -> Self {
+        Self::serve(ReceiverState {
+            hits: Arc::new(Mutex::new(Vec::new())),
+            answer: Arc::new(answer),
+            delay: Arc::new(|_, _| Duration::ZERO),
+            retry_after: Some(secs),
+        })
+        .await
+    }
+
+    async fn serve(state: ReceiverState) -> Self {
+        let hits = state.hits.clone();
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::post(receive))
             .with_state(state);
@@ -101,7 +122,7 @@ async fn receive(
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -126,7 +147,16 @@ async fn receive(
         (status, delay)
     };
     tokio::time::sleep(delay).await;
-    StatusCode::from_u16(status).unwrap()
+    let status = StatusCode::from_u16(status).unwrap();
+    match state.retry_after {
+        Some(secs) if matches!(status.as_u16(), 429 | 503) => {
+            axum::response::IntoResponse::into_response((
+                status,
+                [("retry-after", secs.to_string())],
+            ))
+        }
+        _ => axum::response::IntoResponse::into_response(status),
+    }
 }
 
 /// A Standard Webhooks secret and its key.

@@ -4,34 +4,19 @@
 //! upload of a key abandoning the old one's unread ranges.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::delivery::{Receiver, new_secret};
 use crate::helpers::*;
-use crate::notifications::{Delivering, Stages};
+use crate::notifications::{Delivering, Stages, settled};
 
 /// A NotificationEvent line for `tenant`'s user `u-1`, on the webhook channel.
 fn event(tenant: uuid::Uuid, id: &str, title: &str, metadata: &str) -> String {
     format!(
         r#"{{"eventId":"{id}","source":"billing","occurredAt":"2026-11-23T10:00:00Z","tenantId":"{tenant}","user":{{"id":"u-1","channels":["webhook"]}},"content":{{"title":"{title}","body":"BODY-MARK","metadata":{metadata}}}}}"#
     )
-}
-
-/// Uploads `bytes` as `key` with `conveyor notify drop`.
-fn upload(s: &Stages, key: &str, bytes: &[u8]) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(bytes).unwrap();
-    let out = s.cli("").output(&[
-        "notify",
-        "drop",
-        file.path().to_str().unwrap(),
-        "--key",
-        key,
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
 }
 
 /// Waits for the daemon's `n`th "drop ingested" line.
@@ -107,7 +92,7 @@ async fn every_valid_line_is_delivered_with_its_bytes_intact_and_every_invalid_o
 
     let mut daemon = s.cli("").spawn_daemon();
     let key = "lines/special.jsonl";
-    upload(&s, key, &drop);
+    s.upload_drop(key, &drop);
     let line = ingested(&daemon, 1, Duration::from_secs(120));
     assert!(
         line.contains("accepted=5") && line.contains("rejected=2"),
@@ -153,16 +138,7 @@ async fn every_valid_line_is_delivered_with_its_bytes_intact_and_every_invalid_o
     assert!(bodies[&id(4)].contains(r#""big":123456789012345678901234567890"#));
     assert!(bodies[&id(8)].contains(r#""n":1.50"#));
 
-    let s3 = conveyor::aws::s3_client(&aws_sdk().await);
-    let rejects_key = format!("{key}.rejects.jsonl");
-    let object = s3
-        .get_object()
-        .bucket(&s.bucket)
-        .key(&rejects_key)
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap();
+    let text = s.rejects(key).await.expect("a rejects object");
     let listed: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -183,20 +159,15 @@ async fn every_valid_line_is_delivered_with_its_bytes_intact_and_every_invalid_o
     );
 
     // A clean upload of the same key: the earlier rejects do not stay as this upload's.
-    upload(&s, key, event(tenant, &id(9), "clean", "{}").as_bytes());
+    s.upload_drop(key, event(tenant, &id(9), "clean", "{}").as_bytes());
     ingested(&daemon, 2, Duration::from_secs(60));
-    let gone = s3
-        .get_object()
-        .bucket(&s.bucket)
-        .key(&rejects_key)
-        .send()
-        .await;
-    assert!(
-        gone.is_err(),
+    assert_eq!(
+        s.rejects(key).await,
+        None,
         "the earlier upload's rejects object is removed"
     );
     // An empty drop is read as nothing.
-    upload(&s, "lines/empty.jsonl", b"");
+    s.upload_drop("lines/empty.jsonl", b"");
     let line = ingested(&daemon, 3, Duration::from_secs(60));
     assert!(
         line.contains("ranges=0") && line.contains("accepted=0"),
@@ -215,4 +186,155 @@ async fn every_valid_line_is_delivered_with_its_bytes_intact_and_every_invalid_o
     }
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
+}
+
+/// The peak resident memory of a process so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// How many of the drop's ranges are finished.
+async fn finished_ranges(s: &Stages, drop_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM notify_drop_ranges WHERE drop_id = $1 AND finished_at IS NOT NULL",
+    )
+    .bind(drop_id)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap()
+}
+
+/// A 50 MB drop (7 ranges of the default 8 MiB) read by two daemons, one of them killed with
+/// SIGKILL twice mid-read: every valid event ranked once, the ranges re-read no more than the
+/// killed daemon had in flight (`notify.ingest_ranges_in_flight`, 2, per kill), both daemons
+/// read ranges, and neither went above 150 MB of resident memory.
+#[tokio::test]
+async fn a_50_mb_drop_is_split_across_two_daemons_and_a_kill_re_reads_only_the_ranges_in_flight() {
+    let _ls = localstack_shared().await;
+    let s = Stages::provision("it-scale").await;
+    s.import_prefs(
+        &(0..20)
+            .map(|u| s.prefs(&format!("u-{u}"), json!({})))
+            .collect::<Vec<_>>(),
+    );
+    let padding = "p".repeat(3_900);
+    let mut drop = Vec::with_capacity(52 << 20);
+    let mut lines = 0u64;
+    while drop.len() < 50_000_000 {
+        lines += 1;
+        let mut event = s.event(
+            &format!("e-{lines}"),
+            &format!("u-{}", lines % 20),
+            json!({ "padding": padding }),
+        );
+        event["user"]["channels"] = json!(["email"]);
+        drop.extend(event.to_string().bytes());
+        drop.push(b'\n');
+    }
+
+    let cli = || s.cli("").env("CONVEYOR_TELEMETRY__LOG_LEVEL", "info");
+    let mut a = cli().spawn_daemon();
+    let b = cli().spawn_daemon();
+    let key = "scale/50mb.jsonl";
+    s.upload_drop(key, &drop);
+    let mut drop_id = String::new();
+    eventually("the drop planned", Duration::from_secs(60), async || {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT drop_id FROM notify_drops WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&s.pool)
+                .await
+                .unwrap();
+        drop_id = id.unwrap_or_default();
+        !drop_id.is_empty()
+    })
+    .await;
+    let ranges: i32 = sqlx::query_scalar("SELECT ranges FROM notify_drops WHERE drop_id = $1")
+        .bind(&drop_id)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(ranges, 6, "50,000,000 bytes in 8 MiB ranges");
+
+    // Kill -9 the first daemon once a range is finished, and again two ranges later.
+    let mut peaks = Vec::new();
+    let mut range_lines = 0;
+    for after in [1, 3] {
+        eventually("ranges finished", Duration::from_secs(120), async || {
+            finished_ranges(&s, &drop_id).await >= after
+        })
+        .await;
+        peaks.push(peak_rss(a.child.id()));
+        a.signal(nix::sys::signal::Signal::SIGKILL);
+        a.wait_exit(Duration::from_secs(10));
+        range_lines += a
+            .logs()
+            .iter()
+            .filter(|l| l.contains("range ingested"))
+            .count();
+        a = cli().spawn_daemon();
+    }
+    eventually("the drop ingested", Duration::from_secs(300), async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT reported_at IS NOT NULL FROM notify_drops WHERE drop_id = $1",
+        )
+        .bind(&drop_id)
+        .fetch_one(&s.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    eventually("every event ranked", Duration::from_secs(300), async || {
+        let scored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM notify_scores WHERE tenant_id = $1")
+                .bind(s.tenant)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        scored == lines as i64
+    })
+    .await;
+    settled(&s.sqs, &s.incoming_url, Duration::from_secs(120)).await;
+    let (ranked, _) = queue_depth(&s.sqs, &s.priority_url).await;
+    assert!(ranked >= lines, "{ranked} ranked of {lines}");
+    assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
+
+    let rereads: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(reads - 1), 0)::bigint FROM notify_drop_ranges WHERE drop_id = $1",
+    )
+    .bind(&drop_id)
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert!(rereads <= 4, "{rereads} ranges read again after two kills");
+    range_lines += a
+        .logs()
+        .iter()
+        .filter(|l| l.contains("range ingested"))
+        .count();
+    let by_b = b
+        .logs()
+        .iter()
+        .filter(|l| l.contains("range ingested"))
+        .count();
+    assert!(
+        by_b >= 1 && range_lines >= 1,
+        "both daemons read ranges: {by_b} and {range_lines}"
+    );
+    peaks.push(peak_rss(a.child.id()));
+    peaks.push(peak_rss(b.child.id()));
+    assert!(
+        peaks.iter().all(|&p| p <= 150 << 20),
+        "peak RSS {peaks:?} bytes"
+    );
+    eprintln!(
+        "50 MB drop: {lines} lines, {ranges} ranges, {rereads} re-read after 2 kills, ranges read by B {by_b}, by A {range_lines}, peak RSS MiB {:?}",
+        peaks.iter().map(|p| p >> 20).collect::<Vec<_>>()
+    );
 }

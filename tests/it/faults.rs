@@ -229,8 +229,9 @@ async fn a_drop_bucket_refusing_the_role_names_the_permission_and_reads_the_drop
     // The breaker's cooldown is 15 s: one trial per cooldown, not a hot loop.
     assert!(during <= 4, "{during} refused reads in 45 s");
     proxy.heal();
-    let ranked = drain_queue(&s.sqs, &s.priority_url, 20, Duration::from_secs(120)).await;
-    let ranked = crate::notifications::by_event(&ranked);
+    let ranked =
+        crate::notifications::drain_ranked(&s.sqs, &s.priority_url, 20, Duration::from_secs(120))
+            .await;
     assert_eq!(ranked.len(), 20, "every event of the drop ranked");
     assert!(ranked.values().all(|r| r.len() == 1), "each once");
     assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
@@ -511,8 +512,9 @@ async fn s3_answering_35_s_late_for_90_s_reads_the_drop_once_it_is_quick_again()
     assert!(slowed > 0, "the drop was asked for while S3 was slow");
     proxy.heal();
     let healed = Instant::now();
-    let ranked = drain_queue(&s.sqs, &s.priority_url, 20, Duration::from_secs(180)).await;
-    let ranked = crate::notifications::by_event(&ranked);
+    let ranked =
+        crate::notifications::drain_ranked(&s.sqs, &s.priority_url, 20, Duration::from_secs(180))
+            .await;
     assert_eq!(ranked.len(), 20, "every event of the drop ranked");
     assert!(ranked.values().all(|r| r.len() == 1), "each once");
     assert_eq!(queue_depth(&s.sqs, &s.incoming_dlq_url).await, (0, 0));
@@ -541,19 +543,10 @@ fn reads_of_drops(bucket: &str) -> impl Fn(&crate::fault_proxy::Request) -> bool
 /// Uploads a drop of 20 events (`<tag>-0` … `<tag>-19`, for user `u-1`) under `key` with
 /// `conveyor notify drop`.
 fn drop_20_events(s: &Stages, tag: &str, key: &str) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    for n in 0..20 {
-        let line = s.event(&format!("{tag}-{n}"), "u-1", json!({}));
-        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
-    }
-    let out = s.cli("").output(&[
-        "notify",
-        "drop",
-        file.path().to_str().unwrap(),
-        "--key",
-        key,
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
+    let lines: String = (0..20)
+        .map(|n| format!("{}\n", s.event(&format!("{tag}-{n}"), "u-1", json!({}))))
+        .collect();
+    s.upload_drop(key, lines.as_bytes());
 }
 
 /// The URL of the stages' `ingest` DLQ, where a drop's message would go.

@@ -2,6 +2,7 @@
 //! (LocalStack, PostgreSQL, the Bolt server). Run them with `scripts/test`, or after
 //! `eval "$(scripts/stack env)"`.
 
+mod batches;
 mod buckets;
 mod defer;
 mod delivery;

@@ -173,6 +173,33 @@ impl Stages {
         })
     }
 
+    /// Uploads `bytes` as the drop `key` with `conveyor notify drop`.
+    pub fn upload_drop(&self, key: &str, bytes: &[u8]) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        let out = self.cli("").output(&[
+            "notify",
+            "drop",
+            file.path().to_str().unwrap(),
+            "--key",
+            key,
+        ]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+    }
+
+    /// The rejects object of the drop `key`; `None` when there is none.
+    pub async fn rejects(&self, key: &str) -> Option<String> {
+        let s3 = conveyor::aws::s3_client(&aws_sdk().await);
+        let object = s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(format!("{key}.rejects.jsonl"))
+            .send()
+            .await
+            .ok()?;
+        Some(String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap())
+    }
+
     pub async fn publish(&self, detail: &Value) {
         put_event(&self.source, "NotificationRequested", detail).await;
     }
@@ -231,22 +258,65 @@ pub async fn send_ranked(sqs: &aws_sdk_sqs::Client, url: &str, notifications: &[
     }
 }
 
-/// Ranked notifications by eventId.
+/// Ranked notifications by eventId, from messages of one or batches of many
+/// (`conveyor.batch`: the body is an array of them). A message of one carries its own
+/// `eventId`, `channel` and `priority` attributes.
 pub fn by_event(messages: &[aws_sdk_sqs::types::Message]) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     for m in messages {
         let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
-        assert_eq!(string_attribute(m, "eventId"), body["eventId"].as_str());
-        assert_eq!(string_attribute(m, "channel"), body["channel"].as_str());
-        assert_eq!(
-            string_attribute(m, "priority").map(str::to_owned),
-            Some(body["priority"].to_string())
-        );
-        out.entry(body["eventId"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(body);
+        let notifications = match string_attribute(m, "conveyor.batch") {
+            Some(n) => {
+                let all = body.as_array().unwrap().clone();
+                assert_eq!(all.len(), n.parse::<usize>().unwrap());
+                all
+            }
+            None => {
+                assert_eq!(string_attribute(m, "eventId"), body["eventId"].as_str());
+                assert_eq!(string_attribute(m, "channel"), body["channel"].as_str());
+                assert_eq!(
+                    string_attribute(m, "priority").map(str::to_owned),
+                    Some(body["priority"].to_string())
+                );
+                vec![body]
+            }
+        };
+        for n in notifications {
+            out.entry(n["eventId"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(n);
+        }
     }
     out
+}
+
+/// Receives (and deletes) ranked notifications from `url` until `expected` of them came, in
+/// messages of one or batches; by eventId.
+pub async fn drain_ranked(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    expected: usize,
+    timeout: Duration,
+) -> HashMap<String, Vec<Value>> {
+    by_event(&drain_ranked_messages(sqs, url, expected, timeout).await)
+}
+
+/// The messages holding the first `expected` ranked notifications on `url` (see
+/// [`drain_ranked`]).
+pub async fn drain_ranked_messages(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while by_event(&messages).values().map(Vec::len).sum::<usize>() < expected
+        && Instant::now() < deadline
+    {
+        messages.extend(drain_queue(sqs, url, 1, Duration::from_secs(2)).await);
+    }
+    messages
 }
 
 /// Waits until the queue holds nothing, visible or in flight, on three checks in a row.
@@ -345,29 +415,19 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
         assert_eq!(out.code, Some(0), "{}", out.all());
     };
     drop(key);
-    let ranked = drain_queue(
+    let ranked = drain_ranked(
         &s.sqs,
         &s.priority_url,
         valid.len(),
         Duration::from_secs(240),
     )
     .await;
-    let ranked = by_event(&ranked);
     assert_eq!(ranked.len(), valid.len(), "every valid event ranked");
     assert!(ranked.values().all(|r| r.len() == 1), "each once");
     assert_eq!(ranked.keys().cloned().collect::<BTreeSet<_>>(), valid);
 
     // The rejects object lists exactly the invalid lines, with their field.
-    let s3 = conveyor::aws::s3_client(&aws_sdk().await);
-    let rejects_key = format!("{key}.rejects.jsonl");
-    let object = s3
-        .get_object()
-        .bucket(&s.bucket)
-        .key(&rejects_key)
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(object.body.collect().await.unwrap().to_vec()).unwrap();
+    let text = s.rejects(key).await.expect("a rejects object");
     let listed: BTreeMap<u64, String> = text
         .lines()
         .map(|l| {
@@ -448,8 +508,7 @@ async fn the_model_answering_429_then_malformed_then_well_ranks_once_and_its_sco
 
     let event = s.event("e-model", "u-1", json!({"urgency": "critical"}));
     s.publish(&event).await;
-    let ranked = drain_queue(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
-    let ranked = by_event(&ranked);
+    let ranked = drain_ranked(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
     let r = &ranked["e-model"][0];
     assert_eq!(r["priority"], 5);
     assert_eq!(r["scorer"], "model");
@@ -469,8 +528,8 @@ async fn the_model_answering_429_then_malformed_then_well_ranks_once_and_its_sco
         .await
         .unwrap();
     s.publish(&event).await;
-    let again = drain_queue(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
-    assert_eq!(by_event(&again)["e-model"][0]["priority"], 5);
+    let again = drain_ranked(&s.sqs, &s.priority_url, 1, Duration::from_secs(60)).await;
+    assert_eq!(again["e-model"][0]["priority"], 5);
     assert_eq!(llm.calls().len(), 3, "the score is computed once");
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM notify_scores WHERE event_id = 'e-model'")
@@ -613,14 +672,8 @@ async fn events_naming_a_tenant_their_source_or_drop_is_not_bound_to_are_dead_le
             && reasons[1].1.contains("notify.bindings.drop_prefixes"),
         "{reasons:?}"
     );
-    let ranked = drain_queue(&s.sqs, &s.priority_url, 2, Duration::from_secs(60)).await;
-    let mut ids: Vec<String> = ranked
-        .iter()
-        .map(|m| {
-            let n: Value = serde_json::from_str(m.body().unwrap()).unwrap();
-            n["eventId"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let ranked = drain_ranked_messages(&s.sqs, &s.priority_url, 2, Duration::from_secs(60)).await;
+    let mut ids: Vec<String> = by_event(&ranked).keys().cloned().collect();
     ids.sort();
     assert_eq!(ids, ["bus-bound", "drop-bound"], "only the bound tenant's");
     // Each ranked notification's message group is its tenant (SQS fair queues' key).

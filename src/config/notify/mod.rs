@@ -63,6 +63,11 @@ pub struct NotifyConfig {
     pub drop_range_bytes: u64,
     /// Longest line of a drop: longer ones are rejected with the reason, never read whole.
     pub max_line_bytes: u64,
+    /// Many events packed into one SQS message (a batch, up to 256 KiB) from `notify-ingest`
+    /// to `notify-rank` and from ranking to delivery; each keeps its own outcome and retries.
+    pub pack_events: bool,
+    /// How long ranking waits for other ranked notifications to pack with one (milliseconds).
+    pub pack_linger_ms: u64,
     /// How `notify-deliver` retries a channel before failing over.
     pub delivery: DeliveryConfig,
     /// `[notify.email]`: SES.
@@ -187,6 +192,8 @@ impl Default for NotifyConfig {
             ingest_ranges_in_flight: 2,
             drop_range_bytes: 8 * 1024 * 1024,
             max_line_bytes: crate::notify::drop::DEFAULT_MAX_LINE_BYTES as u64,
+            pack_events: true,
+            pack_linger_ms: 10,
             delivery: DeliveryConfig::default(),
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
@@ -336,6 +343,13 @@ impl NotifyConfig {
                 "notify.max_line_bytes",
                 &self.max_line_bytes,
                 "1024–16777216 (the default is 1 MiB; a line's message must also fit SQS's 256 KiB)",
+            );
+        }
+        if self.pack_linger_ms > 1000 {
+            problems.bad(
+                "notify.pack_linger_ms",
+                &self.pack_linger_ms,
+                "0–1000 (milliseconds a ranked notification waits for others to share a message with; the default is 10)",
             );
         }
         if !(60..=365 * 86_400).contains(&self.max_defer_secs) {

@@ -64,6 +64,7 @@ pub(super) const DESCRIPTOR: Descriptor = Descriptor {
                 sends_in_flight: notify.ingest_sends_in_flight as usize,
                 range_bytes: notify.drop_range_bytes,
                 max_line_bytes: notify.max_line_bytes as usize,
+                pack: notify.pack_events,
                 region: sdk.region().map(|r| r.to_string()),
             }))) as Arc<dyn Pipeline>)
         })
@@ -87,6 +88,8 @@ struct Ingest {
     sends_in_flight: usize,
     range_bytes: u64,
     max_line_bytes: usize,
+    /// Lines packed into batches (`notify.pack_events`), else a message each.
+    pack: bool,
     /// Written into the messages, as EventBridge would.
     region: Option<String>,
 }
@@ -186,28 +189,46 @@ impl Ingest {
             .etag
             .as_ref()
             .map(|e| format!("\"{}\"", e.trim_matches('"')));
-        let head = self
+        // Its first byte: the answer says the object's size and ETag (a GET, not a HEAD, so a
+        // refusal carries S3's error code).
+        let first = self
             .s3
-            .head_object()
+            .get_object()
             .bucket(&record.bucket)
             .key(&record.key)
+            .range("bytes=0-0")
             .set_if_match(etag)
             .send()
             .await;
-        let head = match head {
-            Ok(head) => head,
+        let (size, etag) = match first {
+            Ok(object) => (
+                object
+                    .content_range()
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|total| total.parse().ok())
+                    .unwrap_or_else(|| object.content_length().unwrap_or(0).max(0) as u64),
+                object.e_tag().unwrap_or_default().to_owned(),
+            ),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
-                if matches!(status, Some(404 | 412)) {
+                let missing = e
+                    .as_service_error()
+                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key);
+                if status == Some(412) || missing {
                     superseded(drop_id);
                     return Ok(());
                 }
-                let resource = format!("{}/{}", record.bucket, record.key);
-                return Err(s3_error("s3:GetObject", &resource, &e));
+                // An empty object has no byte 0 to ask for.
+                if status == Some(416) {
+                    let etag = record.etag.clone().unwrap_or_default();
+                    (0, format!("\"{}\"", etag.trim_matches('"')))
+                } else {
+                    // A role without s3:ListBucket is told 403 for a missing key too.
+                    let resource = format!("{}/{}", record.bucket, record.key);
+                    return Err(s3_error("s3:GetObject", &resource, &e));
+                }
             }
         };
-        let size = head.content_length().unwrap_or(0).max(0) as u64;
-        let etag = head.e_tag().unwrap_or_default().to_owned();
         let ranges = drop_ranges::split(size, self.range_bytes);
         let planned = self
             .drops
@@ -270,6 +291,10 @@ impl Ingest {
     /// Writes the drop's rejects object (or removes an earlier upload's when it has none) and
     /// records it; the drop's totals are counted and logged.
     async fn report(&self, drop_id: &str, bucket: &str, key: &str) -> Result<(), PipelineError> {
+        if self.drops.state(drop_id).await.map_err(db_error)? == Some(DropState::Abandoned) {
+            // A newer upload of the key writes its own rejects object.
+            return Ok(());
+        }
         let totals = self.drops.totals(drop_id).await.map_err(db_error)?;
         let rejects_key = format!("{key}{}", drop::REJECTS_SUFFIX);
         let resource = format!("{bucket}/{rejects_key}");

@@ -12,7 +12,8 @@ use crate::fault::PipelineError;
 use crate::notify::binding::DROP_KEY_ATTRIBUTE;
 use crate::notify::drop::{self, Lines, MAX_MESSAGE_BYTES};
 use crate::notify::drop_ranges::{DropState, Finished, MAX_REJECTS_PER_RANGE, RangeResult, Start};
-use crate::notify::outbox::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Outgoing};
+use crate::notify::outbox::{Calls, Outgoing};
+use crate::notify::pack::Packs;
 use crate::telemetry;
 
 impl Ingest {
@@ -128,8 +129,10 @@ impl Ingest {
         let reader = tokio_util::io::StreamReader::new(Box::pin(parts.stream()));
         let mut lines = Lines::range(reader, range.start, range.end, self.max_line_bytes);
         let mut result = RangeResult::default();
-        let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH_ENTRIES);
-        let mut batch_bytes = 0usize;
+        // Lines packed per tenant into messages of up to 256 KiB (`src/notify/pack.rs`), and
+        // those into SendMessageBatch calls.
+        let mut packs = Packs::default();
+        let mut calls = Calls::default();
         let mut sending = FuturesUnordered::new();
         while let Some(read) = lines.next().await.map_err(ReadFailure::from_io)? {
             result.lines = read.number;
@@ -175,12 +178,14 @@ impl Ingest {
                 }
             };
             result.accepted += 1;
-            if batch.len() == MAX_BATCH_ENTRIES || batch_bytes + message.size() > MAX_BATCH_BYTES {
-                sending.push(self.incoming.send_batch(std::mem::take(&mut batch)));
-                batch_bytes = 0;
+            let full = if self.pack {
+                packs.push(message)
+            } else {
+                Some(message)
+            };
+            if let Some(call) = full.and_then(|pack| calls.add(pack)) {
+                sending.push(self.incoming.send_batch(call));
             }
-            batch_bytes += message.size();
-            batch.push(message);
             // Bounded: memory stays flat however long the range.
             while sending.len() >= self.sends_in_flight {
                 if let Some(sent) = sending.next().await {
@@ -188,8 +193,13 @@ impl Ingest {
                 }
             }
         }
-        if !batch.is_empty() {
-            sending.push(self.incoming.send_batch(batch));
+        for pack in packs.drain() {
+            if let Some(call) = calls.add(pack) {
+                sending.push(self.incoming.send_batch(call));
+            }
+        }
+        if let Some(call) = calls.rest() {
+            sending.push(self.incoming.send_batch(call));
         }
         while let Some(sent) = sending.next().await {
             sent.map_err(ReadFailure::Failed)?;
