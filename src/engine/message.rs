@@ -15,10 +15,10 @@ use super::batch::Action;
 use super::dead_letter::dead_letter;
 use super::lease::LeaseGuard;
 use super::settle::{
-    Applied, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE, Original, apply, defer, delete,
-    number_attribute, release, requeue, retry, string_attributes, system_attribute,
+    ATTEMPTS_ATTRIBUTE, Applied, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE, Original, apply,
+    defer, delete, number_attribute, release, requeue, retry, string_attributes, system_attribute,
 };
-use super::split::{ATTEMPTS_ATTRIBUTE, split};
+use super::split::split;
 use super::{Labels, Outcome, Queue, Receipt, Received};
 use crate::telemetry::{self, otel};
 

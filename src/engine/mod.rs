@@ -20,8 +20,7 @@ pub use poll::awaiting_first_receive;
 pub mod queue;
 mod settle;
 mod split;
-pub use settle::ENGINE_ATTRIBUTES;
-pub use split::{ATTEMPTS_ATTRIBUTE, BATCH_ATTRIBUTE};
+pub use settle::{ATTEMPTS_ATTRIBUTE, BATCH_ATTRIBUTE, ENGINE_ATTRIBUTES};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

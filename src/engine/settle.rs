@@ -27,6 +27,14 @@ pub(super) const DEFER_UNTIL_ATTRIBUTE: &str = "conveyor.defer_until";
 /// On a deferred copy: how often a handler deferred the message.
 pub(super) const DEFERRALS_ATTRIBUTE: &str = "conveyor.deferrals";
 
+/// On a message holding several events: how many. Its body is a JSON array of bodies in the
+/// queue's format, one per event (see `split`).
+pub const BATCH_ATTRIBUTE: &str = "conveyor.batch";
+
+/// On a part split off a batch: the receives its events spent before, as parts of earlier
+/// messages.
+pub const ATTEMPTS_ATTRIBUTE: &str = "conveyor.attempts";
+
 /// The engine's own attributes: counters and a dead letter's facts, which start afresh when a
 /// message is dead-lettered or redriven. Other `conveyor.` attributes (`conveyor.batch`, a
 /// pipeline's routing attributes such as `conveyor.drop_key`) travel with the message.
@@ -34,7 +42,7 @@ pub const ENGINE_ATTRIBUTES: &[&str] = &[
     REQUEUES_ATTRIBUTE,
     DEFER_UNTIL_ATTRIBUTE,
     DEFERRALS_ATTRIBUTE,
-    super::split::ATTEMPTS_ATTRIBUTE,
+    ATTEMPTS_ATTRIBUTE,
     "conveyor.error",
     "conveyor.pipeline",
     "conveyor.receive_count",

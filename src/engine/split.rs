@@ -23,19 +23,12 @@ use super::backoff;
 use super::dead_letter::send_to_dlq;
 use super::queue::SendIds;
 use super::settle::{
-    Applied, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE, MAX_ATTRIBUTES, MAX_DELAY_SECS, Original,
-    delete, number, release, retry, send_ids, take_counter,
+    ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE,
+    MAX_ATTRIBUTES, MAX_DELAY_SECS, Original, delete, number, release, retry, send_ids,
+    take_counter,
 };
 use super::{Outcome, Part, Queue};
 use crate::telemetry::{self, SqsOp};
-
-/// On a message holding several events: how many. Its body is a JSON array of bodies in the
-/// queue's format, one per event.
-pub const BATCH_ATTRIBUTE: &str = "conveyor.batch";
-
-/// On a part split off a batch: the receives its events spent before, as parts of earlier
-/// messages.
-pub const ATTEMPTS_ATTRIBUTE: &str = "conveyor.attempts";
 
 /// Sends each part on, then deletes the original.
 pub(super) async fn split(queue: &Queue, original: Original<'_>, parts: Vec<Part>) -> Applied {
@@ -56,6 +49,7 @@ pub(super) async fn split(queue: &Queue, original: Original<'_>, parts: Vec<Part
             return retry(queue, receipt, received.receive_count, None).await;
         }
     }
+    telemetry::message_split(&queue.name);
     match delete(queue, receipt).await {
         Applied::Deleted => Applied::Split { parts: count },
         other => other,

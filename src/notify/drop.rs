@@ -22,9 +22,6 @@ use crate::contract::notification::{NOTIFICATION_REQUESTED, NotificationEvent};
 pub const REJECTS_SUFFIX: &str = ".rejects.jsonl";
 /// The `source` of the EventBridge-shaped messages a drop becomes.
 pub const DROP_SOURCE: &str = "conveyor.notify.drop";
-/// The default longest line read (`notify.max_line_bytes`): longer lines are rejected, skipped
-/// to their end and never held whole.
-pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
 /// The largest message a line may become: SQS's 256 KiB (a queue may take 1 MiB since 2025,
 /// but its MaximumMessageSize may still say 256 KiB). A line whose message would be larger is
 /// rejected with the reason, never sent to be refused.

@@ -165,6 +165,7 @@ pub const BREAKER_STATE: &str = "conveyor_breaker_state";
 pub const QUEUE_PAUSED: &str = "conveyor_queue_paused";
 pub const MESSAGES_REQUEUED: &str = "conveyor_messages_requeued_total";
 pub const MESSAGES_DEFERRED: &str = "conveyor_messages_deferred_total";
+pub const MESSAGES_SPLIT: &str = "conveyor_messages_split_total";
 pub const DEAD_LETTERS_REFUSED: &str = "conveyor_dead_letters_refused_total";
 pub const FIFO_GROUPS_ACTIVE: &str = "conveyor_fifo_groups_active";
 pub const FIFO_RELEASED_AFTER_FAILURE: &str = "conveyor_fifo_released_after_failure_total";
@@ -368,6 +369,11 @@ pub fn message_requeued(queue: &str) {
 /// A message was deferred: sent back as a delayed copy (or, on FIFO, hidden) until its time.
 pub fn message_deferred(queue: &str) {
     metrics::counter!(MESSAGES_DEFERRED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// A batch split because its events ended differently (`Outcome::Split`).
+pub fn message_split(queue: &str) {
+    metrics::counter!(MESSAGES_SPLIT, "queue" => queue.to_owned()).increment(1);
 }
 
 /// A message could not be dead-lettered: its body alone is larger than the DLQ accepts.

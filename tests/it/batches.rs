@@ -109,7 +109,10 @@ async fn a_batch_of_200_with_one_refused_delivers_199_once_and_retries_the_one_a
     );
     let split = daemon.wait_for_log("batch split", Duration::from_secs(5));
     // One part: the refused notification alone, deferred to the time its receiver asked for.
-    assert!(split.contains("parts=1") && split.contains("backing off"), "{split}");
+    assert!(
+        split.contains("parts=1") && split.contains("backing off"),
+        "{split}"
+    );
     assert_eq!(queue_depth(&s.sqs, &s.priority_dlq_url).await, (0, 0));
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));

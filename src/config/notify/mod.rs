@@ -191,7 +191,7 @@ impl Default for NotifyConfig {
             ingest_sends_in_flight: 8,
             ingest_ranges_in_flight: 2,
             drop_range_bytes: 8 * 1024 * 1024,
-            max_line_bytes: crate::notify::drop::DEFAULT_MAX_LINE_BYTES as u64,
+            max_line_bytes: 1024 * 1024,
             pack_events: true,
             pack_linger_ms: 10,
             delivery: DeliveryConfig::default(),
