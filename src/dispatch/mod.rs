@@ -95,6 +95,9 @@ pub struct Dispatcher {
     fair: Option<Arc<fair::Fair>>,
     /// The events of batches run at once, across the queue's messages: its `max_in_flight`.
     batch_runs: tokio::sync::Semaphore,
+    /// `queues.<key>.deadline_secs`: an event of a batch not started within half of it goes
+    /// back unattempted, so a slow stage never costs a batch its receives.
+    deadline: Duration,
     fifo: bool,
 }
 
@@ -163,6 +166,7 @@ impl Dispatcher {
         Ok(Self {
             fair,
             batch_runs: tokio::sync::Semaphore::new(queue_config.max_in_flight as usize),
+            deadline: queue_config.deadline(),
             fifo,
             queue: queue.to_owned(),
             format: queue_config.format,
@@ -372,9 +376,10 @@ impl Handler for Dispatcher {
 impl Dispatcher {
     /// A batch (`conveyor.batch`): a JSON array of bodies in the queue's format, each decoded
     /// and run on its own — at most `max_in_flight` of the queue's events at once, whatever
-    /// the batches — with its own outcome; the batch's is [`fold::split`] of theirs. A FIFO
-    /// queue's batch is never split (its parts would fall behind the group's later messages):
-    /// it takes its most serious element's outcome.
+    /// the batches; one that cannot start within half the deadline goes back unattempted —
+    /// with its own outcome; the batch's is [`fold::split`] of theirs. A FIFO queue's batch is
+    /// never split (its parts would fall behind the group's later messages): it takes its most
+    /// serious element's outcome.
     async fn batch(&self, message: &Received, body: &str) -> Outcome {
         let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_str(body) {
             Ok(elements) => elements,
@@ -385,9 +390,23 @@ impl Dispatcher {
                 )));
             }
         };
+        let cutoff = tokio::time::Instant::now() + self.deadline / 2;
         let runs = elements.iter().map(|element| async move {
-            let _permit = self.batch_runs.acquire().await;
             let text = element.get();
+            let Ok(_permit) = tokio::time::timeout_at(cutoff, self.batch_runs.acquire()).await
+            else {
+                // Its turn did not come in time: back unattempted, its receive not counted.
+                let outcome = Outcome::Retry {
+                    reason: format!(
+                        "not started within half of queues.{}.deadline_secs: sent back unattempted",
+                        self.queue
+                    ),
+                    pipeline: None,
+                    after: None,
+                    outage: true,
+                };
+                return (text.to_owned(), outcome);
+            };
             let outcome = match input::decode(self.format, text, &message.attributes) {
                 Ok(Decoded::Events(events)) => {
                     let mut outcomes = Vec::with_capacity(events.len());

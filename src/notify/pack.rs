@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::outbox::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, Outbox, Outgoing};
 use crate::engine::BATCH_ATTRIBUTE;
@@ -127,7 +128,7 @@ impl Packer {
     pub async fn send(&self, message: Outgoing) -> Result<(), PipelineError> {
         let (done, result) = oneshot::channel();
         self.tx
-            .send((message, done))
+            .send((message, done, tracing::Span::current()))
             .await
             .map_err(|_| PipelineError::Retryable("the packer has stopped".into()))?;
         result
@@ -138,7 +139,10 @@ impl Packer {
 
 /// Where a sender learns its message's fate.
 type Done = oneshot::Sender<Result<(), PipelineError>>;
-type Waiting = (Outgoing, Done);
+/// A message, who waits on it, and the span it was sent from.
+type Waiting = (Outgoing, Done, tracing::Span);
+/// A sealed pack and the senders waiting on it.
+type Sealed = (Outgoing, Vec<(Done, tracing::Span)>);
 
 /// The packer's task: gathers what arrives within `linger` of the first message, packs it by
 /// group, sends the packs (several per SendMessageBatch call where they fit) and answers each
@@ -152,23 +156,23 @@ async fn pack_and_send(outbox: Outbox, linger: Duration, mut rx: mpsc::Receiver<
         }
         // Packs with the senders waiting on each.
         let mut packs = Packs::default();
-        let mut sealed: Vec<(Outgoing, Vec<Done>)> = Vec::new();
-        let mut waiting: HashMap<Option<String>, Vec<Done>> = HashMap::new();
-        for (message, done) in gathered {
+        let mut sealed: Vec<Sealed> = Vec::new();
+        let mut waiting: HashMap<Option<String>, Vec<(Done, tracing::Span)>> = HashMap::new();
+        for (message, done, span) in gathered {
             let group = message.group.clone();
             if let Some(full) = packs.push(message) {
                 // The message opened a new pack: its sender waits on that one.
                 let senders = waiting.remove(&group).unwrap_or_default();
                 sealed.push((full, senders));
             }
-            waiting.entry(group).or_default().push(done);
+            waiting.entry(group).or_default().push((done, span));
         }
         for pack in packs.drain() {
             let senders = waiting.remove(&pack.group).unwrap_or_default();
             sealed.push((pack, senders));
         }
         // As many packs per call as SQS takes (10 entries, 256 KiB in all), sent side by side.
-        let mut calls: Vec<Vec<(Outgoing, Vec<Done>)>> = Vec::new();
+        let mut calls: Vec<Vec<Sealed>> = Vec::new();
         let mut bytes = 0;
         for (pack, senders) in sealed {
             let size = pack.size();
@@ -187,8 +191,13 @@ async fn pack_and_send(outbox: Outbox, linger: Duration, mut rx: mpsc::Receiver<
             let outbox = outbox.clone();
             async move {
                 let (messages, senders): (Vec<Outgoing>, Vec<_>) = call.into_iter().unzip();
-                let result = outbox.send_batch(messages).await;
-                for done in senders.into_iter().flatten() {
+                let senders: Vec<(Done, tracing::Span)> = senders.into_iter().flatten().collect();
+                // A message carries one trace header: the batch is its first event's trace.
+                let span = senders
+                    .first()
+                    .map_or_else(tracing::Span::none, |(_, span)| span.clone());
+                let result = outbox.send_batch(messages).instrument(span).await;
+                for (done, _) in senders {
                     let _ = done.send(result.clone());
                 }
             }
