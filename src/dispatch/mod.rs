@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sha2::Digest;
 
 use crate::breaker::{Admission, Breakers};
 use crate::claim_check::{ClaimCheck, FetchError, Pointer};
@@ -239,8 +240,14 @@ impl Dispatcher {
         }
     }
 
-    /// Routes, validates and runs one event.
-    async fn event(&self, message: &Received, event: Event) -> (Outcome, Labels) {
+    /// Routes, validates and runs one event. `element` identifies an event of a batch that
+    /// has no id of its own (see [`Dispatcher::batch`]).
+    async fn event(
+        &self,
+        message: &Received,
+        event: Event,
+        element: Option<&str>,
+    ) -> (Outcome, Labels) {
         let mut labels = Labels {
             event_id: event.id.clone(),
             tenant_id: None,
@@ -294,7 +301,7 @@ impl Dispatcher {
         let (pipelines, after, ack) = (route.pipelines.clone(), route.after.clone(), route.ack);
         let delivery = Arc::new(Delivery::new(
             message.queue.clone(),
-            message.message_id.clone(),
+            element.map_or_else(|| message.message_id.clone(), str::to_owned),
             message.receive_count,
             event,
             contract,
@@ -358,11 +365,13 @@ impl Handler for Dispatcher {
             drop(body);
             if let [_] = events.as_slice() {
                 let event = events.into_iter().next().expect("one event");
-                let (outcome, labels) = self.event(&message, event).await;
+                let (outcome, labels) = self.event(&message, event, None).await;
                 let _ = message.labels.set(labels);
                 return outcome;
             }
-            let runs = events.into_iter().map(|event| self.event(&message, event));
+            let runs = events
+                .into_iter()
+                .map(|event| self.event(&message, event, None));
             let (outcomes, labels): (Vec<Outcome>, Vec<Labels>) =
                 futures::future::join_all(runs).await.into_iter().unzip();
             if let Some(first) = labels.into_iter().next() {
@@ -377,9 +386,10 @@ impl Dispatcher {
     /// A batch (`conveyor.batch`): a JSON array of bodies in the queue's format, each decoded
     /// and run on its own — at most `max_in_flight` of the queue's events at once, whatever
     /// the batches; one that cannot start within half the deadline goes back unattempted —
-    /// with its own outcome; the batch's is [`fold::split`] of theirs. A FIFO queue's batch is
-    /// never split (its parts would fall behind the group's later messages): it takes its most
-    /// serious element's outcome.
+    /// with its own outcome; the batch's is [`fold::split`] of theirs. An element without an
+    /// id of its own is identified by its content (two identical ones are one). A FIFO
+    /// queue's batch is never split (its parts would fall behind the group's later messages):
+    /// it takes its most serious element's outcome.
     async fn batch(&self, message: &Received, body: &str) -> Outcome {
         let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_str(body) {
             Ok(elements) => elements,
@@ -407,12 +417,18 @@ impl Dispatcher {
                 };
                 return (text.to_owned(), outcome);
             };
+            // An element without an id of its own (a raw payload) is identified by its content,
+            // not by the batch's message id: the same across redeliveries and splits.
+            let element = format!(
+                "element-{}",
+                hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
+            );
             let outcome = match input::decode(self.format, text, &message.attributes) {
                 Ok(Decoded::Events(events)) => {
                     let mut outcomes = Vec::with_capacity(events.len());
                     let mut first = None;
                     for event in events {
-                        let (outcome, labels) = self.event(message, event).await;
+                        let (outcome, labels) = self.event(message, event, Some(&element)).await;
                         first.get_or_insert(labels);
                         outcomes.push(outcome);
                     }

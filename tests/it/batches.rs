@@ -117,3 +117,50 @@ async fn a_batch_of_200_with_one_refused_delivers_199_once_and_retries_the_one_a
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).0, Some(0));
 }
+
+/// Raw payloads have no id of their own: each element of a batch is still its own event for
+/// the idempotency ledger (keyed by its content), never the batch's message id — three
+/// elements, three runs of a deduplicated pipeline.
+#[tokio::test]
+async fn each_raw_element_of_a_batch_is_its_own_event_for_the_ledger() {
+    let _ls = localstack_shared().await;
+    let sqs = sqs_client().await;
+    let q = queue_with_dlq(&sqs, "it-batch-raw", 3).await;
+    let body = r#"[{"n":1},{"n":2},{"n":3}]"#;
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(body)
+        .message_attributes(
+            "conveyor.batch",
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value("3")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let recorder = Recorder::default();
+    let k = format!("b{:08x}", rand::random::<u32>());
+    let config = test_config(&queue_toml(
+        &k,
+        &q.url,
+        &format!("format = \"raw\"\n[[queues.{k}.routes]]\npipelines = [\"recorder\"]"),
+    ));
+    let daemon = InProcess::start(config, registry_with(&recorder)).await;
+    eventually("the batch deleted", Duration::from_secs(60), async || {
+        metric(
+            "conveyor_messages_deleted_total",
+            &[&format!("queue=\"{k}\"")],
+        ) == 1.0
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(
+        (recorder.distinct(), recorder.deliveries()),
+        (3, 3),
+        "three events, three keys, each run once"
+    );
+    assert_eq!(queue_depth(&sqs, &q.dlq_url).await, (0, 0));
+}
