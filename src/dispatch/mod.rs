@@ -18,7 +18,7 @@ use crate::breaker::{Admission, Breakers};
 use crate::claim_check::{ClaimCheck, FetchError, Pointer};
 use crate::config::{Ack, Config, QueueConfig, Unrouted};
 use crate::contract::{Contract, Validated};
-use crate::engine::{BATCH_ATTRIBUTE, Handler, Labels, Outcome, Received};
+use crate::engine::{BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, Handler, Labels, Outcome, Received};
 use crate::fault::Dependency;
 use crate::input::{self, Decoded, Event, Format};
 use crate::ledger::Ledger;
@@ -387,7 +387,8 @@ impl Dispatcher {
     /// and run on its own — at most `max_in_flight` of the queue's events at once, whatever
     /// the batches; one that cannot start within half the deadline goes back unattempted —
     /// with its own outcome; the batch's is [`fold::split`] of theirs. An element without an
-    /// id of its own is identified by its content (two identical ones are one). A FIFO
+    /// id of its own is identified by its batch and content (two identical ones in one batch
+    /// are one). A FIFO
     /// queue's batch is never split (its parts would fall behind the group's later messages):
     /// it takes its most serious element's outcome.
     async fn batch(&self, message: &Received, body: &str) -> Outcome {
@@ -401,6 +402,11 @@ impl Dispatcher {
             }
         };
         let cutoff = tokio::time::Instant::now() + self.deadline / 2;
+        // The batch this one came from (a part split off it), else this one.
+        let batch_id = message
+            .attributes
+            .get(BATCH_ID_ATTRIBUTE)
+            .map_or(message.message_id.as_str(), String::as_str);
         let runs = elements.iter().map(|element| async move {
             let text = element.get();
             let Ok(_permit) = tokio::time::timeout_at(cutoff, self.batch_runs.acquire()).await
@@ -417,12 +423,16 @@ impl Dispatcher {
                 };
                 return (text.to_owned(), outcome);
             };
-            // An element without an id of its own (a raw payload) is identified by its content,
-            // not by the batch's message id: the same across redeliveries and splits.
-            let element = format!(
-                "element-{}",
-                hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
-            );
+            // An element without an id of its own (a raw payload) is identified by its batch
+            // and its content, never by the message id alone: the same across redeliveries
+            // and splits, and distinct from the same payload in another batch.
+            let element = {
+                let mut hash = sha2::Sha256::new();
+                hash.update(batch_id.as_bytes());
+                hash.update([0]);
+                hash.update(text.as_bytes());
+                format!("{batch_id}#{}", hex::encode(&hash.finalize()[..8]))
+            };
             let outcome = match input::decode(self.format, text, &message.attributes) {
                 Ok(Decoded::Events(events)) => {
                     let mut outcomes = Vec::with_capacity(events.len());

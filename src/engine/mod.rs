@@ -20,7 +20,7 @@ pub use poll::awaiting_first_receive;
 pub mod queue;
 mod settle;
 mod split;
-pub use settle::{ATTEMPTS_ATTRIBUTE, BATCH_ATTRIBUTE, ENGINE_ATTRIBUTES};
+pub use settle::{ATTEMPTS_ATTRIBUTE, BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, ENGINE_ATTRIBUTES};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -31,6 +31,10 @@ pub(super) const DEFERRALS_ATTRIBUTE: &str = "conveyor.deferrals";
 /// queue's format, one per event (see `split`).
 pub const BATCH_ATTRIBUTE: &str = "conveyor.batch";
 
+/// On a part split off a batch: the message id of the batch it came from, so its events keep
+/// the identity they had there (see `dispatch`).
+pub const BATCH_ID_ATTRIBUTE: &str = "conveyor.batch_id";
+
 /// On a part split off a batch: the receives its events spent before, as parts of earlier
 /// messages.
 pub const ATTEMPTS_ATTRIBUTE: &str = "conveyor.attempts";

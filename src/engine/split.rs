@@ -23,9 +23,9 @@ use super::backoff;
 use super::dead_letter::send_to_dlq;
 use super::queue::SendIds;
 use super::settle::{
-    ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, DEFER_UNTIL_ATTRIBUTE, DEFERRALS_ATTRIBUTE,
-    MAX_ATTRIBUTES, MAX_DELAY_SECS, Original, delete, number, release, retry, send_ids,
-    take_counter,
+    ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, DEFER_UNTIL_ATTRIBUTE,
+    DEFERRALS_ATTRIBUTE, MAX_ATTRIBUTES, MAX_DELAY_SECS, Original, delete, number, release, retry,
+    send_ids, take_counter,
 };
 use super::{Outcome, Part, Queue};
 use crate::telemetry::{self, SqsOp};
@@ -75,6 +75,10 @@ async fn send_part(
     attributes.remove(BATCH_ATTRIBUTE);
     if part.events > 1 {
         attributes.insert(BATCH_ATTRIBUTE.to_owned(), number(part.events));
+    }
+    // Its events keep the identity they had in the batch they first came in.
+    if !attributes.contains_key(BATCH_ID_ATTRIBUTE) && attributes.len() < MAX_ATTRIBUTES {
+        attributes.insert(BATCH_ID_ATTRIBUTE.to_owned(), string(&received.message_id));
     }
     let count = received.receive_count;
     // The part as a message: the original's attributes with the part's `conveyor.batch`.
@@ -194,4 +198,13 @@ async fn send_copy(
             false
         }
     }
+}
+
+/// A `String` message attribute.
+fn string(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
 }

@@ -22,10 +22,12 @@ async fn a_split_batch_sends_each_part_on_with_its_own_fate_and_counts_each_even
         &queues,
         config,
         handler(move |m| {
-            record
-                .lock()
-                .unwrap()
-                .push((m.body.clone(), m.receive_count, Instant::now()));
+            record.lock().unwrap().push((
+                m.body.clone(),
+                m.receive_count,
+                Instant::now(),
+                m.attributes.get("conveyor.batch_id").cloned(),
+            ));
             let outcome = match m.body.as_str() {
                 // "a" succeeds; the others each end their own way.
                 "[a,b,c,d]" => Outcome::Split(vec![
@@ -70,8 +72,8 @@ async fn a_split_batch_sends_each_part_on_with_its_own_fate_and_counts_each_even
     let seen = seen.lock().unwrap().clone();
     let of = |body: &str| -> Vec<(u32, Instant)> {
         seen.iter()
-            .filter(|(b, _, _)| b == body)
-            .map(|(_, count, at)| (*count, *at))
+            .filter(|(b, ..)| b == body)
+            .map(|(_, count, at, _)| (*count, *at))
             .collect()
     };
     assert_eq!(of("[a,b,c,d]").len(), 1, "the batch is handled once");
@@ -89,6 +91,12 @@ async fn a_split_batch_sends_each_part_on_with_its_own_fate_and_counts_each_even
         (waited - 5.0).abs() < 0.5,
         "backoff after 1 receive: {waited}"
     );
+    // A part's events keep the identity of the batch they came in.
+    let batch_id = seen
+        .iter()
+        .find(|(b, ..)| b == "b")
+        .and_then(|s| s.3.clone());
+    assert!(batch_id.is_some_and(|id| !id.is_empty()), "{seen:?}");
     let d = of("d");
     assert_eq!(d.len(), 1);
     assert!(d[0].1 - first >= Duration::from_secs(1800));
