@@ -404,8 +404,9 @@ def notify_main():
     rules, model_row = rows
     summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: one JSON-lines drop "
                f"uploaded with `conveyor notify drop` ({rules['upload_s']:.1f} s to upload, multipart), its S3 notification "
-               f"read from the ingest queue, every line sent to the incoming queue in SendMessageBatch calls (8 in flight) "
-               f"while {TASKS} pollers rank them (PostgreSQL preferences, score and ledger) into the priority queue. "
+               f"read from the ingest queue in 8 MiB ranges, the lines packed per tenant into batch messages for the "
+               f"incoming queue, while {TASKS} pollers rank them (PostgreSQL preferences, score and ledger, per event) "
+               f"into the priority queue, packed again (`notify.pack_events`). "
                f"Rates are from the end of the upload; ingest and ranking overlap. The model scorer runs at "
                f"{model_row['e2e_eps'] / rules['e2e_eps']:.2f}× the rules scorer's rate, one model call per event. "
                f"Peak RSS is the whole daemon's (ru_maxrss): the drop is streamed, never held.")
@@ -426,7 +427,7 @@ def without_queue(toml, key):
     return "\n".join(out) + "\n"
 
 
-def intake_row(daemons, events=None):
+def intake_row(daemons, events=None, pack=True):
     """One drop of `events` (INTAKE_EVENTS) lines read by `daemons` ingest-only daemons (no ranking): from
     the end of the upload until every line is on the incoming queue; lines/s, CPU per 1k lines
     and peak RSS of each daemon, and the ranges each read."""
@@ -453,7 +454,8 @@ sources = ["{prefix}.unused"]
     for i in range(daemons):
         port = PORT + 1 + i
         log_path = f"/tmp/conveyor-bench-intake-{daemons}-{i}.log"
-        proc_env = dict(env, CONVEYOR_OPS__LISTEN_ADDR=f"127.0.0.1:{port}")
+        proc_env = dict(env, CONVEYOR_OPS__LISTEN_ADDR=f"127.0.0.1:{port}",
+                        CONVEYOR_NOTIFY__PACK_EVENTS="true" if pack else "false")
         procs.append((port, subprocess.Popen([CONVEYOR, "run"], env=proc_env, stdout=subprocess.DEVNULL,
                                              stderr=open(log_path, "w"))))
         deadline = time.monotonic() + 30
@@ -486,12 +488,13 @@ sources = ["{prefix}.unused"]
     size_mb = os.path.getsize(drop) / 1e6
     subprocess.call([CONVEYOR, "infra", "down", "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     os.remove(drop)
-    return {"daemons": daemons, "size_mb": size_mb, "lines": events, "lps": events / (done - uploaded),
+    return {"daemons": daemons, "pack": pack, "size_mb": size_mb, "lines": events, "lps": events / (done - uploaded),
             "cpu_per_1k": cpu / (events / 1000), "rss": rss, "ranges": ranges}
 
 
 def intake_main():
-    """The same drop read by one ingest-only daemon, then by two, side by side in one run; with
+    """The same drop read by one ingest-only daemon sending a message per line, then packing
+    lines into batches, then by two packing daemons, side by side in one run; with
     BENCH_INTAKE_SIZES_MB (`100,500,1000`), one daemon's peak RSS against the drop's size."""
     sizes = [int(m) for m in os.environ.get("BENCH_INTAKE_SIZES_MB", "").split(",") if m]
     if sizes:
@@ -506,18 +509,18 @@ def intake_main():
                    f"the daemon's ru_maxrss: memory is bounded by the ranges in flight, not the drop.")
         report("intake-sizes", lines, summary)
         return
-    rows = [intake_row(1), intake_row(2)]
-    lines = ["| daemons | drop MB | lines | lines/s (all daemons) | vs one daemon | CPU s / 1k lines | ranges read by each | peak RSS MB of each |",
-             "|---:|---:|---:|---:|---:|---:|---|---|"]
+    rows = [intake_row(1, pack=False), intake_row(1), intake_row(2)]
+    lines = ["| daemons | lines per message | drop MB | lines | lines/s (all daemons) | vs one daemon, one line a message | CPU s / 1k lines | ranges read by each | peak RSS MB of each |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['daemons']} | {r['size_mb']:.1f} | {r['lines']} | {r['lps']:.0f} | "
+        lines.append(f"| {r['daemons']} | {'packed (batches)' if r['pack'] else 'one'} | {r['size_mb']:.1f} | {r['lines']} | {r['lps']:.0f} | "
                      f"{r['lps'] / rows[0]['lps']:.2f}× | {r['cpu_per_1k']:.3f} | "
                      f"{' + '.join(str(n) for n in r['ranges'])} | {' / '.join(f'{m:.0f}' for m in r['rss'])} |")
     summary = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: one JSON-lines "
                f"drop (~520 bytes a line) in 8 MiB ranges, read by daemons consuming only the ingest queue (no "
-               f"ranking), each line sent to the incoming queue in SendMessageBatch calls; from the end of the upload "
-               f"until every line is sent. LocalStack runs on the same two cores: a second daemon adds a reader, "
-               f"not a core, and what bounds both rows is LocalStack taking SendMessageBatch calls (10 lines each).")
+               f"ranking), the lines packed per tenant into batch messages of up to 256 KiB for the incoming queue; "
+               f"from the end of the upload until every line is sent. LocalStack runs on the same two cores: a second "
+               f"daemon adds a reader, not a core.")
     report("intake", lines, summary)
 
 
