@@ -133,21 +133,8 @@ pub(super) fn split(elements: Vec<(String, Outcome)>) -> Outcome {
         .filter(|(_, o)| matches!(o, Outcome::Retry { .. }))
         .count();
     if retries == total {
-        let n = total;
-        return match combine(pending.into_iter().map(|(_, o)| o).collect()) {
-            Outcome::Retry {
-                reason,
-                pipeline,
-                after,
-                outage,
-            } => Outcome::Retry {
-                reason: format!("{n} of {n} events: {reason}"),
-                pipeline,
-                after,
-                outage,
-            },
-            other => other,
-        };
+        let outcomes = pending.into_iter().map(|(_, o)| o).collect();
+        return counted(combine(outcomes), total, total);
     }
     let body = |texts: &[&str]| match texts {
         [one] => (*one).to_owned(),
@@ -183,20 +170,7 @@ pub(super) fn split(elements: Vec<(String, Outcome)>) -> Outcome {
     }
     if !retry_texts.is_empty() {
         let n = retry_texts.len();
-        let outcome = match combine(retry_outcomes) {
-            Outcome::Retry {
-                reason,
-                pipeline,
-                after,
-                outage,
-            } => Outcome::Retry {
-                reason: format!("{n} of {total} events: {reason}"),
-                pipeline,
-                after,
-                outage,
-            },
-            other => other,
-        };
+        let outcome = counted(combine(retry_outcomes), n, total);
         parts.push(crate::engine::Part {
             body: body(&retry_texts),
             events: n,
@@ -211,6 +185,24 @@ pub(super) fn split(elements: Vec<(String, Outcome)>) -> Outcome {
         });
     }
     Outcome::Split(parts)
+}
+
+/// A retry of `n` of a batch's `total` events, its reason saying so.
+fn counted(outcome: Outcome, n: usize, total: usize) -> Outcome {
+    match outcome {
+        Outcome::Retry {
+            reason,
+            pipeline,
+            after,
+            outage,
+        } => Outcome::Retry {
+            reason: format!("{n} of {total} events: {reason}"),
+            pipeline,
+            after,
+            outage,
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]

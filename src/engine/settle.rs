@@ -192,20 +192,12 @@ pub(super) async fn defer(
         return hide(None).await;
     }
     let mut attributes = message.message_attributes.clone().unwrap_or_default();
-    attributes.remove(DEFER_UNTIL_ATTRIBUTE);
-    let deferrals = take_counter(&mut attributes, DEFERRALS_ATTRIBUTE) + u64::from(by_handler);
-    if attributes.len() + 2 > MAX_ATTRIBUTES {
+    if !mark_deferred(&mut attributes, until, by_handler) {
         return hide(Some(
             "no room for conveyor's two deferral attributes (SQS allows 10)",
         ))
         .await;
     }
-    let until_ms = until
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    attributes.insert(DEFER_UNTIL_ATTRIBUTE.to_owned(), number(until_ms));
-    attributes.insert(DEFERRALS_ATTRIBUTE.to_owned(), number(deferrals));
     let delay_secs = remaining_secs.min(u64::from(MAX_DELAY_SECS)) as u32;
     match replace_with_copy(queue, receipt, received, attributes, delay_secs).await {
         Ok(Applied::Deleted) => Applied::Deferred { delay_secs },
@@ -215,6 +207,28 @@ pub(super) async fn defer(
             hide(Some("the delayed copy could not be sent")).await
         }
     }
+}
+
+/// Marks a copy's `attributes` as deferred until `until` (`conveyor.defer_until`, and
+/// `conveyor.deferrals` counting a handler's deferral); `false`, and neither set, when SQS's 10
+/// attributes leave no room for them.
+pub(super) fn mark_deferred(
+    attributes: &mut HashMap<String, MessageAttributeValue>,
+    until: std::time::SystemTime,
+    by_handler: bool,
+) -> bool {
+    attributes.remove(DEFER_UNTIL_ATTRIBUTE);
+    let deferrals = take_counter(attributes, DEFERRALS_ATTRIBUTE) + u64::from(by_handler);
+    if attributes.len() + 2 > MAX_ATTRIBUTES {
+        return false;
+    }
+    let until_ms = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    attributes.insert(DEFER_UNTIL_ATTRIBUTE.to_owned(), number(until_ms));
+    attributes.insert(DEFERRALS_ATTRIBUTE.to_owned(), number(deferrals));
+    true
 }
 
 /// Why a copy did not replace the original.

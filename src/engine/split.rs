@@ -23,9 +23,9 @@ use super::backoff;
 use super::dead_letter::send_to_dlq;
 use super::queue::SendIds;
 use super::settle::{
-    ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, DEFER_UNTIL_ATTRIBUTE,
-    DEFERRALS_ATTRIBUTE, MAX_ATTRIBUTES, MAX_DELAY_SECS, Original, delete, number, release, retry,
-    send_ids, take_counter,
+    ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, MAX_ATTRIBUTES,
+    MAX_DELAY_SECS, Original, delete, mark_deferred, number, release, retry, send_ids,
+    take_counter,
 };
 use super::{Outcome, Part, Queue};
 use crate::telemetry::{self, SqsOp};
@@ -136,14 +136,9 @@ async fn send_part(
             sent
         }
         Outcome::Defer { until, .. } => {
-            attributes.remove(DEFER_UNTIL_ATTRIBUTE);
-            let deferrals = take_counter(&mut attributes, DEFERRALS_ATTRIBUTE) + 1;
-            let until_ms = until
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            attributes.insert(DEFER_UNTIL_ATTRIBUTE.to_owned(), number(until_ms));
-            attributes.insert(DEFERRALS_ATTRIBUTE.to_owned(), number(deferrals));
+            // Without room for the deferral's attributes the part is only delayed (at most
+            // 15 minutes), and deferred again by its handler if it comes back early.
+            mark_deferred(&mut attributes, until, true);
             let remaining = until
                 .duration_since(queue.clock.now())
                 .unwrap_or_default()

@@ -404,16 +404,7 @@ async fn a_drop_of_5000_lines_is_ranked_once_per_valid_event_and_its_invalid_lin
         )
         .spawn_daemon();
     let key = "drops/batch-1.jsonl";
-    let drop = |key: &str| {
-        let out = s.cli("").output(&[
-            "notify",
-            "drop",
-            file.path().to_str().unwrap(),
-            "--key",
-            key,
-        ]);
-        assert_eq!(out.code, Some(0), "{}", out.all());
-    };
+    let drop = |key: &str| s.upload_drop(key, &std::fs::read(file.path()).unwrap());
     drop(key);
     let ranked = drain_ranked(
         &s.sqs,
