@@ -290,12 +290,12 @@ def metric_labelled(text, name, label):
                if line.startswith(name + "{") and label in line)
 
 
-def wait_for_ops(label, log_path):
+def wait_for_ops(label, log_path, port=PORT):
     """Waits up to 30 s for a started daemon's ops listener (its /metrics)."""
     deadline = time.monotonic() + 30
     while True:
         try:
-            conveyor_metrics(PORT)
+            conveyor_metrics(port)
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -303,15 +303,15 @@ def wait_for_ops(label, log_path):
             time.sleep(0.2)
 
 
-def notify_drop_file(tenant):
-    """A JSON-lines drop of NOTIFY_EVENTS NotificationEvents, ~520 bytes a line, for 20 users;
+def notify_drop_file(tenant, events=None):
+    """A JSON-lines drop of `events` (NOTIFY_EVENTS) NotificationEvents, ~520 bytes a line, for 20 users;
     and their preferences."""
     drop = f"/tmp/conveyor-bench-drop-{os.getpid()}.jsonl"
     prefs = f"/tmp/conveyor-bench-prefs-{os.getpid()}.jsonl"
     run_id = f"{os.getpid()}-{int(time.time())}"
     body = "Your weekly report is ready. " * 10
     with open(drop, "w") as f:
-        for i in range(NOTIFY_EVENTS):
+        for i in range(events or NOTIFY_EVENTS):
             f.write(json.dumps({
                 "eventId": f"bench-{run_id}-{i}", "source": "bench", "occurredAt": "2026-11-23T10:00:00Z",
                 "tenantId": tenant, "user": {"id": f"u-{i % 20}", "channels": ["email", "push"]},
@@ -446,10 +446,7 @@ sources = ["{prefix}.unused"]
     env = conveyor_env(cfg, ledger_in_postgres=True)
     quiet = dict(stdout=subprocess.DEVNULL, env=env)
     subprocess.check_call([CONVEYOR, "infra", "up"], **quiet)
-    global NOTIFY_EVENTS
-    saved, NOTIFY_EVENTS = NOTIFY_EVENTS, events
-    drop, _ = notify_drop_file(str(uuid.uuid4()))
-    NOTIFY_EVENTS = saved
+    drop, _ = notify_drop_file(str(uuid.uuid4()), events)
     procs = []
     for i in range(daemons):
         port = PORT + 1 + i
@@ -458,15 +455,7 @@ sources = ["{prefix}.unused"]
                         CONVEYOR_NOTIFY__PACK_EVENTS="true" if pack else "false")
         procs.append((port, subprocess.Popen([CONVEYOR, "run"], env=proc_env, stdout=subprocess.DEVNULL,
                                              stderr=open(log_path, "w"))))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conveyor_metrics(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"intake: daemon {i} did not start; log {log_path}")
-                time.sleep(0.2)
+        wait_for_ops(f"intake daemon {i}", log_path, port)
     subprocess.check_call([CONVEYOR, "notify", "drop", drop, "--key", "drops/intake.jsonl"], **quiet)
     uploaded = time.monotonic()
     while True:

@@ -9,7 +9,8 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeN
 
 use super::queue::SendIds;
 use super::settle::{
-    Applied, MAX_ATTRIBUTES, Original, delete, number, release, retry, send_ids, system_attribute,
+    Applied, MAX_ATTRIBUTES, Original, delete, number, release, retry, send_ids, string,
+    system_attribute,
 };
 use super::{Queue, Received};
 use crate::telemetry::{self, SqsOp};
@@ -160,13 +161,6 @@ pub(super) fn dead_letter_attributes(
     reason: &str,
     pipeline: Option<&str>,
 ) -> HashMap<String, MessageAttributeValue> {
-    let string = |value: &str| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-            .expect("data type is set")
-    };
     let first_received_at = system_attribute(
         message,
         MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,

@@ -289,6 +289,15 @@ pub(super) fn number(value: impl ToString) -> MessageAttributeValue {
         .expect("data type is set")
 }
 
+/// A `String` message attribute.
+pub(super) fn string(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
+}
+
 /// Hands the message back at shutdown: visible to any consumer at once (on FIFO queues, once
 /// the receives aborted at shutdown are over; see `Queue::release_visibility_secs`).
 pub(super) async fn release(queue: &Queue, receipt: &Receipt) -> Applied {

@@ -24,7 +24,7 @@ use super::dead_letter::send_to_dlq;
 use super::queue::SendIds;
 use super::settle::{
     ATTEMPTS_ATTRIBUTE, Applied, BATCH_ATTRIBUTE, BATCH_ID_ATTRIBUTE, MAX_ATTRIBUTES,
-    MAX_DELAY_SECS, Original, delete, mark_deferred, number, release, retry, send_ids,
+    MAX_DELAY_SECS, Original, delete, mark_deferred, number, release, retry, send_ids, string,
     take_counter,
 };
 use super::{Outcome, Part, Queue};
@@ -193,13 +193,4 @@ async fn send_copy(
             false
         }
     }
-}
-
-/// A `String` message attribute.
-fn string(value: &str) -> MessageAttributeValue {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(value)
-        .build()
-        .expect("data type is set")
 }

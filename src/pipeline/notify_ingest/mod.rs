@@ -210,16 +210,12 @@ impl Ingest {
                 object.e_tag().unwrap_or_default().to_owned(),
             ),
             Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let missing = e
-                    .as_service_error()
-                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key);
-                if status == Some(412) || missing {
+                if parts::superseded(&e) {
                     superseded(drop_id);
                     return Ok(());
                 }
                 // An empty object has no byte 0 to ask for.
-                if status == Some(416) {
+                if e.raw_response().map(|r| r.status().as_u16()) == Some(416) {
                     let etag = record.etag.clone().unwrap_or_default();
                     (0, format!("\"{}\"", etag.trim_matches('"')))
                 } else {

@@ -92,11 +92,7 @@ impl Parts {
             let object = match answer {
                 Ok(object) => object,
                 Err(e) => {
-                    let status = e.raw_response().map(|r| r.status().as_u16());
-                    let missing = e.as_service_error().is_some_and(
-                        aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
-                    );
-                    if status == Some(412) || missing {
+                    if superseded(&e) {
                         return Err(ReadFailure::Superseded);
                     }
                     // A role without s3:ListBucket is told 403 for a missing key too.
@@ -132,6 +128,19 @@ impl Parts {
             }
         }
     }
+}
+
+/// Whether a GET of the drop failed because the drop was overwritten (`If-Match`: 412) or
+/// deleted since its notification.
+pub(super) fn superseded(
+    e: &aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::get_object::GetObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> bool {
+    e.raw_response().map(|r| r.status().as_u16()) == Some(412)
+        || e.as_service_error()
+            .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key)
 }
 
 impl ReadFailure {
